@@ -1,0 +1,56 @@
+"""Configuration: yacs defaults, YAML files and ``KEY VALUE`` command-line overrides."""
+import os
+
+from yacs.config import CfgNode
+
+from .defaults import get_default_config
+
+__all__ = ["ConfigError", "get_default_config", "load_config", "save_config", "CfgNode"]
+
+CONFIG_FILENAME = "config.yaml"
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the defaults tree."""
+
+
+def load_config(config_file="", opts=()):
+    """Defaults, then ``config_file``, then trailing ``KEY VALUE`` overrides; returns it frozen."""
+    cfg = get_default_config()
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise ConfigError(f"config file not found: {config_file}")
+        try:
+            cfg.merge_from_file(config_file)
+        except (KeyError, ValueError, AssertionError) as err:
+            raise ConfigError(f"config file {config_file}: {_explain(err)}") from None
+    opts = list(opts or ())
+    if len(opts) % 2:
+        raise ConfigError(
+            f"config overrides must be KEY VALUE pairs; got an odd number of items: {opts}"
+        )
+    try:
+        cfg.merge_from_list(opts)
+    except (KeyError, ValueError, AssertionError) as err:
+        raise ConfigError(f"command-line override: {_explain(err)}") from None
+    cfg.freeze()
+    return cfg
+
+
+def save_config(cfg, output_dir):
+    """Write the merged config into ``output_dir`` so the run can be described and repeated."""
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, CONFIG_FILENAME)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as handle:
+        handle.write(cfg.dump())
+    os.replace(tmp, path)
+    return path
+
+
+def _explain(err):
+    message = err.args[0] if err.args else str(err)
+    if "Non-existent" in str(message):
+        key = str(message).split(":", 1)[-1].strip()
+        return f"unknown config key '{key}' (see configs/defaults.py for the valid keys)"
+    return str(message)

@@ -1,0 +1,176 @@
+"""The one yacs tree that describes a run completely.
+
+Key names follow the reference AGW/PixelFade configs so their YAML files and command-line
+overrides keep working. Keys under SOLVER and the training parts of INPUT/DATALOADER are read by
+the AGW training recipe (``data.transforms.build_train_transform``); protection and the attack
+never train the Re-ID model, but the reference YAML files set them, so they must be accepted.
+"""
+import os
+
+from yacs.config import CfgNode as CN
+
+_C = CN()
+
+# ---------------------------------------------------------------------------------------------
+# Authorization Re-ID model
+# ---------------------------------------------------------------------------------------------
+_C.MODEL = CN()
+# "auto" picks CUDA when present, else CPU; or "cpu", "cuda", "cuda:1".
+_C.MODEL.DEVICE = "auto"
+# Kept for reference configs; with "auto"/"cuda" use CUDA_VISIBLE_DEVICES instead.
+_C.MODEL.DEVICE_ID = "0"
+# Backbone name in the registry of modeling/backbones (resnet50_nl, resnet50, resnet101, ...).
+_C.MODEL.NAME = "resnet50_nl"
+_C.MODEL.LAST_STRIDE = 1
+# ImageNet weights of the backbone in torchvision format (only read when PRETRAIN_CHOICE is
+# 'imagenet' and no Re-ID checkpoint is given); never downloaded.
+_C.MODEL.PRETRAIN_PATH = ""
+# 'imagenet': backbone from PRETRAIN_PATH (if set); 'self': whole model from TEST.WEIGHT.
+_C.MODEL.PRETRAIN_CHOICE = "imagenet"
+# AGW training-loss switches, accepted for the reference configs.
+_C.MODEL.CENTER_LOSS = "on"
+_C.MODEL.CENTER_FEAT_DIM = 2048
+_C.MODEL.WEIGHT_REGULARIZED_TRIPLET = "off"
+# GeM pooling ('on') or plain global average pooling ('off').
+_C.MODEL.GENERALIZED_MEAN_POOL = "on"
+# Seed of the random initialisation when no checkpoint is given (the demo's untrained AGW).
+_C.MODEL.INIT_SEED = 0
+
+# ---------------------------------------------------------------------------------------------
+# Input
+# ---------------------------------------------------------------------------------------------
+_C.INPUT = CN()
+# [height, width]
+_C.INPUT.IMG_SIZE = [256, 128]
+# Training augmentation (AGW recipe): horizontal flip, random erasing, padding + crop.
+_C.INPUT.PROB = 0.5
+_C.INPUT.RE_PROB = 0.5
+_C.INPUT.PADDING = 10
+_C.INPUT.PIXEL_MEAN = [0.485, 0.456, 0.406]
+_C.INPUT.PIXEL_STD = [0.229, 0.224, 0.225]
+
+# ---------------------------------------------------------------------------------------------
+# Datasets
+# ---------------------------------------------------------------------------------------------
+_C.DATASETS = CN()
+# market1501 | cuhk03 | msmt17 | image_folder | synthetic
+_C.DATASETS.NAMES = "market1501"
+# Root folder holding the data sets; the PIXELFADE_DATA environment variable overrides the default.
+_C.DATASETS.ROOT_DIR = os.environ.get("PIXELFADE_DATA", "./datasets")
+# CUHK03 new protocol: detected (default) or labeled boxes.
+_C.DATASETS.CUHK03_LABELED = False
+
+# ---------------------------------------------------------------------------------------------
+# Data loader
+# ---------------------------------------------------------------------------------------------
+_C.DATALOADER = CN()
+_C.DATALOADER.NUM_WORKERS = 4
+# Identity-balanced (PK) sampling for Re-ID training.
+_C.DATALOADER.PK_SAMPLER = "on"
+_C.DATALOADER.NUM_INSTANCE = 4
+
+# ---------------------------------------------------------------------------------------------
+# AGW training solver (accepted for the reference configs)
+# ---------------------------------------------------------------------------------------------
+_C.SOLVER = CN()
+_C.SOLVER.OPTIMIZER_NAME = "Adam"
+_C.SOLVER.MAX_EPOCHS = 120
+_C.SOLVER.BASE_LR = 3.5e-4
+_C.SOLVER.MOMENTUM = 0.9
+_C.SOLVER.MARGIN = 0.3
+_C.SOLVER.CENTER_LR = 0.5
+_C.SOLVER.CENTER_LOSS_WEIGHT = 0.0005
+_C.SOLVER.WEIGHT_DECAY = 0.0005
+_C.SOLVER.GAMMA = 0.1
+_C.SOLVER.STEPS = (40, 70)
+_C.SOLVER.WARMUP_FACTOR = 0.01
+_C.SOLVER.WARMUP_ITERS = 10
+_C.SOLVER.WARMUP_METHOD = "linear"
+_C.SOLVER.CHECKPOINT_PERIOD = 40
+_C.SOLVER.LOG_PERIOD = 20
+_C.SOLVER.EVAL_PERIOD = 60
+_C.SOLVER.IMS_PER_BATCH = 64
+
+# ---------------------------------------------------------------------------------------------
+# Re-ID evaluation
+# ---------------------------------------------------------------------------------------------
+_C.TEST = CN()
+# Batch size of plain feature extraction (protection batches use PIXELFADE.BATCH_SIZE).
+_C.TEST.IMS_PER_BATCH = 128
+# k-reciprocal re-ranking of the distance matrix: 'on' | 'off'.
+_C.TEST.RE_RANKING = "off"
+# Re-ID checkpoint (the --reid_ckpt_path flag sets it).
+_C.TEST.WEIGHT = ""
+# 'on': L2-normalise features (the reference); 'off': raw features.
+_C.TEST.FEAT_NORM = "on"
+# 'euclidean' (the reference) or 'cosine'.
+_C.TEST.DISTANCE = "euclidean"
+_C.TEST.EVALUATE_ONLY = "off"
+_C.TEST.PARTIAL_REID = "off"
+
+# ---------------------------------------------------------------------------------------------
+# PixelFade protection (flags of protect_image.py map onto these)
+# ---------------------------------------------------------------------------------------------
+_C.PIXELFADE = CN()
+# pixelfade | blur | mosaic | noise
+_C.PIXELFADE.METHOD = "pixelfade"
+_C.PIXELFADE.BATCH_SIZE = 20
+_C.PIXELFADE.MAX_ITER = 100
+# K: number of disjoint replacement stages.
+_C.PIXELFADE.FADE_NUM_ITER = 5
+_C.PIXELFADE.WARMUP_ITER = 5
+# mu: gradient momentum.
+_C.PIXELFADE.MOMENTUM = 0.6
+# Step size while the constraint holds.
+_C.PIXELFADE.BETA = 0.01
+# Step size while it does not, and in the last 5 steps (0.02 for CUHK03).
+_C.PIXELFADE.BETA_TEMP = 0.04
+# Bound on the feature MSE.
+_C.PIXELFADE.EPSILON = 0.03
+_C.PIXELFADE.SEED = 0
+# 'reference': one constraint test per batch, masks shared by all batches (the paper's code);
+# 'per_image': per-image test and step, noise and masks from a per-image seed.
+_C.PIXELFADE.MODE = "reference"
+# none | bf16 | fp16: autocast precision of the model's forward/backward.
+_C.PIXELFADE.PRECISION = "none"
+_C.PIXELFADE.CHANNELS_LAST = True
+# Strength of the baseline methods.
+_C.PIXELFADE.BLUR_SIGMA = 8.0
+_C.PIXELFADE.MOSAIC_BLOCK = 16
+_C.PIXELFADE.NOISE_STD = 1.0
+# Also protect the train split and save original/protected pairs for the recovery attack.
+_C.PIXELFADE.SAVE_IMAGE_NPY = False
+# Store protected images as lossless 8-bit PNG and score Re-ID on the reloaded images too.
+_C.PIXELFADE.SAVE_PNG = False
+# Number of leading batches per split drawn as original/protected grids.
+_C.PIXELFADE.NUM_GRIDS = 5
+
+# ---------------------------------------------------------------------------------------------
+# Recovery attack
+# ---------------------------------------------------------------------------------------------
+_C.ATTACK = CN()
+# unet_128 | unet_256 | resnet_6blocks | resnet_9blocks
+_C.ATTACK.GENERATOR = "unet_128"
+_C.ATTACK.NGF = 64
+_C.ATTACK.OPTIMIZER = "adam"
+_C.ATTACK.LR = 1e-3
+_C.ATTACK.TOTAL_EPOCHS = 100
+# Epoch indices (0-based) after which the test split is scored; the last epoch always is.
+_C.ATTACK.EVAL_EPOCHS = [2]
+# 'reference': L1 to the normalised original through a Tanh output (the paper);
+# 'strong': L1 to the original in pixel space [0,1], no Tanh (SPEC trap).
+_C.ATTACK.MODE = "reference"
+_C.ATTACK.SHUFFLE = True
+_C.ATTACK.SEED = 0
+_C.ATTACK.NUM_GRIDS = 20
+
+# ---------------------------------------------------------------------------------------------
+# Misc
+# ---------------------------------------------------------------------------------------------
+_C.OUTPUT_DIR = ""
+_C.SEED = 666
+
+
+def get_default_config():
+    """A fresh, mutable copy of the defaults."""
+    return _C.clone()
