@@ -1,0 +1,32 @@
+"""Contiguous, unpadded sharding of batches and gathering rows back by image index."""
+import pytest
+import torch
+
+from engine.distributed import batch_spans, gather_rows_by_index, shard_range
+
+
+def test_batch_spans_cover_every_item_once_with_a_smaller_last_batch():
+    assert batch_spans(7, 3) == [(0, 3), (3, 6), (6, 7)]
+    assert batch_spans(6, 3) == [(0, 3), (3, 6)]
+    assert batch_spans(0, 3) == []
+    with pytest.raises(ValueError, match="batch size"):
+        batch_spans(5, 0)
+
+
+@pytest.mark.parametrize("num_batches,world_size", [(10, 3), (2, 4), (7, 1), (0, 2), (8, 8)])
+def test_shards_are_contiguous_disjoint_and_unpadded(num_batches, world_size):
+    shards = [shard_range(num_batches, world_size, rank) for rank in range(world_size)]
+    flat = [b for shard in shards for b in shard]
+    assert flat == list(range(num_batches))
+    sizes = [len(shard) for shard in shards]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_gather_orders_rows_by_index_and_rejects_missing_rows():
+    indices = torch.tensor([2, 0, 1])
+    rows = torch.tensor([[20.0], [0.0], [10.0]])
+    assert gather_rows_by_index(indices, rows, 3).flatten().tolist() == [0.0, 10.0, 20.0]
+    with pytest.raises(RuntimeError, match="missing or was protected twice"):
+        gather_rows_by_index(torch.tensor([0, 0, 1]), rows, 3)
+    with pytest.raises(RuntimeError, match="gathered 3 rows for 4 images"):
+        gather_rows_by_index(indices, rows, 4)
