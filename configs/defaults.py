@@ -53,7 +53,7 @@ _C.INPUT.PIXEL_STD = [0.229, 0.224, 0.225]
 # Datasets
 # ---------------------------------------------------------------------------------------------
 _C.DATASETS = CN()
-# market1501 | cuhk03 | msmt17 | image_folder | synthetic
+# market1501 | cuhk03 | msmt17 | image_folder (ROOT_DIR is then the folder itself)
 _C.DATASETS.NAMES = "market1501"
 # Root folder holding the data sets; the PIXELFADE_DATA environment variable overrides the default.
 _C.DATASETS.ROOT_DIR = os.environ.get("PIXELFADE_DATA", "./datasets")

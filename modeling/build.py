@@ -1,0 +1,96 @@
+"""Build the AGW authorization model from the config, randomly, from ImageNet or a Re-ID checkpoint."""
+import logging
+import os
+
+import torch
+
+from configs import ConfigError
+
+from .backbones import build_backbone
+from .baseline import Baseline
+from .checkpoint import load_imagenet_backbone, load_reid_weights
+
+PRETRAIN_CHOICES = ("imagenet", "self")
+SWITCH_VALUES = {"on": True, "off": False, True: True, False: False}
+
+_log = logging.getLogger(__name__)
+
+
+def build_model(cfg, num_classes=0):
+    """A Baseline for cfg.MODEL, randomly initialised from MODEL.INIT_SEED.
+
+    With MODEL.PRETRAIN_CHOICE 'imagenet' and MODEL.PRETRAIN_PATH set, the backbone is then read
+    from that local torchvision-format file (nothing is downloaded).
+    """
+    choice = cfg.MODEL.PRETRAIN_CHOICE
+    if choice not in PRETRAIN_CHOICES:
+        raise ConfigError(f"MODEL.PRETRAIN_CHOICE must be one of {PRETRAIN_CHOICES}, got {choice!r}")
+    model = _build_initialised(cfg, num_classes)
+    path = cfg.MODEL.PRETRAIN_PATH
+    if choice == "imagenet" and path:
+        if not os.path.isfile(path):
+            raise ConfigError(
+                f"MODEL.PRETRAIN_PATH: ImageNet weights file not found: {path} (weights are never "
+                "downloaded; give a local torchvision-format file or leave it empty)"
+            )
+        load_imagenet_backbone(model, path, _log)
+    return model
+
+
+def build_authorization_model(cfg, checkpoint_path, device, logger=None):
+    """The frozen model f of PixelFade: eval mode, no parameter requires grad, on ``device``.
+
+    ``checkpoint_path`` is a Re-ID checkpoint (no ImageNet file is read then); empty means the
+    untrained model of :func:`build_model` (random from MODEL.INIT_SEED, or ImageNet backbone).
+    ``device``: 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device.
+    """
+    logger = logger or _log
+    if checkpoint_path:
+        model = _build_initialised(cfg, 0)
+        load_reid_weights(model, checkpoint_path, logger)
+    else:
+        model = build_model(cfg)
+        logger.warning(
+            "no Re-ID checkpoint given: the authorization model %s is not Re-ID trained "
+            "(MODEL.PRETRAIN_CHOICE=%s, MODEL.INIT_SEED=%d)",
+            cfg.MODEL.NAME, cfg.MODEL.PRETRAIN_CHOICE, cfg.MODEL.INIT_SEED,
+        )
+    model.eval()
+    model.requires_grad_(False)
+    return model.to(resolve_device(device))
+
+
+def resolve_device(device):
+    """torch.device for 'auto' (CUDA when present, else CPU), a device string or a torch.device."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(
+            f"MODEL.DEVICE: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
+        ) from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"MODEL.DEVICE is {device!r} but CUDA is not available on this machine")
+    return resolved
+
+
+def _build_initialised(cfg, num_classes):
+    """Random Baseline; the global RNG is left untouched so callers' seeding is unaffected."""
+    if not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
+    last_stride = cfg.MODEL.LAST_STRIDE
+    if last_stride not in (1, 2):
+        raise ConfigError(f"MODEL.LAST_STRIDE must be 1 or 2, got {last_stride!r}")
+    gem = cfg.MODEL.GENERALIZED_MEAN_POOL
+    if gem not in SWITCH_VALUES:
+        raise ConfigError(f"MODEL.GENERALIZED_MEAN_POOL must be 'on' or 'off', got {gem!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.MODEL.INIT_SEED)
+        try:
+            backbone = build_backbone(cfg.MODEL.NAME, last_stride)
+        except ValueError as err:
+            raise ConfigError(f"MODEL.NAME: {err}") from None
+        return Baseline(backbone, num_classes, SWITCH_VALUES[gem], in_planes=backbone.out_channels)

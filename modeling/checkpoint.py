@@ -1,0 +1,173 @@
+"""Safe reading of Re-ID / ImageNet checkpoints and strict loading into the AGW model.
+
+Every file goes through ``torch.load(weights_only=True)`` first; what that refuses (the released
+AGW files are whole pickled modules) goes through :mod:`modeling.safe_unpickle`, which rebuilds
+tensors and containers only. Nothing in a checkpoint is ever executed.
+"""
+import os
+from collections import OrderedDict
+from collections.abc import Mapping
+
+import torch
+
+from .errors import CheckpointError
+from .load_report import LoadReport
+from .safe_unpickle import ModuleRecord, load_untrusted, module_record_state_dict
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+NESTED_STATE_ENTRIES = ("state_dict", "model")
+REID_IGNORED_PREFIXES = ("classifier.", "base.fc.")
+IMAGENET_IGNORED_PREFIXES = ("fc.",)
+IMAGENET_ABSENT_PREFIXES = ("NL_",)
+
+__all__ = [
+    "CheckpointError",
+    "LoadReport",
+    "convert_checkpoint",
+    "load_imagenet_backbone",
+    "load_reid_weights",
+    "read_checkpoint",
+    "state_dict_from",
+]
+
+
+def read_checkpoint(path):
+    """The tensors of the checkpoint at ``path`` by name (wrapper prefixes removed, CPU).
+
+    Accepts plain state dicts, dicts with a 'state_dict' or 'model' entry, DataParallel /
+    torch.compile prefixes, and pickled whole modules (zip or legacy torch format).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # refused or unreadable: the restricted reader either reads it or says why
+        content = load_untrusted(path)
+    return state_dict_from(content, path)
+
+
+def state_dict_from(content, source="state dict"):
+    """Flat OrderedDict[str, Tensor] from whatever a checkpoint held; ``source`` names it in errors."""
+    raw = _find_tensors(content, source)
+    state = OrderedDict()
+    for key, tensor in raw.items():
+        name = strip_wrapper_prefixes(key)
+        if name in state:
+            raise CheckpointError(f"{source}: key '{key}' collides with another once prefixes are removed")
+        state[name] = tensor.detach()
+    return state
+
+
+def strip_wrapper_prefixes(key):
+    """'module._orig_mod.base.x' -> 'base.x': drop DataParallel / torch.compile wrappers."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+                stripped = True
+    return key
+
+
+def _find_tensors(content, source):
+    if isinstance(content, ModuleRecord):
+        try:
+            return module_record_state_dict(content)
+        except CheckpointError as err:
+            raise CheckpointError(f"{source}: {err}") from None
+    if isinstance(content, Mapping):
+        if content and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in content.items()):
+            return content
+        for entry in NESTED_STATE_ENTRIES:
+            if entry in content:
+                return _find_tensors(content[entry], f"{source}['{entry}']")
+        keys = ", ".join(repr(k) for k in list(content)[:10])
+        raise CheckpointError(
+            f"{source}: no weights found: expected a mapping of names to tensors or a "
+            f"'state_dict'/'model' entry; it has keys {keys or '(none)'}"
+        )
+    raise CheckpointError(f"{source}: holds a {type(content).__name__}, not weights")
+
+
+def _compare(target_state, state, source, ignored_prefixes, absent_prefixes=()):
+    report = LoadReport(source)
+    for key, tensor in state.items():
+        if key.startswith(ignored_prefixes):
+            report.ignored.append(key)
+        elif key not in target_state:
+            report.unexpected.append(key)
+        elif tensor.shape != target_state[key].shape:
+            report.mismatched[key] = (tuple(tensor.shape), tuple(target_state[key].shape))
+        else:
+            report.loaded.append(key)
+    for key in target_state:
+        if key in state or key.startswith(ignored_prefixes) or key.endswith("num_batches_tracked"):
+            continue  # num_batches_tracked only counts training steps; features never read it
+        if key.startswith(absent_prefixes):
+            report.kept_initial.append(key)
+        else:
+            report.missing.append(key)
+    return report
+
+
+def _apply(module, state, report, logger):
+    if not report.ok:
+        details = "\n".join(f"  {line}" for line in report.problem_lines())
+        raise CheckpointError(f"{report.source}: weights do not fit the model:\n{details}")
+    module.load_state_dict(OrderedDict((key, state[key]) for key in report.loaded), strict=False)
+    if logger is not None:
+        logger.info(report.summary())
+    return report
+
+
+def load_reid_weights(model, state_or_path, logger=None):
+    """Copy a Re-ID checkpoint (path or mapping) into ``model``; returns the LoadReport.
+
+    ``classifier.*`` (identities of the training set) and an unused backbone ``fc`` are ignored.
+    Any missing, unexpected or wrong-shape key raises CheckpointError with the grouped report:
+    an unexpected ``base.NL_*`` or ``global_pool.p`` means MODEL.NAME or GENERALIZED_MEAN_POOL
+    differ from the checkpoint's training and the features would silently be wrong.
+    """
+    if isinstance(state_or_path, (str, os.PathLike)):
+        source = os.fspath(state_or_path)
+        state = read_checkpoint(source)
+    elif isinstance(state_or_path, Mapping):
+        source = "state dict"
+        state = state_dict_from(state_or_path, source)
+    else:
+        raise TypeError(f"expected a checkpoint path or a state dict, got {type(state_or_path).__name__}")
+    report = _compare(model.state_dict(), state, source, REID_IGNORED_PREFIXES)
+    return _apply(model, state, report, logger)
+
+
+def load_imagenet_backbone(model, path, logger=None):
+    """Copy torchvision-format ImageNet weights into ``model.base``; ``fc.*`` is ignored and the
+    non-local blocks keep their identity initialisation. Returns the LoadReport."""
+    source = os.fspath(path)
+    state = read_checkpoint(source)
+    report = _compare(
+        model.base.state_dict(), state, source, IMAGENET_IGNORED_PREFIXES, IMAGENET_ABSENT_PREFIXES
+    )
+    return _apply(model.base, state, report, logger)
+
+
+def convert_checkpoint(src, dst):
+    """Rewrite any accepted checkpoint as a plain state-dict file loadable with weights_only.
+
+    All tensors are kept, the classifier included (loading ignores it); the write is atomic.
+    Returns the state dict written.
+    """
+    state = OrderedDict((key, tensor.clone()) for key, tensor in read_checkpoint(src).items())
+    dst = os.fspath(dst)
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    tmp_path = f"{dst}.{os.getpid()}.tmp"
+    try:
+        torch.save(state, tmp_path)
+        os.replace(tmp_path, dst)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
+    return state
