@@ -37,10 +37,10 @@ def load_config(config_file="", opts=()):
     return cfg
 
 
-def save_config(cfg, output_dir):
+def save_config(cfg, output_dir, filename=CONFIG_FILENAME):
     """Write the merged config into ``output_dir`` so the run can be described and repeated."""
     os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, CONFIG_FILENAME)
+    path = os.path.join(output_dir, filename)
     tmp = path + ".tmp"
     with open(tmp, "w") as handle:
         handle.write(cfg.dump())

@@ -17,8 +17,6 @@ _C = CN()
 _C.MODEL = CN()
 # "auto" picks CUDA when present, else CPU; or "cpu", "cuda", "cuda:1".
 _C.MODEL.DEVICE = "auto"
-# Kept for reference configs; with "auto"/"cuda" use CUDA_VISIBLE_DEVICES instead.
-_C.MODEL.DEVICE_ID = "0"
 # Backbone name in the registry of modeling/backbones (resnet50_nl, resnet50, resnet101, ...).
 _C.MODEL.NAME = "resnet50_nl"
 _C.MODEL.LAST_STRIDE = 1

@@ -1,0 +1,455 @@
+"""Recovery attack on saved original/protected pairs: train a generator G(protected) -> original.
+
+Reference protocol (SPEC 6): pix2pix generator with a Tanh output, L1 to the original in the
+normalised space, Adam lr 1e-3, one saved batch file per step, 100 epochs, test after epoch index
+2 and the last. The 'strong' attacker regresses the original in pixel space [0, 1] without Tanh,
+since a Tanh output cannot reach normalised targets outside [-1, 1] (SPEC trap).
+
+Training runs on an ignite Engine; a Checkpoint of (generator, optimizer, trainer, history) after
+every epoch lets a rerun with the same arguments resume from the last finished epoch.
+"""
+import dataclasses
+import glob
+import json
+import logging
+import os
+import re
+import time
+
+import ignite.distributed as idist
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint, DiskSaver, ProgressBar
+from ignite.utils import setup_logger
+from torch.utils.data import DataLoader
+from torchvision.utils import save_image
+
+from configs import save_config
+from data.npy_pairs import (NPY_DIRNAME, PairDataset, SavedBatches, SavedBatchOrder,
+                             resolve_npy_dir)
+from data.transforms import normalize
+from evaluation.image_quality import (QualityAccumulator, to_pixels,
+                                      pixel_space_metrics, reference_batch_metrics)
+from modeling.generators import GENERATORS, build_generator
+
+ATTACKERS = ("reference", "strong")
+OPTIMIZERS = ("adam", "sgd")
+SGD_MOMENTUM = 0.9
+PROTOCOLS = ("reference_normalisation", "pixel_space")
+IMAGE_KINDS = ("protected", "recovered")
+
+LOG_FILENAME = "log_recovery.txt"
+RESULTS_JSON = "attack_results.json"
+RESULTS_MARKDOWN = "attack_results.md"
+CHECKPOINT_DIRNAME = "attack_ckpt"
+GRID_DIRNAME = "rec_images"
+# Beside, not over, the config.yaml that protect_image.py leaves in the same run folder.
+CONFIG_FILENAME = "attack_config.yaml"
+WEIGHT_FILENAMES = {"reference": "Generator_weight.pth", "strong": "Generator_weight_strong.pth"}
+_CHECKPOINT_PATTERN = re.compile(r"^checkpoint_(\d+)\.pt$")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackSettings:
+    """What defines one attacker's training (cfg.ATTACK plus the normalisation of the pairs)."""
+
+    generator: str = "unet_128"
+    ngf: int = 64
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    total_epochs: int = 100
+    eval_epochs: tuple = (2,)
+    mode: str = "reference"
+    shuffle: bool = True
+    seed: int = 0
+    num_grids: int = 20
+    pixel_mean: tuple = (0.485, 0.456, 0.406)
+    pixel_std: tuple = (0.229, 0.224, 0.225)
+
+    def __post_init__(self):
+        _require(self.generator in GENERATORS, "ATTACK.GENERATOR",
+                 f"one of {sorted(GENERATORS)}", self.generator)
+        _require(self.optimizer in OPTIMIZERS, "ATTACK.OPTIMIZER", f"one of {OPTIMIZERS}",
+                 self.optimizer)
+        _require(self.mode in ATTACKERS, "ATTACK.MODE", f"one of {ATTACKERS}", self.mode)
+        _require(_is_int(self.ngf) and self.ngf >= 1, "ATTACK.NGF", "a positive integer", self.ngf)
+        _require(_is_int(self.total_epochs) and self.total_epochs >= 1, "ATTACK.TOTAL_EPOCHS",
+                 "a positive integer", self.total_epochs)
+        _require(isinstance(self.lr, (int, float)) and self.lr > 0, "ATTACK.LR",
+                 "a positive number", self.lr)
+        _require(all(_is_int(epoch) and epoch >= 0 for epoch in self.eval_epochs),
+                 "ATTACK.EVAL_EPOCHS", "0-based epoch indices >= 0", list(self.eval_epochs))
+        _require(_is_int(self.num_grids) and self.num_grids >= 0, "ATTACK.NUM_GRIDS",
+                 "an integer >= 0", self.num_grids)
+        _require(_is_int(self.seed), "ATTACK.SEED", "an integer", self.seed)
+        for key, values in (("INPUT.PIXEL_MEAN", self.pixel_mean),
+                            ("INPUT.PIXEL_STD", self.pixel_std)):
+            _require(len(values) == 3, key, "3 values", list(values))
+        _require(all(value > 0 for value in self.pixel_std), "INPUT.PIXEL_STD",
+                 "positive values", list(self.pixel_std))
+
+    @classmethod
+    def from_config(cls, cfg):
+        attack = cfg.ATTACK
+        return cls(generator=attack.GENERATOR, ngf=attack.NGF,
+                   optimizer=str(attack.OPTIMIZER).lower(), lr=attack.LR,
+                   total_epochs=attack.TOTAL_EPOCHS, eval_epochs=tuple(attack.EVAL_EPOCHS),
+                   mode=attack.MODE, shuffle=attack.SHUFFLE, seed=attack.SEED,
+                   num_grids=attack.NUM_GRIDS, pixel_mean=tuple(cfg.INPUT.PIXEL_MEAN),
+                   pixel_std=tuple(cfg.INPUT.PIXEL_STD))
+
+    @property
+    def output_activation(self):
+        return "tanh" if self.mode == "reference" else "none"
+
+    def evaluated_epochs(self):
+        """Sorted 0-based epoch indices scored on the test split; the last one always is."""
+        wanted = {epoch for epoch in self.eval_epochs if epoch < self.total_epochs}
+        return sorted(wanted | {self.total_epochs - 1})
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _require(condition, key, expected, got):
+    if not condition:
+        raise ValueError(f"{key} must be {expected}, got {got!r}")
+
+
+def build_optimizer(settings, parameters):
+    """Adam (the reference) or SGD with momentum 0.9, at settings.lr."""
+    if settings.optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=settings.lr)
+    return torch.optim.SGD(parameters, lr=settings.lr, momentum=SGD_MOMENTUM)
+
+
+def attack_targets(originals, settings):
+    """The generator's target: the normalised original, or its pixels for the strong attacker."""
+    if settings.mode == "strong":
+        return to_pixels(originals, settings.pixel_mean, settings.pixel_std)
+    return originals
+
+
+def recovered_normalised(outputs, settings):
+    """Generator outputs as images in the normalised space, where all metrics start from.
+
+    The strong attacker's output is a pixel image: clamped to [0, 1] as a stored image would be,
+    then normalised like the originals.
+    """
+    if settings.mode == "strong":
+        return normalize(outputs.clamp(0.0, 1.0), settings.pixel_mean, settings.pixel_std)
+    return outputs
+
+
+def make_batch_loader(pairs, order, device, num_workers=0):
+    """One saved batch per step, in the sampler's order; workers prefetch, pinned for CUDA."""
+    return DataLoader(SavedBatches(pairs), batch_size=None, sampler=order,
+                      num_workers=num_workers, pin_memory=torch.device(device).type == "cuda")
+
+
+def create_attack_trainer(generator, optimizer, settings, device):
+    """ignite Engine of L1 steps; keeps ``state.epoch_loss`` (per image) and ``images_per_s``."""
+    device = torch.device(device)
+    l1_loss = torch.nn.L1Loss()
+
+    def train_step(engine, batch):
+        protected, originals = (tensor.to(device, non_blocking=True) for tensor in batch)
+        generator.train()
+        loss = l1_loss(generator(protected), attack_targets(originals, settings))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return {"loss": loss.detach(), "batch_size": protected.shape[0]}
+
+    trainer = Engine(train_step)
+
+    @trainer.on(Events.EPOCH_STARTED)
+    def _reset_epoch_meters(engine):
+        engine.state.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        engine.state.images_seen = 0
+        engine.state.epoch_start = time.perf_counter()
+        engine.state.images_per_s = 0.0
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _update_epoch_meters(engine):
+        batch_size = engine.state.output["batch_size"]
+        engine.state.loss_sum += engine.state.output["loss"].double() * batch_size
+        engine.state.images_seen += batch_size
+        elapsed = time.perf_counter() - engine.state.epoch_start
+        engine.state.images_per_s = engine.state.images_seen / max(elapsed, 1e-9)
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def _finish_epoch_meters(engine):
+        engine.state.epoch_loss = float(engine.state.loss_sum) / engine.state.images_seen
+
+    return trainer
+
+
+@torch.no_grad()
+def evaluate_generator(generator, test_pairs, settings, device, grid_dir=None):
+    """Protected-vs-original and recovered-vs-original quality on the test split.
+
+    Returns {'num_images', protocol: {image kind: {metric: mean}}}; with ``grid_dir``, the first
+    settings.num_grids test batches are drawn as rows protected / recovered / original, each grid
+    min-max normalised as a whole like the reference.
+    """
+    was_training = generator.training
+    generator.eval()
+    meters = {(protocol, kind): QualityAccumulator() for protocol in PROTOCOLS
+              for kind in IMAGE_KINDS}
+    for position in range(test_pairs.num_batches):
+        protected, originals = (tensor.to(device) for tensor in test_pairs.load_batch(position))
+        recovered = recovered_normalised(generator(protected), settings)
+        for kind, candidate in (("protected", protected), ("recovered", recovered)):
+            meters["reference_normalisation", kind].add_batch_means(
+                reference_batch_metrics(candidate, originals), protected.shape[0])
+            meters["pixel_space", kind].add_per_image(
+                pixel_space_metrics(candidate, originals, settings.pixel_mean, settings.pixel_std))
+        if grid_dir is not None and position < settings.num_grids:
+            os.makedirs(grid_dir, exist_ok=True)
+            rows = torch.cat([protected, recovered, originals]).cpu()
+            save_image(rows, os.path.join(grid_dir, f"{position}.png"), normalize=True,
+                       padding=0, nrow=protected.shape[0])
+    generator.train(was_training)
+    record = {"num_images": meters["pixel_space", "protected"].count}
+    for protocol in PROTOCOLS:
+        record[protocol] = {kind: meters[protocol, kind].means() for kind in IMAGE_KINDS}
+    return record
+
+
+class AttackHistory:
+    """Per-epoch training loss and test scores; checkpointed so a resumed run keeps them."""
+
+    def __init__(self, identity):
+        self.identity = identity
+        self.train_loss = {}
+        self.evaluations = {}
+
+    def state_dict(self):
+        return {"identity": dict(self.identity), "train_loss": dict(self.train_loss),
+                "evaluations": dict(self.evaluations)}
+
+    def load_state_dict(self, state):
+        self.identity = dict(state["identity"])
+        self.train_loss = {int(epoch): loss for epoch, loss in state["train_loss"].items()}
+        self.evaluations = {int(epoch): record for epoch, record in state["evaluations"].items()}
+
+
+def run_identity(settings, train_pairs, reference_order):
+    """What must not change between an interrupted run and its resumption."""
+    return {"generator": settings.generator, "ngf": settings.ngf, "optimizer": settings.optimizer,
+            "lr": float(settings.lr), "mode": settings.mode, "seed": settings.seed,
+            "shuffle": settings.shuffle and not reference_order,
+            "reference_order": bool(reference_order),
+            "train_batches": train_pairs.num_batches, "train_images": len(train_pairs),
+            "image_shape": list(train_pairs.image_shape)}
+
+
+def latest_checkpoint(checkpoint_dir):
+    """Path of the highest-epoch ``checkpoint_<epoch>.pt`` in the folder, or None."""
+    found = []
+    for path in glob.glob(os.path.join(checkpoint_dir, "checkpoint_*.pt")):
+        match = _CHECKPOINT_PATTERN.match(os.path.basename(path))
+        if match:
+            found.append((int(match.group(1)), path))
+    return max(found)[1] if found else None
+
+
+def _check_identity(saved, current, checkpoint_path):
+    changed = sorted(key for key in set(saved) | set(current) if saved.get(key) != current.get(key))
+    if changed:
+        details = ", ".join(f"{key}: {saved.get(key)!r} -> {current.get(key)!r}" for key in changed)
+        raise ValueError(f"{checkpoint_path} was written by a different attack ({details}); "
+                         f"delete {os.path.dirname(checkpoint_path)} or pass another --output "
+                         "to start afresh")
+
+
+def attack_log_dir(npy_dir, output=None):
+    """``output`` if given, else the run folder holding img_npy (or the pair folder itself)."""
+    if output:
+        return output
+    npy_dir = os.path.abspath(npy_dir)
+    if os.path.basename(npy_dir) == NPY_DIRNAME:
+        return os.path.dirname(npy_dir)
+    return npy_dir
+
+
+def get_attack_logger(log_dir):
+    """Logger 'recovery' writing to stdout and appending to ``<log_dir>/log_recovery.txt``."""
+    os.makedirs(log_dir, exist_ok=True)
+    return setup_logger("recovery", filepath=os.path.join(log_dir, LOG_FILENAME), reset=True,
+                        distributed_rank=idist.get_rank())
+
+
+def run_attack(settings, npy_dir, log_dir, device="cpu", reference_order=False, num_workers=0,
+               show_progress=True, logger=None):
+    """Train and score one attacker (settings.mode); returns its entry of attack_results.json."""
+    device = torch.device(device)
+    logger = logger or get_attack_logger(log_dir)
+    train_pairs = PairDataset(npy_dir, "train", reference_order=reference_order)
+    test_pairs = PairDataset(npy_dir, "test", reference_order=reference_order)
+    if test_pairs.image_shape != train_pairs.image_shape:
+        raise ValueError(f"train images in {npy_dir} are {train_pairs.image_shape} but test "
+                         f"images are {test_pairs.image_shape}")
+    if reference_order and settings.shuffle:
+        logger.info("--reference_order: saved batches are visited in sorted file order, unshuffled")
+    identity = run_identity(settings, train_pairs, reference_order)
+
+    torch.manual_seed(settings.seed)
+    generator = build_generator(settings.generator, ngf=settings.ngf,
+                                output_activation=settings.output_activation,
+                                input_nc=train_pairs.image_shape[0],
+                                output_nc=train_pairs.image_shape[0]).to(device)
+    optimizer = build_optimizer(settings, generator.parameters())
+    trainer = create_attack_trainer(generator, optimizer, settings, device)
+    if show_progress and idist.get_rank() == 0:
+        ProgressBar(persist=False, desc=f"attack[{settings.mode}]").attach(
+            trainer, output_transform=lambda output: {"loss": output["loss"]},
+            state_attributes=["images_per_s"])
+    history = AttackHistory(identity)
+    order = SavedBatchOrder(train_pairs.num_batches, identity["shuffle"], settings.seed)
+    loader = make_batch_loader(train_pairs, order, device, num_workers)
+    evaluated = set(settings.evaluated_epochs())
+    grid_dir = os.path.join(log_dir, GRID_DIRNAME, settings.mode)
+    weight_path = os.path.join(log_dir, WEIGHT_FILENAMES[settings.mode])
+
+    @trainer.on(Events.EPOCH_STARTED)
+    def _set_batch_order(engine):
+        order.set_epoch(engine.state.epoch)
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def _log_and_evaluate(engine):
+        epoch_index = engine.state.epoch - 1
+        history.train_loss[epoch_index] = engine.state.epoch_loss
+        logger.info(f"[{settings.mode}] epoch {epoch_index}/{settings.total_epochs - 1} "
+                    f"L1 loss {engine.state.epoch_loss:.6f}, "
+                    f"{engine.state.images_per_s:.1f} images/s")
+        if epoch_index in evaluated:
+            is_last = epoch_index == settings.total_epochs - 1
+            record = evaluate_generator(generator, test_pairs, settings, device,
+                                        grid_dir=grid_dir if is_last else None)
+            history.evaluations[epoch_index] = record
+            _log_record(logger, settings.mode, epoch_index, record)
+            torch.save(_cpu_state_dict(generator), weight_path)
+            write_results(log_dir, settings.mode, _results_entry(settings, history))
+
+    checkpoint_dir = os.path.join(log_dir, CHECKPOINT_DIRNAME, settings.mode)
+    to_save = {"generator": generator, "optimizer": optimizer, "trainer": trainer,
+               "history": history}
+    checkpointer = Checkpoint(to_save, DiskSaver(checkpoint_dir, require_empty=False),
+                              n_saved=1, include_self=True,
+                              global_step_transform=lambda engine, _: engine.state.epoch)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, checkpointer)
+
+    resume_path = latest_checkpoint(checkpoint_dir)
+    if resume_path is not None:
+        saved = torch.load(resume_path, map_location="cpu", weights_only=True)
+        _check_identity(saved["history"]["identity"], identity, resume_path)
+        Checkpoint.load_objects({**to_save, "checkpointer": checkpointer}, saved)
+        done = trainer.state.epoch
+        if done > settings.total_epochs:
+            raise ValueError(f"{resume_path} has already trained {done} epochs, more than "
+                             f"ATTACK.TOTAL_EPOCHS={settings.total_epochs}")
+        logger.info(f"[{settings.mode}] resuming from {resume_path} after epoch {done}")
+        if done == settings.total_epochs:
+            logger.info(f"[{settings.mode}] training already finished; nothing left to run")
+            torch.save(_cpu_state_dict(generator), weight_path)
+            return write_results(log_dir, settings.mode, _results_entry(settings, history))
+
+    logger.info(f"[{settings.mode}] {settings.generator} (ngf {settings.ngf}, "
+                f"{settings.output_activation} output) on {len(train_pairs)} train images in "
+                f"{train_pairs.num_batches} saved batches, {settings.optimizer} lr {settings.lr}, "
+                f"{settings.total_epochs} epochs on {device}")
+    trainer.run(loader, max_epochs=settings.total_epochs)
+    torch.save(_cpu_state_dict(generator), weight_path)
+    logger.info(f"[{settings.mode}] generator weights: {weight_path}")
+    return write_results(log_dir, settings.mode, _results_entry(settings, history))
+
+
+def run_recovery_attack(cfg, npy_path, attackers, device, output=None, reference_order=False,
+                        show_progress=True):
+    """The CLI's work: resolve the pair folder, save the config, run each attacker in turn."""
+    unknown = [attacker for attacker in attackers if attacker not in ATTACKERS]
+    if unknown or not attackers:
+        raise ValueError(f"attackers must be among {ATTACKERS}, got {list(attackers)}")
+    npy_dir = resolve_npy_dir(npy_path)
+    log_dir = attack_log_dir(npy_dir, output)
+    logger = get_attack_logger(log_dir)
+    base_settings = AttackSettings.from_config(cfg)
+    config_path = save_config(cfg, log_dir, CONFIG_FILENAME)
+    logger.info(f"pairs from {npy_dir}; results, logs and checkpoints in {log_dir}; "
+                f"config saved to {config_path}")
+    results = {}
+    for attacker in attackers:
+        settings = dataclasses.replace(base_settings, mode=attacker)
+        results[attacker] = run_attack(settings, npy_dir, log_dir, device=device,
+                                       reference_order=reference_order,
+                                       num_workers=cfg.DATALOADER.NUM_WORKERS,
+                                       show_progress=show_progress, logger=logger)
+    logger.info(f"results: {os.path.join(log_dir, RESULTS_JSON)} and "
+                f"{os.path.join(log_dir, RESULTS_MARKDOWN)}")
+    return results
+
+
+def _cpu_state_dict(module):
+    return {key: value.detach().cpu() for key, value in module.state_dict().items()}
+
+
+def _results_entry(settings, history):
+    return {"settings": dataclasses.asdict(settings),
+            "train_loss": {str(epoch): loss for epoch, loss in sorted(history.train_loss.items())},
+            "evaluations": {str(epoch): {"epoch": epoch, **record}
+                            for epoch, record in sorted(history.evaluations.items())}}
+
+
+def _log_record(logger, attacker, epoch_index, record):
+    for protocol in PROTOCOLS:
+        for kind in IMAGE_KINDS:
+            values = record[protocol][kind]
+            logger.info(f"[{attacker}] epoch {epoch_index} {protocol} {kind}: "
+                        f"psnr:{values['psnr']:.2f}  mse:{values['mse']:.4f}  "
+                        f"ssim:{values['ssim']:.2f}")
+
+
+def write_results(log_dir, attacker, entry):
+    """Put one attacker's entry into attack_results.json (others kept) and redraw the Markdown."""
+    json_path = os.path.join(log_dir, RESULTS_JSON)
+    results = {}
+    if os.path.isfile(json_path):
+        try:
+            with open(json_path) as handle:
+                results = json.load(handle)
+        except json.JSONDecodeError:
+            logging.getLogger("recovery").warning(f"{json_path} is not valid JSON; rewriting it")
+        if not isinstance(results, dict):
+            results = {}
+    results[attacker] = entry
+    _write_atomic(json_path, json.dumps(results, indent=2, sort_keys=True) + "\n")
+    _write_atomic(os.path.join(log_dir, RESULTS_MARKDOWN), results_markdown(results))
+    return entry
+
+
+def results_markdown(results):
+    """A Markdown table: one row per attacker, evaluated epoch, protocol and image kind."""
+    lines = ["| attacker | epoch | protocol | image | PSNR (dB) | SSIM | MSE |",
+             "|---|---|---|---|---|---|---|"]
+    for attacker in sorted(results):
+        evaluations = results[attacker].get("evaluations", {})
+        for epoch in sorted(evaluations, key=int):
+            record = evaluations[epoch]
+            for protocol in PROTOCOLS:
+                for kind in IMAGE_KINDS:
+                    values = record[protocol][kind]
+                    lines.append(f"| {attacker} | {epoch} | {protocol} | {kind} | "
+                                 f"{values['psnr']:.2f} | {values['ssim']:.4f} | "
+                                 f"{values['mse']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_atomic(path, text):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+

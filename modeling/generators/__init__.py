@@ -1,0 +1,37 @@
+"""Image-to-image generators of the recovery attack (pix2pix networks), by name."""
+from functools import partial
+
+from torch import nn
+
+from .init import init_pix2pix_weights
+from .resnet_generator import ResnetGenerator
+from .unet import UnetGenerator
+
+__all__ = ["GENERATORS", "OUTPUT_ACTIVATIONS", "build_generator", "init_pix2pix_weights",
+           "ResnetGenerator", "UnetGenerator"]
+
+GENERATORS = {
+    "unet_128": partial(UnetGenerator, 7),
+    "unet_256": partial(UnetGenerator, 8),
+    "resnet_6blocks": partial(ResnetGenerator, 6),
+    "resnet_9blocks": partial(ResnetGenerator, 9),
+}
+
+# 'tanh' is the reference (outputs in [-1, 1]); 'none' lets the output reach any target range.
+OUTPUT_ACTIVATIONS = {"tanh": nn.Tanh, "none": None}
+
+
+def build_generator(name, ngf=64, output_activation="tanh", input_nc=3, output_nc=3):
+    """A freshly initialised generator (pix2pix normal init, BatchNorm, no dropout)."""
+    if name not in GENERATORS:
+        raise ValueError(f"unknown generator '{name}'; expected one of {sorted(GENERATORS)}")
+    if output_activation not in OUTPUT_ACTIVATIONS:
+        raise ValueError(f"unknown output_activation '{output_activation}'; expected one of "
+                         f"{sorted(OUTPUT_ACTIVATIONS)}")
+    for option, value in (("ngf", ngf), ("input_nc", input_nc), ("output_nc", output_nc)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"generator option {option} must be a positive integer, got {value!r}")
+    activation_class = OUTPUT_ACTIVATIONS[output_activation]
+    generator = GENERATORS[name](input_nc=input_nc, output_nc=output_nc, ngf=ngf,
+                                 output_activation=activation_class() if activation_class else None)
+    return init_pix2pix_weights(generator)
