@@ -1,0 +1,119 @@
+"""The output folder of a protection run: what is written where, atomically, and how a rerun resumes.
+
+Layout (``<output>/``):
+- ``manifest.json``: the run's fingerprint; a rerun with another fingerprint is refused.
+- ``records/<split>-<i>.pt``: one file per finished batch (global image indices, labels, features,
+  per-image statistics, the random-generator state after the batch). It is written last, so its
+  presence is what marks a batch as done.
+- ``img_npy/``: the reference layout (``clean-s-i-images.npy``, ``encry-s-i-images.npy``,
+  ``s-i-ids.npy``, ``test-i-camids.npy``) for the recovery attack, with ``--save_image_npy``.
+- ``imgs/<split>_<i>.png``: original (top) / protected (bottom) grids of the first batches.
+- ``png/<split>/<index>.png`` (or ``protected/<relative path>`` for a plain folder): the protected
+  images as lossless 8-bit PNG, with storage realism on.
+"""
+import json
+import os
+
+import numpy as np
+import torch
+from torchvision.utils import make_grid
+
+from .storage import write_png
+
+MANIFEST = "manifest.json"
+
+
+class RunConflictError(RuntimeError):
+    """The output folder holds the files of a different run."""
+
+
+def atomic_save_npy(array, path):
+    tmp = path + ".tmp.npy"
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(text, path):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+class RunStore:
+    """Reads and writes one run's output folder; every write is atomic (temp file + rename)."""
+
+    def __init__(self, output_dir):
+        self.output_dir = output_dir
+        self.records_dir = os.path.join(output_dir, "records")
+        self.npy_dir = os.path.join(output_dir, "img_npy")
+        self.grid_dir = os.path.join(output_dir, "imgs")
+
+    def path(self, *parts):
+        return os.path.join(self.output_dir, *parts)
+
+    def open_run(self, fingerprint):
+        """Create the folder, or check that the run already there is this one (resume)."""
+        os.makedirs(self.records_dir, exist_ok=True)
+        manifest_path = self.path(MANIFEST)
+        if os.path.exists(manifest_path):
+            with open(manifest_path) as handle:
+                previous = json.load(handle).get("fingerprint", {})
+            differing = sorted(
+                key for key in set(previous) | set(fingerprint)
+                if previous.get(key) != fingerprint.get(key)
+            )
+            if differing:
+                details = "; ".join(
+                    f"{key}: {previous.get(key)!r} there, {fingerprint.get(key)!r} now"
+                    for key in differing
+                )
+                raise RunConflictError(
+                    f"output directory {self.output_dir} holds a different run's files "
+                    f"({details}). Use another --output, or delete that folder to start over."
+                )
+            return False
+        if os.listdir(self.records_dir):
+            raise RunConflictError(
+                f"output directory {self.output_dir} has batch records but no {MANIFEST}; "
+                "it was not written by this tool's current run. Use another --output."
+            )
+        atomic_write_text(json.dumps({"fingerprint": fingerprint}, indent=2), manifest_path)
+        return True
+
+    def record_path(self, split, batch_index):
+        return os.path.join(self.records_dir, f"{split}-{batch_index}.pt")
+
+    def has_batch(self, split, batch_index):
+        return os.path.exists(self.record_path(split, batch_index))
+
+    def load_batch(self, split, batch_index):
+        return torch.load(self.record_path(split, batch_index), map_location="cpu", weights_only=True)
+
+    def save_record(self, split, batch_index, record):
+        path = self.record_path(split, batch_index)
+        tmp = path + ".tmp"
+        torch.save(record, tmp)
+        os.replace(tmp, path)
+
+    def save_pairs(self, split, batch_index, original, protected, pids, camids):
+        """The reference's ``img_npy`` files for one batch (float32, normalised space)."""
+        os.makedirs(self.npy_dir, exist_ok=True)
+        prefix = f"{split}-{batch_index}"
+        atomic_save_npy(original.float().cpu().numpy(), os.path.join(self.npy_dir, f"clean-{prefix}-images.npy"))
+        atomic_save_npy(protected.float().cpu().numpy(), os.path.join(self.npy_dir, f"encry-{prefix}-images.npy"))
+        atomic_save_npy(np.asarray(pids), os.path.join(self.npy_dir, f"{prefix}-ids.npy"))
+        if split == "test":
+            atomic_save_npy(np.asarray(camids), os.path.join(self.npy_dir, f"{prefix}-camids.npy"))
+
+    def save_grid(self, split, batch_index, original_pixels, protected_pixels):
+        """Top row original, bottom row protected, in pixel space as a viewer sees them."""
+        rows = torch.cat([original_pixels, protected_pixels]).float().cpu() / 255.0
+        grid = make_grid(rows, nrow=original_pixels.shape[0], padding=2, pad_value=1.0)
+        write_png(torch.round(grid * 255).to(torch.uint8), os.path.join(self.grid_dir, f"{split}_{batch_index}.png"))
+
+    def save_png(self, relative_path, pixels):
+        write_png(pixels, self.path(relative_path))
+
+    def write_text(self, name, text):
+        atomic_write_text(text, self.path(name))

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# PixelFade toolkit entry points.
+#
+#   bash run.sh [demo]      synthetic data, untrained AGW, protection + recovery attack (CPU, minutes)
+#   bash run.sh test        the test suite
+#   bash run.sh market1501  protect Market-1501 with the reference settings, then the recovery attack
+#   bash run.sh cuhk03      same for CUHK03 (new protocol, detected; beta_temp 0.02)
+#   bash run.sh msmt17      same for MSMT17
+#   bash run.sh all         market1501, cuhk03 and msmt17 in turn
+#
+# Variables (with defaults): DATA_ROOT=./datasets  CKPT_DIR=./ckpt  OUTPUT_ROOT=./log  VENV=./.venv
+# DEVICE=auto  NPROC=1 (processes, e.g. one per GPU)  EXTRA_ARGS="" (added to protect_image.py).
+# The first call creates the virtual environment from requirements.txt (about 6 GB: the CUDA
+# build of torch, which also runs on the CPU).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV=${VENV:-.venv}
+DATA_ROOT=${DATA_ROOT:-${PIXELFADE_DATA:-./datasets}}
+CKPT_DIR=${CKPT_DIR:-./ckpt}
+OUTPUT_ROOT=${OUTPUT_ROOT:-./log}
+DEVICE=${DEVICE:-auto}
+NPROC=${NPROC:-1}
+EXTRA_ARGS=${EXTRA_ARGS:-}
+
+ensure_env() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        echo "== creating virtual environment $VENV"
+        python3 -m venv "$VENV"
+    fi
+    local stamp="$VENV/.requirements.sha256"
+    local want
+    want=$(sha256sum requirements.txt | cut -d' ' -f1)
+    if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
+        echo "== installing requirements.txt into $VENV"
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.txt
+        echo "$want" > "$stamp"
+    fi
+    PY="$VENV/bin/python"
+}
+
+checkpoint_for() {
+    local dataset=$1
+    local ckpt="$CKPT_DIR/${dataset}_resnet50_nl_model_120.pth"
+    if [ ! -f "$ckpt" ]; then
+        echo "run.sh: missing checkpoint $ckpt" >&2
+        echo "  Download the authors' AGW model trained on $dataset (links in the README of the" >&2
+        echo "  iSEE-Laboratory/PixelFade GitHub repository, 'Download Pre-trained Models') and put it" >&2
+        echo "  at $ckpt, or set CKPT_DIR. See ckpt/README.md." >&2
+        exit 1
+    fi
+    echo "$ckpt"
+}
+
+check_dataset() {
+    local dataset=$1
+    if [ ! -d "$DATA_ROOT" ]; then
+        echo "run.sh: data set root $DATA_ROOT not found (set DATA_ROOT)." >&2
+        echo "  Expected layouts for $dataset are listed in README.md, 'Data sets'." >&2
+        exit 1
+    fi
+}
+
+reproduce() {
+    local dataset=$1
+    local ckpt
+    ckpt=$(checkpoint_for "$dataset")
+    check_dataset "$dataset"
+    ensure_env
+    local out="$OUTPUT_ROOT/${dataset}_protect"
+    echo "== protecting $dataset -> $out"
+    # shellcheck disable=SC2086
+    "$PY" protect_image.py --config_file "configs/AGW_baseline_${dataset}.yml" \
+        --reid_ckpt_path "$ckpt" --root "$DATA_ROOT" --output "$out" --save_image_npy \
+        --device "$DEVICE" --nproc_per_node "$NPROC" $EXTRA_ARGS
+    echo "== recovery attack on $out"
+    "$PY" recovery_attack.py --npy_path "$out" --config_file "configs/AGW_baseline_${dataset}.yml" \
+        --device "$DEVICE" --attacker both
+}
+
+target=${1:-demo}
+case "$target" in
+    demo)
+        ensure_env
+        "$PY" demo.py --output "$OUTPUT_ROOT/demo" --device "$DEVICE"
+        ;;
+    test)
+        ensure_env
+        "$PY" -m pytest -q
+        ;;
+    market1501|cuhk03|msmt17)
+        reproduce "$target"
+        ;;
+    all)
+        for dataset in market1501 cuhk03 msmt17; do
+            reproduce "$dataset"
+        done
+        ;;
+    *)
+        echo "usage: bash run.sh [demo|test|market1501|cuhk03|msmt17|all]" >&2
+        exit 2
+        ;;
+esac
