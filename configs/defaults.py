@@ -125,6 +125,8 @@ _C.PIXELFADE.BETA = 0.01
 _C.PIXELFADE.BETA_TEMP = 0.04
 # Bound on the feature MSE.
 _C.PIXELFADE.EPSILON = 0.03
+# The last TAIL_ITERS steps always use BETA_TEMP and never replace (the reference's fixed 5).
+_C.PIXELFADE.TAIL_ITERS = 5
 _C.PIXELFADE.SEED = 0
 # 'reference': one constraint test per batch, masks shared by all batches (the paper's code);
 # 'per_image': per-image test and step, noise and masks from a per-image seed.

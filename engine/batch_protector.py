@@ -16,10 +16,10 @@ from .pixelfade import (
     PixelFadeParams,
     build_fade_masks,
     per_image_noise_and_masks,
+    precision_dtype,
     protect_batch,
 )
 
-PRECISIONS = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODES = ("reference", "per_image")
 
 
@@ -27,6 +27,8 @@ MODES = ("reference", "per_image")
 class ProtectedBatch:
     protected: torch.Tensor
     noise: Optional[torch.Tensor]
+    # fp32 features of ``protected`` when the method already computed them, else None.
+    features: Optional[torch.Tensor] = None
 
 
 def rank_seed(seed, rank):
@@ -46,15 +48,12 @@ class BatchProtector:
             )
         if pf.MODE not in MODES:
             raise ValueError(f"PIXELFADE.MODE (--mode) must be one of {MODES}; got {pf.MODE!r}")
-        if pf.PRECISION not in PRECISIONS:
-            raise ValueError(f"PIXELFADE.PRECISION (--precision) must be one of {tuple(PRECISIONS)}; got {pf.PRECISION!r}")
         self.model = model
         self.device = torch.device(device)
         self.per_image = pf.MODE == "per_image"
         self.seed = pf.SEED
         self.params = PixelFadeParams.from_cfg(cfg)
-        self.params.validate()
-        self.autocast_dtype = PRECISIONS[pf.PRECISION]
+        self.autocast_dtype = precision_dtype(pf.PRECISION)
         self.channels_last = pf.CHANNELS_LAST
         self.image_shape = (3, *cfg.INPUT.IMG_SIZE)
         self.generator = torch.Generator().manual_seed(rank_seed(pf.SEED, rank))
@@ -95,4 +94,5 @@ class BatchProtector:
             autocast_dtype=self.autocast_dtype,
             channels_last=self.channels_last,
         )
-        return ProtectedBatch(output.protected, noise)
+        features = output.features if self.autocast_dtype is None else None
+        return ProtectedBatch(output.protected, noise, features)

@@ -92,7 +92,7 @@ class SplitProtector:
             result = self.protector(original, indices)
             protected = result.protected
             original_features = extract_features(self.model, original)
-            protected_features = extract_features(self.model, protected)
+            protected_features = result.features if result.features is not None else extract_features(self.model, protected)
             stats = protection_statistics(original_features, protected_features, protected, result.noise)
             mean_mse = float(stats["feature_mse"].mean())
             if not math.isfinite(mean_mse):
