@@ -93,7 +93,7 @@ class SplitProtector:
             protected = result.protected
             original_features = extract_features(self.model, original)
             protected_features = result.features if result.features is not None else extract_features(self.model, protected)
-            stats = protection_statistics(original_features, protected_features, protected, result.noise)
+            stats = protection_statistics(original, protected, result.noise, original_features, protected_features)
             mean_mse = float(stats["feature_mse"].mean())
             if not math.isfinite(mean_mse):
                 raise NonFiniteLossError(

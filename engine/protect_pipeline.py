@@ -21,6 +21,7 @@ from configs import save_config
 from data.datasets import build_dataset
 from data.loaders import eval_records
 from data.transforms import build_eval_transform
+from evaluation.protection_stats import STAT_NAMES
 from evaluation.reid import evaluate_protection_modes, format_results_table
 from modeling import build_authorization_model, resolve_device
 
@@ -32,7 +33,6 @@ from .runtime import setup_logging
 
 logger = logging.getLogger("pixelfade.protect")
 
-STAT_NAMES = ("feature_mse", "cosine", "noise_share")
 
 
 @dataclass
@@ -171,9 +171,10 @@ def results_markdown(cfg, results):
         lines += ["Re-ID, features of the final protected images (float, normalised space):", "", format_results_table(results["reid"]), ""]
     if "reid_stored_png" in results:
         lines += ["Re-ID, protected images stored as 8-bit PNG and read back:", "", format_results_table(results["reid_stored_png"]), ""]
-    lines += ["| split | feature MSE | cosine to original | share equal to noise |", "|---|---|---|---|"]
+    lines += ["| split | feature MSE | cosine to original | values equal to noise | values nearer noise than original |",
+              "|---|---|---|---|---|"]
     for split, stats in results["protection"].items():
-        lines.append(f"| {split} | {stats['feature_mse']:.4f} | {stats['cosine']:.4f} | {stats['noise_share']:.1%} |")
+        lines.append(f"| {split} | {stats['feature_mse']:.4f} | {stats['cosine']:.4f} | {stats['noise_share']:.1%} | {stats['closer_to_noise']:.1%} |")
     return "\n".join(lines) + "\n"
 
 
@@ -241,17 +242,17 @@ def run_protection(local_rank, cfg, options):
             "seconds_this_run": round(time.perf_counter() - started, 2),
             "features": "extracted from the final protected images (the reference scores the previous step's)",
         }
-        store.write_text("results.json", json.dumps(_jsonable(results), indent=2))
+        store.write_text("results.json", json.dumps(to_jsonable(results), indent=2))
         store.write_text("results.md", results_markdown(cfg, results))
         logger.info("results in %s\n%s", store.path("results.md"), results_markdown(cfg, results))
     return results
 
 
-def _jsonable(value):
+def to_jsonable(value):
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [to_jsonable(v) for v in value]
     if hasattr(value, "tolist"):
         return value.tolist()
     return value
