@@ -87,7 +87,7 @@ def build_parser():
 
 
 def config_from_args(args):
-    """Defaults < --config_file < flags < trailing KEY VALUE overrides."""
+    """Defaults < --config_file < trailing KEY VALUE overrides < flags (as in recovery_attack.py)."""
     overrides = []
     for flag, key in FLAG_KEYS.items():
         value = getattr(args, flag)
@@ -99,7 +99,7 @@ def config_from_args(args):
         overrides += ["PIXELFADE.SAVE_IMAGE_NPY", "True"]
     if args.save_png:
         overrides += ["PIXELFADE.SAVE_PNG", "True"]
-    cfg = load_config(args.config_file, overrides + list(args.opts))
+    cfg = load_config(args.config_file, list(args.opts) + overrides)
     if not cfg.OUTPUT_DIR:
         cfg.defrost()
         cfg.OUTPUT_DIR = os.path.join("log", f"{cfg.DATASETS.NAMES}_protect")

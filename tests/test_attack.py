@@ -24,15 +24,6 @@ HEIGHT, WIDTH, BATCH = 32, 16, 2
 TINY = dict(generator="resnet_6blocks", ngf=4, total_epochs=2, eval_epochs=(0,), num_grids=1)
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny convolutions run fastest on one thread, and CI's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_pairs(run_dir, noise=0.05, train_batches=3, test_batches=2, seed=0):
     """Smooth images (easy to regress) with protected = original + small noise, as protect_image."""
     npy_dir = os.path.join(run_dir, "img_npy")

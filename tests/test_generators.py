@@ -6,15 +6,6 @@ from modeling.generators import GENERATORS, build_generator
 from modeling.generators.padding import crop_padding, pad_to_multiple, padding_for
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny convolutions run fastest on one thread, and CI's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("name", sorted(GENERATORS))
 def test_output_has_input_shape(name):
     torch.manual_seed(0)
