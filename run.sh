@@ -56,7 +56,7 @@ check_dataset() {
     local dataset=$1
     if [ ! -d "$DATA_ROOT" ]; then
         echo "run.sh: data set root $DATA_ROOT not found (set DATA_ROOT)." >&2
-        echo "  Expected layouts for $dataset are listed in README.md, 'Data sets'." >&2
+        echo "  The accepted layouts for $dataset are listed in README.md, 'Reproducing the paper'." >&2
         exit 1
     fi
 }

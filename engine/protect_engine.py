@@ -97,8 +97,9 @@ class SplitProtector:
             mean_mse = float(stats["feature_mse"].mean())
             if not math.isfinite(mean_mse):
                 raise NonFiniteLossError(
-                    f"non-finite feature loss in {split} batch {batch_index}; the {batch_index} batches "
-                    "before it are saved. Lower --beta/--beta_temp or use --precision none."
+                    f"non-finite feature loss in {split} batch {batch_index}; the batches finished before "
+                    "it are kept. Retry with a lower --beta/--beta_temp or --precision none (a new "
+                    "run: use another --output)."
                 )
             record = {
                 "indices": indices.cpu(),

@@ -181,3 +181,21 @@ def test_two_gloo_processes_equal_one_process_in_per_image_mode(data_root, tmp_p
         one, two = store_one.load_batch(split, int(index)), store_two.load_batch(split, int(index))
         assert torch.equal(one["indices"], two["indices"])
         assert torch.equal(one["protected_features"], two["protected_features"])
+
+
+def test_a_diverging_batch_stops_the_run_with_a_clear_error_and_keeps_earlier_batches(data_root, tmp_path, monkeypatch, capsys):
+    from engine.batch_protector import BatchProtector, ProtectedBatch
+
+    real_call = BatchProtector.__call__
+
+    def diverge_on_second_batch(self, original, indices):
+        if int(indices[0]) > 0:
+            return ProtectedBatch(original * float("nan"), None)
+        return real_call(self, original, indices)
+
+    monkeypatch.setattr(BatchProtector, "__call__", diverge_on_second_batch)
+    output = tmp_path / "nan"
+    assert protect(data_root, output) == 2
+    error = capsys.readouterr().err
+    assert "non-finite feature loss in test batch 1" in error
+    assert os.listdir(output / "records") == ["test-0.pt"]
