@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import ignite.distributed as idist
 import torch
+from ignite.utils import setup_logger
 
 from configs import save_config
 from data.datasets import build_dataset
@@ -29,7 +30,6 @@ from .batch_protector import BatchProtector
 from .distributed import gather_rows_by_index
 from .protect_engine import BatchSchedule, SplitProtector
 from .run_store import RunStore
-from .runtime import setup_logging
 
 logger = logging.getLogger("pixelfade.protect")
 
@@ -181,7 +181,8 @@ def results_markdown(cfg, results):
 def run_protection(local_rank, cfg, options):
     """Protect every split of the configured data set and, on rank 0, score and write the results."""
     rank = idist.get_rank()
-    setup_logging(cfg.OUTPUT_DIR, "log.txt", rank)
+    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    setup_logger("pixelfade", filepath=os.path.join(cfg.OUTPUT_DIR, "log.txt"), distributed_rank=rank, reset=True)
     device = idist.device() if idist.get_world_size() > 1 else resolve_device(cfg.MODEL.DEVICE)
     started = time.perf_counter()
     torch.backends.cudnn.benchmark = True
