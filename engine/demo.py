@@ -9,6 +9,7 @@ protected images keep the authorization model's retrieval while an attacker reco
 """
 import json
 import os
+import shutil
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,12 +87,19 @@ def demo_config(output, scale, method, device):
 
 
 def ensure_data(output, scale):
-    """Generate the synthetic Market-1501 once; a rerun reuses it (and resumes the runs)."""
+    """Generate the synthetic Market-1501 once; a rerun reuses it (and resumes the runs).
+
+    It is generated beside its final place and moved there when complete, so an interrupted
+    generation is redone instead of leaving a half-written data set behind.
+    """
     root = os.path.join(output, "data")
-    if not os.path.isdir(os.path.join(root, "market1501")):
-        make_market1501(root, num_ids=scale.num_ids, num_cams=scale.num_cams,
+    if not os.path.isdir(root):
+        partial = root + ".partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        make_market1501(partial, num_ids=scale.num_ids, num_cams=scale.num_cams,
                         images_per_id_cam=scale.images_per_id_cam, height=scale.height,
                         width=scale.width, seed=0)
+        os.replace(partial, root)
     return root
 
 
