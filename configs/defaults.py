@@ -1,9 +1,10 @@
 """The one yacs tree that describes a run completely.
 
 Key names follow the reference AGW/PixelFade configs so their YAML files and command-line
-overrides keep working. Keys under SOLVER and the training parts of INPUT/DATALOADER are read by
-the AGW training recipe (``data.transforms.build_train_transform``); protection and the attack
-never train the Re-ID model, but the reference YAML files set them, so they must be accepted.
+overrides keep working. Keys marked "reference compatibility" are set by the reference's YAML
+files for the AGW trainer (losses, sampler, solver); this toolkit never trains the Re-ID model and
+does not read them, but yacs rejects unknown keys, so they are accepted. INPUT.PROB, RE_PROB and
+PADDING are read by the AGW training transforms (``data.transforms.build_train_transform``).
 """
 import os
 
@@ -25,7 +26,7 @@ _C.MODEL.LAST_STRIDE = 1
 _C.MODEL.PRETRAIN_PATH = ""
 # 'imagenet': backbone from PRETRAIN_PATH (if set); 'self': whole model from TEST.WEIGHT.
 _C.MODEL.PRETRAIN_CHOICE = "imagenet"
-# AGW training-loss switches, accepted for the reference configs.
+# Reference compatibility (AGW training losses).
 _C.MODEL.CENTER_LOSS = "on"
 _C.MODEL.CENTER_FEAT_DIM = 2048
 _C.MODEL.WEIGHT_REGULARIZED_TRIPLET = "off"
@@ -63,12 +64,12 @@ _C.DATASETS.CUHK03_LABELED = False
 # ---------------------------------------------------------------------------------------------
 _C.DATALOADER = CN()
 _C.DATALOADER.NUM_WORKERS = 4
-# Identity-balanced (PK) sampling for Re-ID training.
+# Reference compatibility (the AGW trainer's identity-balanced sampler).
 _C.DATALOADER.PK_SAMPLER = "on"
 _C.DATALOADER.NUM_INSTANCE = 4
 
 # ---------------------------------------------------------------------------------------------
-# AGW training solver (accepted for the reference configs)
+# AGW training solver: reference compatibility
 # ---------------------------------------------------------------------------------------------
 _C.SOLVER = CN()
 _C.SOLVER.OPTIMIZER_NAME = "Adam"
@@ -93,7 +94,8 @@ _C.SOLVER.IMS_PER_BATCH = 64
 # Re-ID evaluation
 # ---------------------------------------------------------------------------------------------
 _C.TEST = CN()
-# Batch size of plain feature extraction (protection batches use PIXELFADE.BATCH_SIZE).
+# Images per forward pass when extracting evaluation features (protection batches use
+# PIXELFADE.BATCH_SIZE).
 _C.TEST.IMS_PER_BATCH = 128
 # k-reciprocal re-ranking of the distance matrix: 'on' | 'off'.
 _C.TEST.RE_RANKING = "off"
@@ -103,6 +105,7 @@ _C.TEST.WEIGHT = ""
 _C.TEST.FEAT_NORM = "on"
 # 'euclidean' (the reference) or 'cosine'.
 _C.TEST.DISTANCE = "euclidean"
+# Reference compatibility.
 _C.TEST.EVALUATE_ONLY = "off"
 _C.TEST.PARTIAL_REID = "off"
 
@@ -168,6 +171,7 @@ _C.ATTACK.NUM_GRIDS = 20
 # Misc
 # ---------------------------------------------------------------------------------------------
 _C.OUTPUT_DIR = ""
+# Reference compatibility (seeds here: MODEL.INIT_SEED, PIXELFADE.SEED, ATTACK.SEED).
 _C.SEED = 666
 
 

@@ -27,8 +27,8 @@ class NonFiniteLossError(RuntimeError):
     """The optimisation diverged; batches finished before it are kept."""
 
 
-def extract_features(model, images, chunk_size=64):
-    """Eval-mode features of a batch, fp32, without building a graph."""
+def extract_features(model, images, chunk_size):
+    """Eval-mode features of a batch, fp32, without building a graph, ``chunk_size`` images at a time."""
     with torch.no_grad():
         return torch.cat([model(part).float() for part in images.split(chunk_size)])
 
@@ -91,8 +91,8 @@ class SplitProtector:
             self._restore_stream(split, batch_index)
             result = self.protector(original, indices)
             protected = result.protected
-            original_features = extract_features(self.model, original)
-            protected_features = result.features if result.features is not None else extract_features(self.model, protected)
+            original_features = extract_features(self.model, original, self.cfg.TEST.IMS_PER_BATCH)
+            protected_features = result.features if result.features is not None else extract_features(self.model, protected, self.cfg.TEST.IMS_PER_BATCH)
             stats = protection_statistics(original, protected, result.noise, original_features, protected_features)
             mean_mse = float(stats["feature_mse"].mean())
             if not math.isfinite(mean_mse):
@@ -115,7 +115,7 @@ class SplitProtector:
                 protected_pixels = quantize_to_uint8(protected, self.mean, self.std)
             if self.save_png:
                 stored = dequantize(protected_pixels, self.mean, self.std)
-                record["stored_features"] = extract_features(self.model, stored).cpu()
+                record["stored_features"] = extract_features(self.model, stored, self.cfg.TEST.IMS_PER_BATCH).cpu()
                 for pixels, index in zip(protected_pixels.cpu(), indices.tolist()):
                     self.store.save_png(png_paths[index], pixels)
             if pf.SAVE_IMAGE_NPY and split in ("train", "test"):

@@ -41,3 +41,24 @@ def test_a_saved_config_loads_back_identically(tmp_path):
     assert load_config(path) == cfg
     other = save_config(cfg, str(tmp_path), "attack_config.yaml")
     assert other.endswith("attack_config.yaml") and load_config(other) == cfg
+
+
+def test_a_reference_style_config_file_loads(tmp_path):
+    """The reference's YAML files set AGW-trainer keys and machine paths; they must load unchanged."""
+    path = tmp_path / "AGW_reference.yml"
+    path.write_text(
+        "MODEL:\n  PRETRAIN_CHOICE: 'imagenet'\n  PRETRAIN_PATH: '/somewhere/resnet50-19c8e357.pth'\n"
+        "  CENTER_LOSS: 'on'\n  CENTER_FEAT_DIM: 2048\n  NAME: 'resnet50_nl'\n  WEIGHT_REGULARIZED_TRIPLET: 'on'\n"
+        "  GENERALIZED_MEAN_POOL: 'on'\n"
+        "INPUT:\n  IMG_SIZE: [256, 128]\n  PROB: 0.5\n  RE_PROB: 0.0\n  PADDING: 0\n"
+        "DATASETS:\n  NAMES: ('cuhk03')\n  ROOT_DIR: ('/mnt/Datasets/reid_dataset/')\n"
+        "DATALOADER:\n  PK_SAMPLER: 'on'\n  NUM_INSTANCE: 4\n  NUM_WORKERS: 8\n"
+        "SOLVER:\n  OPTIMIZER_NAME: 'Adam'\n  MAX_EPOCHS: 120\n  BASE_LR: 0.00035\n  STEPS: [40, 70]\n"
+        "  WARMUP_FACTOR: 0.01\n  IMS_PER_BATCH: 20\n"
+        "TEST:\n  IMS_PER_BATCH: 128\n  RE_RANKING: 'off'\n  WEIGHT: \"path\"\n  FEAT_NORM: 'on'\n"
+        "  EVALUATE_ONLY: 'off'\n  PARTIAL_REID: 'off'\n"
+        "OUTPUT_DIR: \"./log/market1501/Experiment-AGW-baseline\"\n"
+    )
+    cfg = load_config(str(path), ["DATASETS.ROOT_DIR", "/data"])
+    assert cfg.DATASETS.NAMES == "cuhk03" and cfg.DATASETS.ROOT_DIR == "/data"
+    assert tuple(cfg.SOLVER.STEPS) == (40, 70) and cfg.TEST.IMS_PER_BATCH == 128
