@@ -32,6 +32,8 @@ from evaluation.image_quality import (QualityAccumulator, to_pixels,
                                       pixel_space_metrics, reference_batch_metrics)
 from modeling.generators import GENERATORS, build_generator
 
+from .storage import atomic_write_text
+
 ATTACKERS = ("reference", "strong")
 OPTIMIZERS = ("adam", "sgd")
 SGD_MOMENTUM = 0.9
@@ -425,8 +427,8 @@ def write_results(log_dir, attacker, entry):
         if not isinstance(results, dict):
             results = {}
     results[attacker] = entry
-    _write_atomic(json_path, json.dumps(results, indent=2, sort_keys=True) + "\n")
-    _write_atomic(os.path.join(log_dir, RESULTS_MARKDOWN), results_markdown(results))
+    atomic_write_text(json.dumps(results, indent=2, sort_keys=True) + "\n", json_path)
+    atomic_write_text(results_markdown(results), os.path.join(log_dir, RESULTS_MARKDOWN))
     return entry
 
 
@@ -445,11 +447,3 @@ def results_markdown(results):
                                  f"{values['psnr']:.2f} | {values['ssim']:.4f} | "
                                  f"{values['mse']:.4f} |")
     return "\n".join(lines) + "\n"
-
-
-def _write_atomic(path, text):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-

@@ -41,18 +41,20 @@ class BatchSchedule:
     """
 
     def __init__(self):
-        self.order = []
+        self._previous = {}
+        self._last = None
 
     def add_split(self, split, num_items, batch_size):
         spans = batch_spans(num_items, batch_size)
         shard = shard_range(len(spans), idist.get_world_size(), idist.get_rank())
         for batch_index in shard:
-            self.order.append((split, batch_index, spans[batch_index]))
+            self._previous[(split, batch_index)] = self._last
+            self._last = (split, batch_index)
         return spans, shard
 
     def predecessor(self, split, batch_index):
-        position = [(s, b) for s, b, _ in self.order].index((split, batch_index))
-        return None if position == 0 else self.order[position - 1][:2]
+        """The (split, batch) protected just before this one by this process, or None."""
+        return self._previous[(split, batch_index)]
 
 
 class SplitProtector:

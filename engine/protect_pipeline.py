@@ -243,9 +243,10 @@ def run_protection(local_rank, cfg, options):
             "seconds_this_run": round(time.perf_counter() - started, 2),
             "features": "extracted from the final protected images (the reference scores the previous step's)",
         }
+        markdown = results_markdown(cfg, results)
         store.write_text("results.json", json.dumps(to_jsonable(results), indent=2))
-        store.write_text("results.md", results_markdown(cfg, results))
-        logger.info("results in %s\n%s", store.path("results.md"), results_markdown(cfg, results))
+        store.write_text("results.md", markdown)
+        logger.info("results in %s\n%s", store.path("results.md"), markdown)
     return results
 
 

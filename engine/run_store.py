@@ -18,26 +18,13 @@ import numpy as np
 import torch
 from torchvision.utils import make_grid
 
-from .storage import write_png
+from .storage import atomic_save_npy, atomic_write_text, write_png
 
 MANIFEST = "manifest.json"
 
 
 class RunConflictError(RuntimeError):
     """The output folder holds the files of a different run."""
-
-
-def atomic_save_npy(array, path):
-    tmp = path + ".tmp.npy"
-    np.save(tmp, array)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(text, path):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 class RunStore:

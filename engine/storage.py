@@ -1,6 +1,7 @@
-"""What storing a protected image as an 8-bit PNG does to it.
+"""Writing outputs durably, and what storing a protected image as an 8-bit PNG does to it.
 
-PixelFade optimises in normalised float space; a storage service keeps 8-bit images. These
+Every file is written to a temporary name and renamed into place, so an interrupted run never
+leaves a half-written file that a resumed run would trust. PixelFade optimises in normalised float space; a storage service keeps 8-bit images. These
 functions quantise exactly as a PNG file would (denormalise, clamp to [0, 1], round to 1/255) so
 Re-ID can be scored on what a service would really read back.
 """
@@ -11,6 +12,19 @@ import torch
 from PIL import Image
 
 from data.transforms import denormalize, normalize
+
+
+def atomic_write_text(text, path):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def atomic_save_npy(array, path):
+    tmp = path + ".tmp.npy"
+    np.save(tmp, array)
+    os.replace(tmp, path)
 
 
 def quantize_to_uint8(images, mean, std):
