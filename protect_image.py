@@ -16,7 +16,7 @@ import torch
 
 from configs import ConfigError, load_config
 from data.datasets import DatasetError
-from engine.protect_engine import NonFiniteLossError
+from utils.errors import NonFiniteError
 from engine.protect_pipeline import ProtectOptions, run_protection
 from engine.run_store import RunConflictError
 from modeling import CheckpointError
@@ -127,7 +127,7 @@ def main(argv=None):
         cfg = config_from_args(args)
         options = ProtectOptions(random_init=args.random_init, show_progress=not args.no_progress)
         launch(cfg, options, args.nproc_per_node, args.backend)
-    except (ConfigError, DatasetError, CheckpointError, RunConflictError, NonFiniteLossError,
+    except (ConfigError, DatasetError, CheckpointError, RunConflictError, NonFiniteError,
             FileNotFoundError, ValueError) as err:
         print(f"protect_image.py: error: {err}", file=sys.stderr)
         return 2

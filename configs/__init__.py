@@ -3,15 +3,14 @@ import os
 
 from yacs.config import CfgNode
 
+from utils.errors import ConfigError
+from utils.file_io import atomic_write_text
+
 from .defaults import get_default_config
 
 __all__ = ["ConfigError", "get_default_config", "load_config", "save_config", "CfgNode"]
 
 CONFIG_FILENAME = "config.yaml"
-
-
-class ConfigError(ValueError):
-    """A config file or override that does not fit the defaults tree."""
 
 
 def load_config(config_file="", opts=()):
@@ -39,13 +38,7 @@ def load_config(config_file="", opts=()):
 
 def save_config(cfg, output_dir, filename=CONFIG_FILENAME):
     """Write the merged config into ``output_dir`` so the run can be described and repeated."""
-    os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, filename)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as handle:
-        handle.write(cfg.dump())
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(cfg.dump(), os.path.join(output_dir, filename))
 
 
 def _explain(err):

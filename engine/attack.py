@@ -32,7 +32,7 @@ from evaluation.image_quality import (QualityAccumulator, to_pixels,
                                       pixel_space_metrics, reference_batch_metrics)
 from modeling.generators import GENERATORS, build_generator
 
-from .storage import atomic_write_text
+from utils.file_io import atomic_write_text
 
 ATTACKERS = ("reference", "strong")
 OPTIMIZERS = ("adam", "sgd")

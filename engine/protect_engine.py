@@ -14,6 +14,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
 
+from utils.errors import NonFiniteError
 from data.loaders import ImageDataset
 from evaluation.protection_stats import protection_statistics
 
@@ -21,10 +22,6 @@ from .distributed import batch_spans, shard_range
 from .storage import dequantize, quantize_to_uint8
 
 logger = logging.getLogger("pixelfade.protect")
-
-
-class NonFiniteLossError(RuntimeError):
-    """The optimisation diverged; batches finished before it are kept."""
 
 
 def extract_features(model, images, chunk_size):
@@ -98,7 +95,7 @@ class SplitProtector:
             stats = protection_statistics(original, protected, result.noise, original_features, protected_features)
             mean_mse = float(stats["feature_mse"].mean())
             if not math.isfinite(mean_mse):
-                raise NonFiniteLossError(
+                raise NonFiniteError(
                     f"non-finite feature loss in {split} batch {batch_index}; the batches finished before "
                     "it are kept. Retry with a lower --beta/--beta_temp or --precision none (a new "
                     "run: use another --output)."

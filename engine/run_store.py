@@ -18,13 +18,13 @@ import numpy as np
 import torch
 from torchvision.utils import make_grid
 
-from .storage import atomic_save_npy, atomic_write_text, write_png
+from utils.errors import RunConflictError
+
+from utils.file_io import atomic_save_npy, atomic_torch_save, atomic_write_text
+
+from .storage import write_png
 
 MANIFEST = "manifest.json"
-
-
-class RunConflictError(RuntimeError):
-    """The output folder holds the files of a different run."""
 
 
 class RunStore:
@@ -78,10 +78,7 @@ class RunStore:
         return torch.load(self.record_path(split, batch_index), map_location="cpu", weights_only=True)
 
     def save_record(self, split, batch_index, record):
-        path = self.record_path(split, batch_index)
-        tmp = path + ".tmp"
-        torch.save(record, tmp)
-        os.replace(tmp, path)
+        atomic_torch_save(record, self.record_path(split, batch_index))
 
     def save_pairs(self, split, batch_index, original, protected, pids, camids):
         """The reference's ``img_npy`` files for one batch (float32, normalised space)."""

@@ -1,30 +1,15 @@
-"""Writing outputs durably, and what storing a protected image as an 8-bit PNG does to it.
+"""What storing a protected image as an 8-bit PNG does to it, and writing such PNGs durably.
 
-Every file is written to a temporary name and renamed into place, so an interrupted run never
-leaves a half-written file that a resumed run would trust. PixelFade optimises in normalised float space; a storage service keeps 8-bit images. These
+PixelFade optimises in normalised float space; a storage service keeps 8-bit images. These
 functions quantise exactly as a PNG file would (denormalise, clamp to [0, 1], round to 1/255) so
 Re-ID can be scored on what a service would really read back.
 """
-import os
-
 import numpy as np
 import torch
 from PIL import Image
 
 from data.transforms import denormalize, normalize
-
-
-def atomic_write_text(text, path):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
-def atomic_save_npy(array, path):
-    tmp = path + ".tmp.npy"
-    np.save(tmp, array)
-    os.replace(tmp, path)
+from utils.file_io import atomic_save_image
 
 
 def quantize_to_uint8(images, mean, std):
@@ -40,10 +25,7 @@ def dequantize(pixels, mean, std):
 
 def write_png(pixels, path):
     """Write one uint8 (3,H,W) image losslessly and atomically (no half-written file on a crash)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    Image.fromarray(pixels.cpu().permute(1, 2, 0).numpy()).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    atomic_save_image(Image.fromarray(pixels.cpu().permute(1, 2, 0).numpy()), path)
 
 
 def read_png(path):

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 
 import torch
 
+from utils.file_io import atomic_torch_save
+
 from .errors import CheckpointError
 from .load_report import LoadReport
 from .safe_unpickle import ModuleRecord, load_untrusted, module_record_state_dict
@@ -160,14 +162,5 @@ def convert_checkpoint(src, dst):
     Returns the state dict written.
     """
     state = OrderedDict((key, tensor.clone()) for key, tensor in read_checkpoint(src).items())
-    dst = os.fspath(dst)
-    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-    tmp_path = f"{dst}.{os.getpid()}.tmp"
-    try:
-        torch.save(state, tmp_path)
-        os.replace(tmp_path, dst)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
+    atomic_torch_save(state, os.path.abspath(os.fspath(dst)))
     return state

@@ -1,5 +1,4 @@
-"""Errors of the modeling package (kept apart so every module can raise them)."""
+"""Errors of the modeling package (the toolkit-wide family lives in ``utils.errors``)."""
+from utils.errors import CheckpointError
 
-
-class CheckpointError(Exception):
-    """A checkpoint file that cannot be read safely, or whose weights do not fit the model."""
+__all__ = ["CheckpointError"]

@@ -2,9 +2,7 @@
 from collections import Counter
 from dataclasses import dataclass
 
-
-class DatasetError(Exception):
-    """A data set folder, file or image that is missing or does not have the expected form."""
+from utils.errors import DatasetError
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Pieces every layer uses: the error family and durable file writing."""

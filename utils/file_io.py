@@ -1,0 +1,143 @@
+"""Durable output files: atomic writes, one-line errors for OS failures, a lock per output folder.
+
+Every file is written under a unique temporary name beside its final place and renamed into
+place, so an interrupted run never leaves a half-written file that a resumed run would trust, and
+two processes never share a temporary file. An ``OSError`` while writing becomes an
+``OutputError`` that names the file and says why (a full disk is said in those words), and the
+temporary file is removed.
+"""
+import contextlib
+import errno
+import fcntl
+import io
+import json
+import os
+import uuid
+
+import numpy as np
+
+from .errors import OutputError, RunConflictError
+
+LOCK_FILENAME = ".lock"
+
+
+def describe_os_error(err, path):
+    """One line for an OSError on ``path``: what happened, in words a user can act on."""
+    reasons = {
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is exceeded",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "operation not permitted",
+        errno.EROFS: "the file system is read-only",
+        errno.ENOENT: "a folder on the path does not exist",
+        errno.ENOTDIR: "a part of the path is a file, not a folder",
+        errno.EISDIR: "the path is a folder",
+    }
+    reason = reasons.get(err.errno, err.strerror or str(err))
+    return f"cannot write {path}: {reason}"
+
+
+@contextlib.contextmanager
+def os_errors_as_output_errors(path):
+    """Turn an ``OSError`` raised inside the block into an ``OutputError`` naming ``path``."""
+    try:
+        yield
+    except OSError as err:
+        raise OutputError(describe_os_error(err, path)) from err
+
+
+def make_dirs(path):
+    """``os.makedirs(path, exist_ok=True)`` with a one-line error naming the folder."""
+    with os_errors_as_output_errors(path):
+        os.makedirs(path, exist_ok=True)
+
+
+def atomic_write(path, write):
+    """Call ``write(handle)`` on a binary temporary file, then rename it to ``path``."""
+    folder = os.path.dirname(path) or "."
+    make_dirs(folder)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with os_errors_as_output_errors(path):
+            with open(tmp, "wb") as handle:
+                write(handle)
+                handle.flush()
+            os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+    return path
+
+
+def atomic_write_text(text, path):
+    return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def atomic_write_json(value, path):
+    return atomic_write_text(json.dumps(value, indent=2) + "\n", path)
+
+
+def atomic_save_npy(array, path):
+    return atomic_write(path, lambda handle: np.save(handle, array))
+
+
+def atomic_torch_save(obj, path):
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return atomic_write(path, lambda handle: handle.write(buffer.getbuffer()))
+
+
+def atomic_save_image(image, path, format="PNG"):
+    """Save a PIL image atomically."""
+    return atomic_write(path, lambda handle: image.save(handle, format=format))
+
+
+class FolderLock:
+    """An exclusive, non-blocking lock on an output folder while a run writes to it.
+
+    The lock is an ``flock`` on ``<folder>/.lock``, released by the kernel when the process ends,
+    so a crashed run never leaves a stale lock. A second run on the same folder is refused with
+    the holder's process id.
+    """
+
+    def __init__(self, folder, purpose="run"):
+        self.folder = folder
+        self.purpose = purpose
+        self.path = os.path.join(folder, LOCK_FILENAME)
+        self._handle = None
+
+    def acquire(self):
+        make_dirs(self.folder)
+        with os_errors_as_output_errors(self.path):
+            handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RunConflictError(
+                f"output folder {self.folder} is being written by {holder}; wait for it to finish, "
+                "or use another output folder"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} ({self.purpose})\n")
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def release(self):
+        if self._handle is not None:
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
