@@ -6,129 +6,104 @@
 
 Rerunning the same command on the same --output resumes after the last finished batch.
 Several processes: ``--nproc_per_node N`` (spawned here) or ``torchrun --nproc_per_node=N protect_image.py ...``.
+Arguments are parsed before torch is imported, so ``--help`` and argument errors are instant.
 """
 import argparse
-import os
 import sys
 
-import ignite.distributed as idist
-import torch
+from configs.defaults import get_default_config
 
-from configs import ConfigError, load_config
-from data.datasets import DatasetError
-from utils.errors import NonFiniteError
-from engine.protect_pipeline import ProtectOptions, run_protection
-from engine.run_store import RunConflictError
-from modeling import CheckpointError
+# (flag, config key, type, choices, help): flags left unset keep the config's value.
+FLAGS = (
+    ("reid_ckpt_path", "TEST.WEIGHT", str, None, "authorization Re-ID checkpoint (any format of ckpt/README.md)"),
+    ("output", "OUTPUT_DIR", str, None, "output folder (empty: log/<dataset>_protect)"),
+    ("dataset", "DATASETS.NAMES", str, None, "market1501 | cuhk03 | msmt17 | image_folder"),
+    ("root", "DATASETS.ROOT_DIR", str, None, "data set root (env PIXELFADE_DATA)"),
+    ("batch_size", "PIXELFADE.BATCH_SIZE", int, None, "images protected together"),
+    ("max_iter", "PIXELFADE.MAX_ITER", int, None, "optimisation steps per batch"),
+    ("fade_num_iter", "PIXELFADE.FADE_NUM_ITER", int, None, "K, number of replacement stages"),
+    ("warmup_iter", "PIXELFADE.WARMUP_ITER", int, None, "steps that always replace"),
+    ("momentum_w", "PIXELFADE.MOMENTUM", float, None, "gradient momentum"),
+    ("beta", "PIXELFADE.BETA", float, None, "step size while the constraint holds"),
+    ("beta_temp", "PIXELFADE.BETA_TEMP", float, None, "step size while it does not (0.02 for CUHK03)"),
+    ("epsilon", "PIXELFADE.EPSILON", float, None, "bound on the feature MSE"),
+    ("seed", "PIXELFADE.SEED", int, None, "random stream of masks and noise"),
+    ("mode", "PIXELFADE.MODE", str, ("reference", "per_image"), "batch-level (reference) or per-image constraint and seeds"),
+    ("precision", "PIXELFADE.PRECISION", str, ("none", "bf16", "fp16"), "autocast of the model in the loop (opt-in speed; changes numbers)"),
+    ("channels_last", "PIXELFADE.CHANNELS_LAST", bool, None, "channels_last memory layout (opt-in speed; changes numbers)"),
+    ("train_order", "PIXELFADE.TRAIN_ORDER", str, ("identity_balanced", "every_image"),
+     "train split with --save_image_npy: the reference's PK batches with random flips, or every image once"),
+    ("method", "PIXELFADE.METHOD", str, ("pixelfade", "blur", "mosaic", "noise"), "protection method"),
+    ("blur_sigma", "PIXELFADE.BLUR_SIGMA", float, None, "blur strength"),
+    ("mosaic_block", "PIXELFADE.MOSAIC_BLOCK", int, None, "mosaic cell size in pixels"),
+    ("noise_std", "PIXELFADE.NOISE_STD", float, None, "additive noise std in normalised units"),
+    ("device", "MODEL.DEVICE", str, None, "auto | cpu | cuda | cuda:N"),
+    ("num_workers", "DATALOADER.NUM_WORKERS", int, None, "image-loading worker processes"),
+)
+SWITCHES = {"save_image_npy": "PIXELFADE.SAVE_IMAGE_NPY", "save_png": "PIXELFADE.SAVE_PNG"}
+FLAG_OF_KEY = {key: f"--{flag}" for flag, key, *_ in FLAGS}
+FLAG_OF_KEY.update({key: f"--{flag}" for flag, key in SWITCHES.items()})
 
-# flag -> config key; flags left unset keep the config file's value.
-FLAG_KEYS = {
-    "batch_size": "PIXELFADE.BATCH_SIZE",
-    "max_iter": "PIXELFADE.MAX_ITER",
-    "fade_num_iter": "PIXELFADE.FADE_NUM_ITER",
-    "warmup_iter": "PIXELFADE.WARMUP_ITER",
-    "momentum_w": "PIXELFADE.MOMENTUM",
-    "beta": "PIXELFADE.BETA",
-    "beta_temp": "PIXELFADE.BETA_TEMP",
-    "epsilon": "PIXELFADE.EPSILON",
-    "seed": "PIXELFADE.SEED",
-    "method": "PIXELFADE.METHOD",
-    "mode": "PIXELFADE.MODE",
-    "precision": "PIXELFADE.PRECISION",
-    "blur_sigma": "PIXELFADE.BLUR_SIGMA",
-    "mosaic_block": "PIXELFADE.MOSAIC_BLOCK",
-    "noise_std": "PIXELFADE.NOISE_STD",
-    "reid_ckpt_path": "TEST.WEIGHT",
-    "output": "OUTPUT_DIR",
-    "dataset": "DATASETS.NAMES",
-    "root": "DATASETS.ROOT_DIR",
-    "device": "MODEL.DEVICE",
-    "num_workers": "DATALOADER.NUM_WORKERS",
-}
+
+def _default(defaults, key):
+    node = defaults
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _parse_bool(text):
+    lowered = str(text).lower()
+    if lowered in ("true", "1", "on", "yes"):
+        return True
+    if lowered in ("false", "0", "off", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description="PixelFade: protect Re-ID images", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--config_file", default="", help="yacs YAML file (configs/*.yml)")
-    parser.add_argument("--reid_ckpt_path", help="authorization Re-ID checkpoint (any format of ckpt/README.md)")
+    defaults = get_default_config()
+    parser = argparse.ArgumentParser(description="PixelFade: protect Re-ID images")
+    parser.add_argument("--config_file", default="", help="yacs YAML file (configs/*.yml) merged over the defaults")
     parser.add_argument("--random_init", action="store_true", help="no checkpoint: an untrained AGW seeded by MODEL.INIT_SEED (demo only)")
-    parser.add_argument("--output", help="output directory (default: OUTPUT_DIR, else log/<dataset>_protect)")
-    parser.add_argument("--dataset", help="market1501 | cuhk03 | msmt17 | image_folder (DATASETS.NAMES)")
-    parser.add_argument("--root", help="data set root (DATASETS.ROOT_DIR; env PIXELFADE_DATA)")
     parser.add_argument("--image_folder", help="protect a plain folder of images (no labels, no metrics)")
-    parser.add_argument("--save_image_npy", action="store_true", help="also protect the train split; save original/protected pairs in img_npy/")
-    parser.add_argument("--save_png", action="store_true", help="store protected images as 8-bit PNG and score Re-ID on them too")
-    group = parser.add_argument_group("PixelFade (reference defaults in configs/defaults.py)")
-    group.add_argument("--batch_size", type=int)
-    group.add_argument("--max_iter", type=int)
-    group.add_argument("--fade_num_iter", type=int, help="K, number of replacement stages")
-    group.add_argument("--warmup_iter", type=int)
-    group.add_argument("--momentum_w", type=float)
-    group.add_argument("--beta", type=float)
-    group.add_argument("--beta_temp", type=float, help="0.04 Market-1501/MSMT17, 0.02 CUHK03")
-    group.add_argument("--epsilon", type=float)
-    group.add_argument("--num_iter", type=int, help="accepted for the reference's commands; unused there and here")
-    group.add_argument("--seed", type=int)
-    group.add_argument("--mode", choices=["reference", "per_image"], help="batch-level (reference) or per-image constraint and seeds")
-    group.add_argument("--precision", choices=["none", "bf16", "fp16"], help="autocast of the model inside the loop")
-    base = parser.add_argument_group("baseline methods for comparison")
-    base.add_argument("--method", choices=["pixelfade", "blur", "mosaic", "noise"])
-    base.add_argument("--blur_sigma", type=float)
-    base.add_argument("--mosaic_block", type=int)
-    base.add_argument("--noise_std", type=float)
-    run = parser.add_argument_group("execution")
-    run.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    run.add_argument("--num_workers", type=int)
-    run.add_argument("--nproc_per_node", type=int, default=None, help="spawn this many processes (ignite.distributed)")
-    run.add_argument("--backend", choices=["gloo", "nccl"], help="distributed backend (default: nccl on CUDA, else gloo)")
-    run.add_argument("--no_progress", action="store_true", help="no progress bar")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="trailing yacs overrides: KEY VALUE ...")
+    parser.add_argument("--save_image_npy", action="store_true", help="also protect the train split; save original/protected pairs in img_npy/ (PIXELFADE.SAVE_IMAGE_NPY)")
+    parser.add_argument("--save_png", action="store_true", help="store protected images as 8-bit PNG and score Re-ID on them too (PIXELFADE.SAVE_PNG)")
+    parser.add_argument("--num_iter", type=int, help="accepted for the reference's commands; unused there and here")
+    parser.add_argument("--nproc_per_node", type=int, help="spawn this many processes (ignite.distributed)")
+    parser.add_argument("--backend", choices=["gloo", "nccl"], help="distributed backend (default: nccl on CUDA, else gloo)")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    group = parser.add_argument_group("settings (each sets a config key; default shown is configs/defaults.py's)")
+    for flag, key, kind, choices, text in FLAGS:
+        default = _default(defaults, key)
+        shown = default if default != "" else "empty"
+        group.add_argument(f"--{flag}", type=_parse_bool if kind is bool else kind, choices=choices, metavar=None if choices else key.split(".")[-1],
+                           help=f"{text} [{key}, default: {shown}]")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="trailing config overrides: KEY VALUE ...")
     return parser
 
 
-def config_from_args(args):
-    """Defaults < --config_file < trailing KEY VALUE overrides < flags (as in recovery_attack.py)."""
-    overrides = []
-    for flag, key in FLAG_KEYS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            overrides += [key, str(value)]
+def flag_values(args):
+    """{config key: value} for every flag given; they win over --config_file and KEY VALUE pairs."""
+    values = {key: getattr(args, flag) for flag, key, *_ in FLAGS if getattr(args, flag) is not None}
+    values.update({key: True for flag, key in SWITCHES.items() if getattr(args, flag)})
     if args.image_folder:
-        overrides += ["DATASETS.NAMES", "image_folder", "DATASETS.ROOT_DIR", args.image_folder]
-    if args.save_image_npy:
-        overrides += ["PIXELFADE.SAVE_IMAGE_NPY", "True"]
-    if args.save_png:
-        overrides += ["PIXELFADE.SAVE_PNG", "True"]
-    cfg = load_config(args.config_file, list(args.opts) + overrides)
-    if not cfg.OUTPUT_DIR:
-        cfg.defrost()
-        cfg.OUTPUT_DIR = os.path.join("log", f"{cfg.DATASETS.NAMES}_protect")
-        cfg.freeze()
-    if cfg.DATASETS.NAMES == "image_folder" and cfg.PIXELFADE.SAVE_IMAGE_NPY:
-        raise ConfigError("--save_image_npy needs a labelled data set with a train split, not --image_folder")
-    return cfg
-
-
-def launch(cfg, options, nproc_per_node=None, backend=None):
-    """Run ``run_protection`` in one process, under torchrun, or in ``nproc_per_node`` spawned ones."""
-    under_launcher = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if backend is None and (under_launcher or (nproc_per_node or 1) > 1):
-        backend = "nccl" if torch.cuda.is_available() and cfg.MODEL.DEVICE != "cpu" else "gloo"
-    spawn = nproc_per_node if nproc_per_node and nproc_per_node > 1 and not under_launcher else None
-    with idist.Parallel(backend=backend, nproc_per_node=spawn) as parallel:
-        parallel.run(run_protection, cfg, options)
+        values.update({"DATASETS.NAMES": "image_folder", "DATASETS.ROOT_DIR": args.image_folder})
+    return values
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from engine.protect_pipeline import ProtectOptions, build_protect_config, run
+    from utils.errors import PixelFadeError
+
     try:
         if args.num_iter is not None:
             print("note: --num_iter is unused (as in the reference code); --max_iter sets the steps", file=sys.stderr)
-        cfg = config_from_args(args)
+        cfg = build_protect_config(args.config_file, list(args.opts), flag_values(args), FLAG_OF_KEY)
         options = ProtectOptions(random_init=args.random_init, show_progress=not args.no_progress)
-        launch(cfg, options, args.nproc_per_node, args.backend)
-    except (ConfigError, DatasetError, CheckpointError, RunConflictError, NonFiniteError,
-            FileNotFoundError, ValueError) as err:
+        run(cfg, options, args.nproc_per_node, args.backend)
+    except PixelFadeError as err:
         print(f"protect_image.py: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -72,7 +72,7 @@ reproduce() {
     # shellcheck disable=SC2086
     "$PY" protect_image.py --config_file "configs/AGW_baseline_${dataset}.yml" \
         --reid_ckpt_path "$ckpt" --root "$DATA_ROOT" --output "$out" --save_image_npy \
-        --device "$DEVICE" --nproc_per_node "$NPROC" $EXTRA_ARGS
+        --train_order identity_balanced --device "$DEVICE" --nproc_per_node "$NPROC" $EXTRA_ARGS
     echo "== recovery attack on $out"
     "$PY" recovery_attack.py --npy_path "$out" --config_file "configs/AGW_baseline_${dataset}.yml" \
         --device "$DEVICE" --attacker both

@@ -136,13 +136,20 @@ _C.PIXELFADE.SEED = 0
 _C.PIXELFADE.MODE = "reference"
 # none | bf16 | fp16: autocast precision of the model's forward/backward.
 _C.PIXELFADE.PRECISION = "none"
-_C.PIXELFADE.CHANNELS_LAST = True
+# channels_last memory layout: faster on some devices, but its convolutions round differently and
+# the loop amplifies that; off reproduces the reference bit for bit.
+_C.PIXELFADE.CHANNELS_LAST = False
 # Strength of the baseline methods.
 _C.PIXELFADE.BLUR_SIGMA = 8.0
 _C.PIXELFADE.MOSAIC_BLOCK = 16
 _C.PIXELFADE.NOISE_STD = 1.0
 # Also protect the train split and save original/protected pairs for the recovery attack.
 _C.PIXELFADE.SAVE_IMAGE_NPY = False
+# How the train split is protected for the attack's pairs: 'identity_balanced' is the reference
+# (its PK train loader: BATCH_SIZE / DATALOADER.NUM_INSTANCE identities x NUM_INSTANCE images, an
+# identity's remainder dropped, random horizontal flip with INPUT.PROB); 'every_image' protects
+# every train image once, un-flipped, in order.
+_C.PIXELFADE.TRAIN_ORDER = "identity_balanced"
 # Store protected images as lossless 8-bit PNG and score Re-ID on the reloaded images too.
 _C.PIXELFADE.SAVE_PNG = False
 # Number of leading batches per split drawn as original/protected grids.

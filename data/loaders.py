@@ -22,14 +22,21 @@ def read_image(path):
 
 
 class ImageDataset(Dataset):
-    """Records (optionally a subset given by ``indices``) as dict items for the model."""
+    """Records (optionally a subset given by ``indices``) as dict items for the model.
 
-    def __init__(self, records, transform, indices=None):
+    ``flips`` (one bool per record) mirrors an image horizontally after the transform, which for
+    the reference's resize-flip-normalise order gives the same tensor as flipping before it.
+    """
+
+    def __init__(self, records, transform, indices=None, flips=None):
         if not callable(transform):
             raise TypeError(f"transform must be callable, got {type(transform).__name__}")
         self.records = records
         self.transform = transform
         self.indices = list(range(len(records))) if indices is None else [int(i) for i in indices]
+        self.flips = list(flips) if flips is not None else [False] * len(records)
+        if len(self.flips) != len(records):
+            raise ValueError(f"flips has {len(self.flips)} entries for {len(records)} records")
         bad = [i for i in self.indices if not 0 <= i < len(records)]
         if bad:
             raise IndexError(
@@ -42,8 +49,11 @@ class ImageDataset(Dataset):
     def __getitem__(self, position):
         index = self.indices[position]
         record = self.records[index]
+        image = self.transform(read_image(record.path))
+        if self.flips[index]:
+            image = image.flip(-1)
         return dict(
-            image=self.transform(read_image(record.path)),
+            image=image,
             pid=record.pid,
             camid=record.camid,
             path=record.path,

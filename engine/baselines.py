@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur as _torchvision_blur
 
+from utils.errors import ConfigError
+
 
 def gaussian_blur(images, sigma):
     """Gaussian blur with reflect padding and kernel size ``2 * ceil(3 sigma) + 1``.
@@ -53,17 +55,17 @@ BASELINES = {"blur": gaussian_blur, "mosaic": mosaic, "noise": additive_noise}
 
 def _check_sigma(sigma):
     if not _is_number(sigma) or not 0 < sigma < float("inf"):
-        raise ValueError(f"gaussian_blur sigma (PIXELFADE.BLUR_SIGMA) must be a positive number, got {sigma!r}")
+        raise ConfigError(f"gaussian_blur sigma (PIXELFADE.BLUR_SIGMA) must be a positive number, got {sigma!r}")
 
 
 def _check_block(block):
     if isinstance(block, bool) or not isinstance(block, int) or block < 1:
-        raise ValueError(f"mosaic block (PIXELFADE.MOSAIC_BLOCK) must be a positive integer, got {block!r}")
+        raise ConfigError(f"mosaic block (PIXELFADE.MOSAIC_BLOCK) must be a positive integer, got {block!r}")
 
 
 def _check_std(std):
     if not _is_number(std) or not 0 <= std < float("inf"):
-        raise ValueError(f"additive_noise std (PIXELFADE.NOISE_STD) must be a non-negative number, got {std!r}")
+        raise ConfigError(f"additive_noise std (PIXELFADE.NOISE_STD) must be a non-negative number, got {std!r}")
 
 
 _STRENGTH = {
@@ -80,7 +82,7 @@ def build_baseline(name, cfg):
     numbers (from ``generator``); the others ignore it.
     """
     if name not in BASELINES:
-        raise ValueError(f"unknown baseline {name!r} (PIXELFADE.METHOD); expected one of {', '.join(BASELINES)}")
+        raise ConfigError(f"unknown baseline {name!r} (PIXELFADE.METHOD); expected one of {', '.join(BASELINES)}")
     argument, key, check = _STRENGTH[name]
     strength = getattr(cfg.PIXELFADE, key)
     check(strength)

@@ -11,6 +11,8 @@ from typing import Optional
 
 import torch
 
+from utils.errors import ConfigError
+
 from .baselines import BASELINES, build_baseline
 from .pixelfade import (
     PixelFadeParams,
@@ -43,11 +45,11 @@ class BatchProtector:
         pf = cfg.PIXELFADE
         self.method = pf.METHOD
         if self.method != "pixelfade" and self.method not in BASELINES:
-            raise ValueError(
+            raise ConfigError(
                 f"PIXELFADE.METHOD (--method) must be one of pixelfade, {', '.join(BASELINES)}; got {self.method!r}"
             )
         if pf.MODE not in MODES:
-            raise ValueError(f"PIXELFADE.MODE (--mode) must be one of {MODES}; got {pf.MODE!r}")
+            raise ConfigError(f"PIXELFADE.MODE (--mode) must be one of {MODES}; got {pf.MODE!r}")
         self.model = model
         self.device = torch.device(device)
         self.per_image = pf.MODE == "per_image"

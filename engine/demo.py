@@ -24,7 +24,7 @@ from evaluation.reid import format_results_table
 from modeling.generators import build_generator
 
 from .attack import WEIGHT_FILENAMES, run_recovery_attack
-from .protect_pipeline import ProtectOptions, run_protection, to_jsonable
+from .protect_pipeline import ProtectOptions, run, to_jsonable
 
 METHODS = ("pixelfade", "blur")
 FIGURE_NAME = "demo_figure.png"
@@ -184,7 +184,7 @@ def run_demo(output, scale=DEFAULT_SCALE, device="auto", show_progress=True):
     options = ProtectOptions(random_init=True, show_progress=show_progress)
     reid_results, attack_results = {}, {}
     for method in METHODS:
-        reid_results[method] = run_protection(None, configs[method], options)
+        reid_results[method] = run(configs[method], options)
     for method in METHODS:
         attack_results[method] = run_recovery_attack(configs[method], configs[method].OUTPUT_DIR, ["reference"],
                                                      reid_results[method]["run"]["device"], show_progress=show_progress)

@@ -10,6 +10,8 @@ from typing import NamedTuple
 
 import torch
 
+from utils.errors import ConfigError
+
 PRECISIONS = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 PER_IMAGE_SEED_FACTOR = 1_000_003
 
@@ -46,7 +48,7 @@ class PixelFadeParams:
         )
 
     def validate(self):
-        """Raise ValueError naming the option (and its config key) for a nonsense value."""
+        """Raise ConfigError naming the option (and its config key) for a nonsense value."""
         keys = {
             "max_iter": "PIXELFADE.MAX_ITER",
             "fade_num_iter": "PIXELFADE.FADE_NUM_ITER",
@@ -63,16 +65,16 @@ class PixelFadeParams:
             label = f"{field.name} ({keys[field.name]})"
             if field.name in minimum:
                 if isinstance(value, bool) or not isinstance(value, int):
-                    raise ValueError(f"{label} must be an integer, got {value!r}")
+                    raise ConfigError(f"{label} must be an integer, got {value!r}")
                 if value < minimum[field.name]:
-                    raise ValueError(f"{label} must be >= {minimum[field.name]}, got {value}")
+                    raise ConfigError(f"{label} must be >= {minimum[field.name]}, got {value}")
             else:
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-                    raise ValueError(f"{label} must be a number, got {value!r}")
+                    raise ConfigError(f"{label} must be a number, got {value!r}")
                 if field.name == "momentum" and not 0.0 <= value < 1.0:
-                    raise ValueError(f"{label} must be in [0, 1), got {value}")
+                    raise ConfigError(f"{label} must be in [0, 1), got {value}")
                 if field.name != "momentum" and not 0.0 < value < float("inf"):
-                    raise ValueError(f"{label} must be a positive finite number, got {value}")
+                    raise ConfigError(f"{label} must be a positive finite number, got {value}")
 
 
 class ProtectOutput(NamedTuple):
@@ -91,7 +93,7 @@ class ProtectOutput(NamedTuple):
 def precision_dtype(name):
     """Map ``PIXELFADE.PRECISION`` ('none' | 'bf16' | 'fp16') to an autocast dtype (or None)."""
     if name not in PRECISIONS:
-        raise ValueError(f"PIXELFADE.PRECISION must be one of {tuple(PRECISIONS)}, got {name!r}")
+        raise ConfigError(f"PIXELFADE.PRECISION must be one of {tuple(PRECISIONS)}, got {name!r}")
     return PRECISIONS[name]
 
 

@@ -79,7 +79,7 @@ class SplitProtector:
         else:
             self.protector.set_rng_state(self.store.load_batch(*previous)["rng_state"])
 
-    def _step(self, split, png_paths):
+    def _step(self, split, png_paths, item_keys):
         pf = self.cfg.PIXELFADE
 
         def step(engine, batch):
@@ -102,6 +102,7 @@ class SplitProtector:
                 )
             record = {
                 "indices": indices.cpu(),
+                "items": [item_keys[i] for i in indices.tolist()],
                 "pids": batch["pid"].cpu(),
                 "camids": batch["camid"].cpu(),
                 "original_features": original_features.cpu(),
@@ -129,14 +130,25 @@ class SplitProtector:
 
         return step
 
-    def run(self, split, records, transform, spans, shard, png_paths):
-        """Protect the pending batches of ``shard``; returns how many were protected now."""
-        pending = [i for i in shard if not self.store.has_batch(split, i)]
+    def run(self, split, plan, transform, spans, shard, png_paths):
+        """Protect the batches of ``shard`` not already finished; returns how many were protected now.
+
+        A batch is finished when its record exists and names the same images (``plan.keys``); a
+        record left by a data set that has since changed (a bad file deleted) is protected again.
+        """
+        pending = []
+        for batch_index in shard:
+            start, stop = spans[batch_index]
+            state = self.store.batch_state(split, batch_index, plan.keys[start:stop])
+            if state != "done":
+                pending.append(batch_index)
+            if state == "stale":
+                logger.info("%s batch %d holds other images than before; protecting it again", split, batch_index)
         if len(pending) < len(shard):
             logger.info("%s: %d of %d batches of this process already done, resuming", split, len(shard) - len(pending), len(shard))
         if not pending:
             return 0
-        dataset = ImageDataset(records, transform)
+        dataset = ImageDataset(plan.records, transform, flips=plan.flips)
         batches = [list(range(*spans[i])) for i in pending]
         loader = torch.utils.data.DataLoader(
             dataset,
@@ -145,7 +157,9 @@ class SplitProtector:
             pin_memory=self.device.type == "cuda",
             generator=torch.Generator().manual_seed(0),
         )
-        engine = Engine(self._step(split, png_paths))
+        engine = Engine(self._step(split, png_paths, plan.keys))
+        # A failing step reaches the caller as its exception; ignite's own error log would repeat it.
+        engine.logger.setLevel(logging.CRITICAL)
         if self.show_progress and idist.get_rank() == 0:
             ProgressBar(persist=True, desc=f"protect {split}").attach(engine, output_transform=lambda out: out)
         engine.add_event_handler(

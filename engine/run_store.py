@@ -74,6 +74,31 @@ class RunStore:
     def has_batch(self, split, batch_index):
         return os.path.exists(self.record_path(split, batch_index))
 
+    def batch_state(self, split, batch_index, item_keys):
+        """'missing', 'done' (the record names exactly ``item_keys``) or 'stale' (other images)."""
+        if not self.has_batch(split, batch_index):
+            return "missing"
+        return "done" if self.load_batch(split, batch_index).get("items") == list(item_keys) else "stale"
+
+    def remove_batches_from(self, split, num_batches):
+        """Delete the files of ``split``'s batches numbered ``num_batches`` and above (left by a larger
+        data set), so the folder holds only this run's batches."""
+        prefix = f"{split}-"
+        for name in os.listdir(self.records_dir):
+            if name.startswith(prefix) and name.endswith(".pt") and name[len(prefix):-3].isdigit():
+                batch_index = int(name[len(prefix):-3])
+                if batch_index >= num_batches:
+                    self._remove_batch_files(split, batch_index)
+
+    def _remove_batch_files(self, split, batch_index):
+        prefix = f"{split}-{batch_index}"
+        paths = [self.record_path(split, batch_index), os.path.join(self.grid_dir, f"{split}_{batch_index}.png")]
+        paths += [os.path.join(self.npy_dir, name) for name in
+                  (f"clean-{prefix}-images.npy", f"encry-{prefix}-images.npy", f"{prefix}-ids.npy", f"{prefix}-camids.npy")]
+        for path in paths:
+            if os.path.exists(path):
+                os.remove(path)
+
     def load_batch(self, split, batch_index):
         return torch.load(self.record_path(split, batch_index), map_location="cpu", weights_only=True)
 

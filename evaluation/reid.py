@@ -338,8 +338,19 @@ def evaluate_protection_modes(original_feats, protected_feats, pids, camids, num
     return results
 
 
+def describe_mode(mode):
+    """'encry2clean' -> 'protected query vs original gallery' (from PROTECTION_MODES)."""
+    query_source, gallery_source = PROTECTION_MODES[mode]
+    return f"{query_source} query vs {gallery_source} gallery"
+
+
 def format_results_table(results):
-    """Markdown table of mode -> evaluate_reid result, in percent with one decimal."""
+    """Markdown table of mode -> evaluate_reid result, in percent with one decimal.
+
+    Directly under the table, after a blank line (so Markdown ends the table there), one line per
+    mode of ``PROTECTION_MODES`` in the table says which features are the query and which the
+    gallery, e.g. ``- encry2clean: protected query vs original gallery``.
+    """
     columns = (
         ("Rank-1", "rank1"), ("Rank-5", "rank5"), ("Rank-10", "rank10"), ("mAP", "mAP"), ("mINP", "mINP"),
     )
@@ -352,4 +363,8 @@ def format_results_table(results):
         if missing:
             raise ValueError(f"results of mode {mode!r} lack {missing}")
         lines.append(f"| {mode} | " + " | ".join(f"{100.0 * scores[key]:.1f}" for _, key in columns) + " |")
+    known = [mode for mode in results if mode in PROTECTION_MODES]
+    if known:
+        lines.append("")
+        lines += [f"- {mode}: {describe_mode(mode)}" for mode in known]
     return "\n".join(lines)

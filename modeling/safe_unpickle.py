@@ -79,9 +79,34 @@ class Storage:
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, *unused):
+    """The tensor ``storage[storage_offset + sum(i_k * stride_k)]`` of shape ``size``.
+
+    ``storage_offset`` counts from the start of ``storage``, which may itself be a view into a
+    larger storage (legacy files of torch <= 0.3): its own offset is added, and the tensor must
+    stay inside it. Tensors of one storage share memory, as with ``torch.load``.
+    """
     if not isinstance(storage, Storage):
         raise pickle.UnpicklingError("tensor rebuilt from something that is not a storage")
-    return storage.flat.as_strided(tuple(size), tuple(stride), int(storage_offset))
+    try:
+        size = tuple(int(n) for n in size)
+        stride = tuple(int(s) for s in stride)
+        offset = int(storage_offset)
+    except (TypeError, ValueError):
+        raise pickle.UnpicklingError("tensor with a non-integer size, stride or offset") from None
+    flat = storage.flat
+    if len(size) != len(stride) or offset < 0 or min(size + stride, default=0) < 0:
+        raise pickle.UnpicklingError(
+            f"tensor with size {size}, stride {stride} and offset {offset} is malformed"
+        )
+    if 0 in size:
+        return torch.empty(size, dtype=flat.dtype)
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+    if last >= flat.numel():
+        raise pickle.UnpicklingError(
+            f"tensor with size {size}, stride {stride} and offset {offset} reaches element {last} "
+            f"of a storage of {flat.numel()} elements"
+        )
+    return flat.as_strided(size, stride, flat.storage_offset() + offset)
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, backward_hooks, metadata=None):
@@ -262,8 +287,13 @@ def _load_legacy(stream):
             storages[root_key] = Storage(torch.empty(int(numel), dtype=_storage_dtype(storage_type)))
         if view is None:
             return storages[root_key]
-        _view_key, offset, size = view
-        return Storage(storages[root_key].flat[int(offset): int(offset) + int(size)])
+        _view_key, offset, size = view  # torch <= 0.3: a storage that is a slice of another one
+        offset, size, root = int(offset), int(size), storages[root_key].flat
+        if offset < 0 or size < 0 or offset + size > root.numel():
+            raise pickle.UnpicklingError(
+                f"storage view [{offset}, {offset + size}) outside its storage of {root.numel()} elements"
+            )
+        return Storage(root[offset: offset + size])
 
     result = RestrictedUnpickler(stream, read_storage).load()
     storage_keys = RestrictedUnpickler(stream).load()

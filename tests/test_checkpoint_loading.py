@@ -1,6 +1,8 @@
 """Reading every accepted checkpoint layout, strict loading with grouped reports, conversion."""
 import copy
 import logging
+import pickle
+import struct
 import subprocess
 import sys
 import types
@@ -28,6 +30,7 @@ from modeling import (
 from modeling.backbones.resnet import Bottleneck
 from modeling.backbones.resnet_nl import ResNetNL
 from modeling.layers import GeneralizedMeanPooling, Non_local
+from modeling.safe_unpickle import ModuleRecord, load_untrusted
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_NAMES = {
@@ -93,9 +96,15 @@ def reference_module_names():
                 sys.modules[name] = module
 
 
-def save_reference_whole_module(model, path, legacy, wrap=None):
-    """torch.save of the whole module as the old ignite ModelCheckpoint did, reference class names."""
+def save_reference_whole_module(model, path, legacy, wrap=None, prepare=None):
+    """torch.save of the whole module as the old ignite ModelCheckpoint did, reference class names.
+
+    ``prepare(copy)`` may change the copy that is saved (the deep copy gives every tensor its own
+    storage, so views into one storage must be made after it).
+    """
     copied = copy.deepcopy(model)
+    if prepare is not None:
+        prepare(copied)
     with reference_module_names() as renamed, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # legacy saving cannot find source code of the renamed classes
         for module in copied.modules():
@@ -126,7 +135,7 @@ def tiny_reference_model():
 
 def test_released_layout_gives_identical_features(trained, fresh, released_file):
     model, images, expected = trained
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         torch.load(released_file, map_location="cpu", weights_only=True)  # torch's safe loader refuses it
     state = read_checkpoint(released_file)
     assert list(state) == list(model.state_dict())
@@ -206,7 +215,7 @@ def test_without_checkpoint_the_model_is_the_seeded_random_one(caplog):
 
 
 def _error_text(model, state):
-    with pytest.raises(CheckpointError) as info:
+    with pytest.raises(CheckpointError, match="weights do not fit the model") as info:
         load_reid_weights(model, state)
     return str(info.value)
 
@@ -305,3 +314,192 @@ def test_convert_function_keeps_classifier(tmp_path):
     torch.save({"state_dict": OrderedDict((f"module.{k}", v) for k, v in state.items())}, src)
     written = convert_checkpoint(src, tmp_path / "dst.pth")
     assert "classifier.weight" in written and list(written) == list(state)
+
+
+# ------------------------------------------------------------------------------------------------
+# Tensors that are views into ONE storage: the storage offset and strides of every tensor count.
+# ------------------------------------------------------------------------------------------------
+def shared_storage_tensors():
+    """Views at different offsets, with non-contiguous strides, of one float and one int storage."""
+    big = torch.arange(60, dtype=torch.float32) * 0.5 - 7.0  # every element distinct
+    grid = big[:48].view(6, 8)
+    ints = torch.arange(24, dtype=torch.int64).mul_(3).view(4, 6)
+    return OrderedDict(
+        whole=big,
+        head=big[:5],
+        middle=big[17:29],
+        block=grid[1:4, 2:7],
+        column=grid[:, 5],
+        transposed=grid[2:, :3].t(),
+        stepped=big[3::7],
+        int_block=ints[1:, 2:5],
+        int_row=ints[3],
+    )
+
+
+EXPECTED_LAYOUT = {  # name -> (storage offset, strides) as torch.save keeps them
+    "whole": (0, (1,)), "head": (0, (1,)), "middle": (17, (1,)), "block": (10, (8, 1)),
+    "column": (5, (8,)), "transposed": (16, (1, 8)), "stepped": (3, (7,)),
+    "int_block": (8, (6, 1)), "int_row": (18, (1,)),
+}
+
+
+def assert_same_views(loaded, saved):
+    assert list(loaded) == list(saved)
+    for name, tensor in saved.items():
+        assert loaded[name].dtype == tensor.dtype, name
+        assert torch.equal(loaded[name], tensor), name
+        assert (loaded[name].storage_offset(), loaded[name].stride()) == EXPECTED_LAYOUT[name], name
+    # One storage per saved storage, as torch.load gives: the views share memory.
+    float_storages = {loaded[n].untyped_storage().data_ptr() for n in saved if saved[n].is_floating_point()}
+    int_storages = {loaded[n].untyped_storage().data_ptr() for n in ("int_block", "int_row")}
+    assert len(float_storages) == 1 and len(int_storages) == 1
+
+
+def test_expected_layout_is_what_torch_saves():
+    saved = shared_storage_tensors()
+    assert {n: (t.storage_offset(), t.stride()) for n, t in saved.items()} == EXPECTED_LAYOUT
+    assert saved["middle"][0].item() == 1.5 and saved["block"][0, 0].item() == -2.0
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_state_dict_of_views_into_one_storage(tmp_path, legacy):
+    saved = shared_storage_tensors()
+    path = tmp_path / "views.pth"
+    torch.save(saved, path, _use_new_zipfile_serialization=not legacy)
+    assert_same_views(load_untrusted(path), saved)  # the restricted reader itself
+    state = read_checkpoint(path)
+    assert list(state) == list(saved) and all(torch.equal(state[n], saved[n]) for n in saved)
+
+
+class SharedViews(nn.Module):
+    """Parameters and buffers that are views into one storage (a flat-parameter module)."""
+
+    def __init__(self):
+        super().__init__()
+        views = shared_storage_tensors()
+        self.head = nn.Parameter(views["head"])
+        self.middle = nn.Parameter(views["middle"])
+        self.block = nn.Parameter(views["block"])
+        self.register_buffer("column", views["column"])
+        self.register_buffer("transposed", views["transposed"])
+        self.register_buffer("stepped", views["stepped"])
+        self.register_buffer("int_block", views["int_block"])
+        self.register_buffer("int_row", views["int_row"])
+
+
+def save_under_reference_name(module, path, legacy):
+    """Pickle ``module`` whole, its class named as if it lived in the reference's modeling package."""
+    fake = types.ModuleType("modeling.layer.shared_views")
+    renamed = type("SharedViews", (type(module),), {"__module__": fake.__name__, "__qualname__": "SharedViews"})
+    fake.SharedViews = renamed
+    sys.modules[fake.__name__] = fake
+    try:
+        module.__class__ = renamed
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # legacy saving cannot find source code of the class
+            torch.save(module, path, _use_new_zipfile_serialization=not legacy)
+    finally:
+        del sys.modules[fake.__name__]
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_whole_module_with_views_into_one_storage(tmp_path, legacy):
+    module = SharedViews()
+    saved = module.state_dict()
+    assert saved["middle"].storage_offset() == 17  # nn.Parameter keeps the view
+    path = tmp_path / "shared_module.pth"
+    save_under_reference_name(module, path, legacy)
+    record = load_untrusted(path)
+    assert isinstance(record, ModuleRecord) and record.pickled_name == "modeling.layer.shared_views.SharedViews"
+    assert "modeling.layer.shared_views" not in sys.modules  # the class was never imported
+    state = read_checkpoint(path)  # torch's weights_only loading refuses it; the fallback reads it
+    assert list(state) == list(saved)
+    for name, tensor in saved.items():
+        assert torch.equal(state[name], tensor), name
+        assert (state[name].storage_offset(), state[name].stride()) == EXPECTED_LAYOUT[name], name
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_agw_module_with_flattened_parameters_gives_identical_features(tmp_path, legacy):
+    """Every parameter a view at its own offset into one flat vector, pickled whole like AGW."""
+    model, images = tiny_reference_model()
+    expected_state, expected = model.state_dict(), features(model, images)
+    offsets = []
+
+    def flatten_parameters(copied):
+        parameters = list(copied.parameters())
+        flat = torch.cat([p.detach().flatten() for p in parameters])
+        for parameter in parameters:
+            offsets.append(sum(p.numel() for p in parameters[:len(offsets)]))
+            parameter.data = flat[offsets[-1]:offsets[-1] + parameter.numel()].view_as(parameter)
+        assert len({p.untyped_storage().data_ptr() for p in parameters}) == 1
+
+    path = save_reference_whole_module(model, tmp_path / "flat.pth", legacy, prepare=flatten_parameters)
+    assert len(offsets) == 23 and offsets[1] == 64  # conv1 (4x16x1x1) first, then bn1 at offset 64
+    state = read_checkpoint(path)
+    assert list(state) == list(expected_state)
+    assert all(torch.equal(state[k], expected_state[k]) for k in expected_state)
+    copy_model = _zeroed_tiny_model()
+    load_reid_weights(copy_model, state)
+    assert torch.equal(features(copy_model, images), expected)
+
+
+class _OldStorage:
+    """A storage of a torch <= 0.3 legacy file: the root storage, or a view (key, offset, size) of it."""
+
+    def __init__(self, root_numel, view=None):
+        self.root_numel, self.view = root_numel, view
+
+
+class _OldTensor:
+    def __init__(self, storage, offset, size, stride):
+        self.args = (storage, offset, size, stride)
+
+    def __reduce__(self):
+        return torch._utils._rebuild_tensor, self.args
+
+
+class _OldPickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        if isinstance(obj, _OldStorage):
+            return ("storage", torch.FloatStorage, "root", "cpu", obj.root_numel, obj.view)
+        return None
+
+
+def write_torch03_file(path, obj, root):
+    """The legacy stream as torch <= 0.3 wrote it, storage views included."""
+    with open(path, "wb") as handle:
+        system = dict(protocol_version=1001, little_endian=True, type_sizes=dict(short=2, int=4, long=4))
+        for header in (0x1950A86A20F9469CFC6C, 1001, system):
+            pickle.dump(header, handle, protocol=2)
+        _OldPickler(handle, protocol=2).dump(obj)
+        pickle.dump(["root"], handle, protocol=2)
+        handle.write(struct.pack("<q", root.numel()))
+        handle.write(root.numpy().tobytes())
+
+
+def test_legacy_storage_views_offset_from_the_view_start(tmp_path):
+    """A tensor's offset counts from the start of its storage view, not of the root storage."""
+    root = torch.arange(20, dtype=torch.float32) * 2 + 1  # element i is 2 i + 1
+    view = _OldStorage(20, ("view-1", 4, 12))  # root elements 4..15
+    whole = _OldStorage(20)
+    path = tmp_path / "torch03.pth"
+    write_torch03_file(path, OrderedDict(
+        block=_OldTensor(view, 2, (2, 3), (3, 1)),  # view elements 2..7 = root 6..11
+        stepped=_OldTensor(view, 0, (4,), (3,)),  # root 4, 7, 10, 13
+        root_stepped=_OldTensor(whole, 1, (3,), (5,)),  # root 1, 6, 11
+    ), root)
+    loaded = load_untrusted(path)
+    assert torch.equal(loaded["block"], torch.tensor([[13.0, 15.0, 17.0], [19.0, 21.0, 23.0]]))
+    assert torch.equal(loaded["stepped"], torch.tensor([9.0, 15.0, 21.0, 27.0]))
+    assert torch.equal(loaded["root_stepped"], torch.tensor([3.0, 13.0, 23.0]))
+    reference = torch.load(path, map_location="cpu", weights_only=False)  # trusted file: torch agrees
+    assert all(torch.equal(loaded[k], reference[k]) for k in reference)
+
+    write_torch03_file(path, {"past_view": _OldTensor(view, 10, (3,), (1,))}, root)
+    with pytest.raises(CheckpointError, match=r"reaches element 12 of a storage of 12 elements"):
+        load_untrusted(path)
+    write_torch03_file(path, {"bad_view": _OldTensor(_OldStorage(20, ("v", 15, 10)), 0, (2,), (1,))}, root)
+    with pytest.raises(CheckpointError, match=r"storage view \[15, 25\) outside its storage of 20"):
+        load_untrusted(path)

@@ -1,7 +1,66 @@
 """The config tree: reference YAML files, overrides, clear errors, and saved configs that load back."""
 import pytest
 
-from configs import ConfigError, load_config, save_config
+from configs import ConfigError, get_default_config, load_config, save_config
+
+# The reference's values (SPEC sections 2, 3, 5, 6: protect_image.py flags, AGW test settings).
+REFERENCE_DEFAULTS = {
+    "MODEL.NAME": "resnet50_nl",
+    "MODEL.LAST_STRIDE": 1,
+    "MODEL.GENERALIZED_MEAN_POOL": "on",
+    "MODEL.DEVICE": "auto",
+    "INPUT.IMG_SIZE": [256, 128],
+    "INPUT.PIXEL_MEAN": [0.485, 0.456, 0.406],
+    "INPUT.PIXEL_STD": [0.229, 0.224, 0.225],
+    "DATASETS.NAMES": "market1501",
+    "DATASETS.CUHK03_LABELED": False,
+    "TEST.FEAT_NORM": "on",
+    "TEST.DISTANCE": "euclidean",
+    "TEST.RE_RANKING": "off",
+    "PIXELFADE.METHOD": "pixelfade",
+    "PIXELFADE.BATCH_SIZE": 20,
+    "PIXELFADE.MAX_ITER": 100,
+    "PIXELFADE.FADE_NUM_ITER": 5,
+    "PIXELFADE.WARMUP_ITER": 5,
+    "PIXELFADE.MOMENTUM": 0.6,
+    "PIXELFADE.BETA": 0.01,
+    "PIXELFADE.BETA_TEMP": 0.04,
+    "PIXELFADE.EPSILON": 0.03,
+    "PIXELFADE.TAIL_ITERS": 5,
+    "PIXELFADE.MODE": "reference",
+    "PIXELFADE.PRECISION": "none",
+    "PIXELFADE.CHANNELS_LAST": False,
+    "PIXELFADE.SAVE_IMAGE_NPY": False,
+    "ATTACK.GENERATOR": "unet_128",
+    "ATTACK.NGF": 64,
+    "ATTACK.OPTIMIZER": "adam",
+    "ATTACK.LR": 0.001,
+    "ATTACK.TOTAL_EPOCHS": 100,
+    "ATTACK.EVAL_EPOCHS": [2],
+    "ATTACK.MODE": "reference",
+}
+
+
+def _value(cfg, dotted):
+    node = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return list(node) if isinstance(node, (list, tuple)) else node
+
+
+@pytest.mark.parametrize("key, expected", sorted(REFERENCE_DEFAULTS.items()))
+def test_defaults_are_the_reference_values(key, expected):
+    for cfg in (get_default_config(), load_config("")):
+        value = _value(cfg, key)
+        assert value == expected and type(value) is type(expected), key
+
+
+@pytest.mark.parametrize("name", ["market1501", "cuhk03", "msmt17"])
+def test_reference_config_files_keep_the_evaluation_defaults(name):
+    cfg = load_config(f"configs/AGW_baseline_{name}.yml")
+    assert (cfg.TEST.FEAT_NORM, cfg.TEST.DISTANCE, cfg.TEST.RE_RANKING) == ("on", "euclidean", "off")
+    assert list(cfg.INPUT.PIXEL_MEAN) == [0.485, 0.456, 0.406] and list(cfg.INPUT.PIXEL_STD) == [0.229, 0.224, 0.225]
+    assert cfg.PIXELFADE.CHANNELS_LAST is False and cfg.PIXELFADE.PRECISION == "none"
 
 
 def test_reference_config_files_load_with_their_values():

@@ -116,3 +116,28 @@ def test_normalize_round_trip_keeps_device_and_dtype():
     assert torch.allclose(denormalize(images, MEAN, STD), pixels)
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         normalize(torch.rand(2, 4, 4, 4), MEAN, STD)
+
+
+def test_identity_batch_sampler_feeds_a_loader_pk_batches(tmp_path, cfg):
+    from torch.utils.data import DataLoader
+
+    from data.samplers import IdentityBatchSampler
+
+    records = []
+    for pid, count in enumerate([3, 2, 5, 1]):
+        for shot in range(count):
+            path = tmp_path / f"{pid:04d}_c1s1_{shot:06d}_01.png"
+            Image.new("RGB", (8, 16), (pid * 60, shot * 40, 0)).save(path)
+            records.append(ImageRecord(str(path), pid=pid, camid=0))
+    sampler = IdentityBatchSampler([r.pid for r in records], ids_per_batch=2, num_instances=2, seed=7)
+    loader = DataLoader(ImageDataset(records, build_eval_transform(cfg)), batch_sampler=sampler)
+    batches = list(loader)
+    assert len(batches) == len(sampler) >= 2
+    for batch in batches:
+        assert batch["image"].shape == (4, 3, 32, 16)
+        pids = batch["pid"].tolist()
+        assert pids[0] == pids[1] and pids[2] == pids[3] and pids[0] != pids[2]
+        assert [records[i].pid for i in batch["index"].tolist()] == pids
+    assert [b["index"].tolist() for b in DataLoader(ImageDataset(records, build_eval_transform(cfg)), batch_sampler=sampler)] == [
+        b["index"].tolist() for b in batches
+    ]

@@ -13,13 +13,17 @@ def test_batch_spans_cover_every_item_once_with_a_smaller_last_batch():
         batch_spans(5, 0)
 
 
-@pytest.mark.parametrize("num_batches,world_size", [(10, 3), (2, 4), (7, 1), (0, 2), (8, 8)])
-def test_shards_are_contiguous_disjoint_and_unpadded(num_batches, world_size):
-    shards = [shard_range(num_batches, world_size, rank) for rank in range(world_size)]
-    flat = [b for shard in shards for b in shard]
-    assert flat == list(range(num_batches))
-    sizes = [len(shard) for shard in shards]
-    assert max(sizes) - min(sizes) <= 1
+@pytest.mark.parametrize("num_batches, world_size, expected", [
+    (10, 3, [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]),  # the first 10 % 3 = 1 rank takes one more
+    (11, 3, [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10]]),
+    (2, 4, [[0], [1], [], []]),
+    (7, 1, [[0, 1, 2, 3, 4, 5, 6]]),
+    (0, 2, [[], []]),
+    (8, 8, [[0], [1], [2], [3], [4], [5], [6], [7]]),
+])
+def test_shards_are_contiguous_disjoint_and_unpadded(num_batches, world_size, expected):
+    shards = [list(shard_range(num_batches, world_size, rank)) for rank in range(world_size)]
+    assert shards == expected
 
 
 def test_gather_orders_rows_by_index_and_rejects_missing_rows():

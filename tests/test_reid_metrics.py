@@ -150,8 +150,16 @@ def test_pairwise_distance_values_and_chunks():
     torch.testing.assert_close(cosine, 1 - qn @ gn.t())
     torch.testing.assert_close(normalised, 2 * cosine)
     assert pairwise_distance(query.half(), gallery.half()).dtype == torch.float32
-    same = pairwise_distance(query, query)
-    assert same.min() >= 0  # clamped against rounding below zero
+
+
+def test_rounding_below_zero_is_clamped_to_exactly_zero():
+    features = torch.nn.functional.normalize(torch.randn(64, 16, generator=torch.Generator().manual_seed(0)), dim=1)
+    squared = features.pow(2).sum(dim=1)
+    unclamped = (squared[:, None] + squared[None, :]).addmm(features, features.t(), beta=1.0, alpha=-2.0)
+    assert (unclamped < 0).sum() > 0  # float32 rounding of ||a||^2 + ||b||^2 - 2 a.b, e.g. a = b
+    same = pairwise_distance(features, features, normalize=False)
+    assert torch.equal(same, unclamped.clamp(min=0.0))
+    assert same.min().item() == 0.0
 
 
 def test_cosine_and_euclidean_rank_identically_on_normalised_features():
@@ -219,7 +227,95 @@ def test_results_table_text():
         "| mode | Rank-1 | Rank-5 | Rank-10 | mAP | mINP |\n"
         "|---|---|---|---|---|---|\n"
         "| encry2encry | 95.1 | 98.0 | 99.0 | 87.7 | 50.0 |\n"
-        "| clean2clean | 100.0 | 98.0 | 99.0 | 87.7 | 50.0 |"
+        "| clean2clean | 100.0 | 98.0 | 99.0 | 87.7 | 50.0 |\n"
+        "\n"
+        "- encry2encry: protected query vs protected gallery\n"
+        "- clean2clean: original query vs original gallery"
+    )
+    assert format_results_table({"other": scores}) == (
+        "| mode | Rank-1 | Rank-5 | Rank-10 | mAP | mINP |\n"
+        "|---|---|---|---|---|---|\n"
+        "| other | 95.1 | 98.0 | 99.0 | 87.7 | 50.0 |"
     )
     with pytest.raises(ValueError, match="lack \\['mINP'\\]"):
         format_results_table({"x": {k: v for k, v in scores.items() if k != "mINP"}})
+
+
+# ------------------------------------------------------------------------------------------------
+# An asymmetric problem: every mode has its own, hand-computed scores.
+# ------------------------------------------------------------------------------------------------
+# Features are 2-D vectors at an angle (degrees) with arbitrary lengths; on L2-normalised features
+# the squared Euclidean distance grows with the angle between them, so rankings follow angles.
+# Rows: query q0 (pid 1), q1 (pid 2) in camera 0; gallery g0 (pid 1), g1 (pid 2), g2 (pid 1),
+# g3 (pid 2) in camera 1.
+ORIGINAL_ANGLES = [60, 195, 10, 100, 30, 120]
+PROTECTED_ANGLES = [22, 108, 205, 40, 300, 112]
+ORIGINAL_LENGTHS = [1.0, 4.0, 0.5, 2.0, 3.0, 0.25]  # lengths matter unless features are normalised
+PROTECTED_LENGTHS = [2.0, 0.5, 1.0, 3.0, 0.25, 4.0]
+ASYMMETRIC_PIDS = [1, 2, 1, 2, 1, 2]
+ASYMMETRIC_CAMIDS = [0, 0, 1, 1, 1, 1]
+# Angular distances, gallery ranked nearest first (m = same pid):
+# encry2encry  q0 22:  g1 18, g2 82 m, g3 90, g0 177 m -> AP (1/2 + 2/4)/2 = 1/2, INP 2/4, R1 0
+#              q1 108: g3 4 m, g1 68 m, g0 97, g2 168   -> AP 1, INP 1, R1 1
+# clean2clean  q0 60:  g2 30 m, g1 40, g0 50 m, g3 60   -> AP (1 + 2/3)/2 = 5/6, INP 2/3, R1 1
+#              q1 195: g3 75 m, g1 95 m, g2 165, g0 175 -> AP 1, INP 1, R1 1
+# encry2clean  q0 22:  g2 8 m, g0 12 m, g1 78, g3 98    -> AP 1, INP 1, R1 1
+#              q1 108: g1 8 m, g3 12 m, g2 78, g0 98    -> AP 1, INP 1, R1 1
+# clean2encry  q0 60:  g1 20, g3 52, g2 120 m, g0 145 m -> AP (1/3 + 2/4)/2 = 5/12, INP 2/4, R1 0
+#              q1 195: g0 10, g3 83 m, g2 105, g1 155 m -> AP (1/2 + 2/4)/2 = 1/2, INP 2/4, R1 0
+EXPECTED_MODE_SCORES = {  # (CMC over the 4 gallery ranks, mAP, mINP)
+    "encry2encry": ([0.5, 1.0, 1.0, 1.0], 0.75, 0.75),
+    "clean2clean": ([1.0, 1.0, 1.0, 1.0], 11 / 12, 5 / 6),
+    "encry2clean": ([1.0, 1.0, 1.0, 1.0], 1.0, 1.0),
+    "clean2encry": ([0.0, 0.5, 1.0, 1.0], 11 / 24, 0.5),
+}
+
+
+def angle_features(angles, lengths):
+    radians = np.deg2rad(np.asarray(angles, dtype=np.float64))
+    return torch.tensor(np.stack([np.cos(radians), np.sin(radians)], axis=1) * np.asarray(lengths)[:, None])
+
+
+@pytest.mark.parametrize("metric_options", [{}, {"metric": "cosine"}, {"metric": "euclidean", "feat_norm": True}],
+                         ids=["defaults", "cosine", "euclidean"])
+def test_asymmetric_modes_have_their_own_scores(metric_options):
+    original = angle_features(ORIGINAL_ANGLES, ORIGINAL_LENGTHS)
+    protected = angle_features(PROTECTED_ANGLES, PROTECTED_LENGTHS)
+    results = evaluate_protection_modes(original, protected, torch.tensor(ASYMMETRIC_PIDS),
+                                        torch.tensor(ASYMMETRIC_CAMIDS), num_query=2, **metric_options)
+    assert list(results) == ["encry2encry", "clean2clean", "encry2clean", "clean2encry"]
+    for mode, (cmc, mean_ap, mean_inp) in EXPECTED_MODE_SCORES.items():
+        scores = results[mode]
+        np.testing.assert_array_equal(scores["cmc"], cmc)  # max_rank clipped to the 4 gallery items
+        assert scores["rank1"] == cmc[0], mode
+        assert scores["mAP"] == pytest.approx(mean_ap, abs=1e-12), mode
+        assert scores["mINP"] == pytest.approx(mean_inp, abs=1e-12), mode
+        assert scores["rank5"] == scores["rank10"] == 1.0 and scores["num_valid_queries"] == 2, mode
+    table = format_results_table(results)
+    assert table.splitlines()[2:] == [
+        "| encry2encry | 50.0 | 100.0 | 100.0 | 75.0 | 75.0 |",
+        "| clean2clean | 100.0 | 100.0 | 100.0 | 91.7 | 83.3 |",
+        "| encry2clean | 100.0 | 100.0 | 100.0 | 100.0 | 100.0 |",
+        "| clean2encry | 0.0 | 100.0 | 100.0 | 45.8 | 50.0 |",
+        "",
+        "- encry2encry: protected query vs protected gallery",
+        "- clean2clean: original query vs original gallery",
+        "- encry2clean: protected query vs original gallery",
+        "- clean2encry: original query vs protected gallery",
+    ]
+
+
+def test_asymmetric_modes_one_direction_at_a_time():
+    """evaluate_reid on the raw pieces: protected queries find the original gallery, not the reverse."""
+    original = angle_features(ORIGINAL_ANGLES, ORIGINAL_LENGTHS)
+    protected = angle_features(PROTECTED_ANGLES, PROTECTED_LENGTHS)
+    labels = (ASYMMETRIC_PIDS[:2], ASYMMETRIC_PIDS[2:], ASYMMETRIC_CAMIDS[:2], ASYMMETRIC_CAMIDS[2:])
+    protected_query = evaluate_reid(protected[:2], original[2:], *labels)
+    original_query = evaluate_reid(original[:2], protected[2:], *labels)
+    assert (protected_query["rank1"], protected_query["mAP"], protected_query["mINP"]) == (1.0, 1.0, 1.0)
+    assert original_query["rank1"] == 0.0
+    assert original_query["mAP"] == pytest.approx(11 / 24, abs=1e-12)
+    assert original_query["mINP"] == pytest.approx(0.5, abs=1e-12)
+    # Without normalisation the lengths reorder the gallery: the reference normalises (FEAT_NORM on).
+    raw = evaluate_reid(original[:2], protected[2:], *labels, feat_norm=False)
+    assert (raw["rank1"], raw["mAP"], raw["mINP"]) == pytest.approx((0.5, 17 / 24, 0.75), abs=1e-12)

@@ -1,3 +1,5 @@
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -94,6 +96,18 @@ def test_improves_retrieval_on_clustered_identities():
     assert reranked["rank1"] >= plain["rank1"]
     wired = evaluate_rank(re_ranking(*distance_matrices(query, gallery)), *labels)
     assert wired["mAP"] == reranked["mAP"]
+    # The paper's k1=20, k2=6, lambda=0.3, as the row-by-row implementation computes them.
+    expected = evaluate_rank(loop_re_ranking(*distance_matrices(query, gallery), k1=20, k2=6, lambda_value=0.3), *labels)
+    assert reranked["mAP"] == pytest.approx(expected["mAP"], abs=1e-9)
+    assert reranked["mINP"] == pytest.approx(expected["mINP"], abs=1e-9)
+    np.testing.assert_array_equal(reranked["cmc"], expected["cmc"])
+
+
+def test_reference_defaults():
+    defaults = {name: p.default for name, p in inspect.signature(re_ranking).parameters.items()}
+    assert (defaults["k1"], defaults["k2"], defaults["lambda_value"]) == (20, 6, 0.3)
+    evaluate = {name: p.default for name, p in inspect.signature(evaluate_reid).parameters.items()}
+    assert (evaluate["metric"], evaluate["feat_norm"], evaluate["rerank"]) == ("euclidean", True, False)
 
 
 def test_stable_smallest_breaks_ties_by_index():

@@ -79,9 +79,18 @@ def test_msmt17_lists_point_at_written_images(tmp_path):
     folder = make_msmt17(tmp_path, version=2, **SMALL)
     with open(os.path.join(folder, "list_query.txt")) as handle:
         lines = handle.read().splitlines()
-    assert lines[0] == "0000/0000_000_01_0113morning_0000_0.jpg 0"
-    for line in lines:
-        assert os.path.isfile(os.path.join(folder, "mask_test_v2", line.split()[0]))
+    # Test identities 0 and 1 (numbered apart from train), first image of cameras 01 and 02.
+    assert lines == [
+        "0000/0000_000_01_0113morning_0000_0.jpg 0",
+        "0000/0000_002_02_0113morning_0000_0.jpg 0",
+        "0001/0001_000_01_0113morning_0000_0.jpg 1",
+        "0001/0001_002_02_0113morning_0000_0.jpg 1",
+    ]
+    written = sorted(os.path.relpath(os.path.join(d, n), os.path.join(folder, "mask_test_v2"))
+                     for d, _, names in os.walk(os.path.join(folder, "mask_test_v2")) for n in names)
+    with open(os.path.join(folder, "list_gallery.txt")) as handle:
+        gallery = [line.split()[0] for line in handle.read().splitlines()]
+    assert written == sorted([line.split()[0] for line in lines] + gallery) and len(written) == 8
 
 
 @pytest.mark.parametrize(

@@ -11,12 +11,13 @@ the folder, so the data set can be moved and a second build never opens a .mat f
 import json
 import logging
 import os
-import uuid
 
 import h5py
 import numpy as np
 from PIL import Image
 from scipy.io import loadmat
+
+from utils.file_io import atomic_write, make_dirs
 
 from .bases import DatasetError, ImageRecord, ReIDDataset, relabel_train
 from .layouts import find_layout
@@ -63,21 +64,13 @@ def _tried(folder, filename):
     return " or ".join(os.path.normpath(os.path.join(folder, s, filename)) for s in MAT_FOLDERS)
 
 
-def _write_atomic(path, write):
-    """Write through a unique temporary name then rename: concurrent builders never see halves."""
-    tmp = f"{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}.part"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def extract_images(raw_mat_path, kind, image_folder):
-    """Save every non-empty ``kind`` image of the raw file as png; existing pngs are kept."""
-    os.makedirs(image_folder, exist_ok=True)
+    """Save every non-empty ``kind`` image of the raw file as png; existing pngs are kept.
+
+    Each png is written atomically (unique temporary name, then rename), so concurrent builders
+    never see half an image; a failed write is an OutputError naming the png.
+    """
+    make_dirs(image_folder)
     written = 0
     try:
         with h5py.File(raw_mat_path, "r") as mat:
@@ -96,7 +89,7 @@ def extract_images(raw_mat_path, kind, image_folder):
                         if pixels.ndim != 3 or pixels.size == 0:
                             continue
                         image = Image.fromarray(np.ascontiguousarray(pixels.T).astype(np.uint8))
-                        _write_atomic(path, lambda tmp: image.save(tmp, format="PNG"))
+                        atomic_write(path, lambda handle: image.save(handle, format="PNG"))
                         written += 1
     except OSError as err:
         raise DatasetError(
@@ -201,14 +194,8 @@ def prepare_split(folder, kind):
                     f"hold as a {kind} image"
                 )
 
-    def write(tmp):
-        with open(tmp, "w") as handle:
-            json.dump(cache, handle)
-
-    try:
-        _write_atomic(cache_path, write)
-    except OSError as err:
-        raise DatasetError(f"cannot write the CUHK03 split cache {cache_path}: {err}") from err
+    # A failed write is an OutputError naming the cache file.
+    atomic_write(cache_path, lambda handle: handle.write(json.dumps(cache).encode("utf-8")))
     logger.info("cuhk03: wrote %d pngs and the split cache %s", written, cache_path)
     return cache
 

@@ -1,0 +1,117 @@
+"""Every setting of a protection run checked at once, before anything is written.
+
+A run that starts writing and then trips over a bad value leaves a folder that refuses the
+corrected rerun; so the whole config is checked first and a bad value is reported with its config
+key and, where one exists, the command-line flag that sets it.
+"""
+import math
+
+from utils.errors import ConfigError
+
+METHODS = ("pixelfade", "blur", "mosaic", "noise")
+MODES = ("reference", "per_image")
+PRECISIONS = ("none", "bf16", "fp16")
+TRAIN_ORDERS = ("identity_balanced", "every_image")
+SWITCHES = ("on", "off")
+DISTANCES = ("euclidean", "cosine")
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class _Checker:
+    def __init__(self, cfg, flag_of_key):
+        self.cfg = cfg
+        self.flag_of_key = flag_of_key or {}
+
+    def value(self, key):
+        node = self.cfg
+        for part in key.split("."):
+            node = node[part]
+        return node
+
+    def fail(self, key, expected):
+        flag = self.flag_of_key.get(key)
+        label = f"{key} ({flag})" if flag else key
+        raise ConfigError(f"{label} must be {expected}, got {self.value(key)!r}")
+
+    def integer(self, key, minimum):
+        value = self.value(key)
+        if not _is_int(value) or value < minimum:
+            self.fail(key, f"an integer >= {minimum}")
+
+    def positive(self, key):
+        value = self.value(key)
+        if not _is_number(value) or value <= 0:
+            self.fail(key, "a positive finite number")
+
+    def non_negative(self, key):
+        value = self.value(key)
+        if not _is_number(value) or value < 0:
+            self.fail(key, "a finite number >= 0")
+
+    def choice(self, key, choices):
+        if self.value(key) not in choices:
+            self.fail(key, f"one of {', '.join(map(str, choices))}")
+
+    def boolean(self, key):
+        if not isinstance(self.value(key), bool):
+            self.fail(key, "True or False")
+
+
+def validate_protect_config(cfg, flag_of_key=None):
+    """Raise ConfigError for the first bad setting of a protection run, naming its key and flag."""
+    check = _Checker(cfg, flag_of_key)
+    check.choice("PIXELFADE.METHOD", METHODS)
+    check.choice("PIXELFADE.MODE", MODES)
+    check.choice("PIXELFADE.PRECISION", PRECISIONS)
+    check.choice("PIXELFADE.TRAIN_ORDER", TRAIN_ORDERS)
+    check.integer("PIXELFADE.BATCH_SIZE", 1)
+    check.integer("PIXELFADE.MAX_ITER", 1)
+    check.integer("PIXELFADE.FADE_NUM_ITER", 1)
+    check.integer("PIXELFADE.WARMUP_ITER", 0)
+    check.integer("PIXELFADE.TAIL_ITERS", 0)
+    check.integer("PIXELFADE.SEED", 0)
+    check.integer("PIXELFADE.NUM_GRIDS", 0)
+    momentum = check.value("PIXELFADE.MOMENTUM")
+    if not _is_number(momentum) or not 0.0 <= momentum < 1.0:
+        check.fail("PIXELFADE.MOMENTUM", "a number in [0, 1)")
+    for key in ("PIXELFADE.BETA", "PIXELFADE.BETA_TEMP", "PIXELFADE.EPSILON", "PIXELFADE.BLUR_SIGMA"):
+        check.positive(key)
+    check.integer("PIXELFADE.MOSAIC_BLOCK", 1)
+    check.non_negative("PIXELFADE.NOISE_STD")
+    for key in ("PIXELFADE.CHANNELS_LAST", "PIXELFADE.SAVE_IMAGE_NPY", "PIXELFADE.SAVE_PNG"):
+        check.boolean(key)
+    size = check.value("INPUT.IMG_SIZE")
+    if len(size) != 2 or not all(_is_int(v) and v >= 1 for v in size):
+        check.fail("INPUT.IMG_SIZE", "[height, width] of two positive integers")
+    if len(check.value("INPUT.PIXEL_MEAN")) != 3 or not all(_is_number(v) for v in check.value("INPUT.PIXEL_MEAN")):
+        check.fail("INPUT.PIXEL_MEAN", "three numbers")
+    if len(check.value("INPUT.PIXEL_STD")) != 3 or not all(_is_number(v) and v > 0 for v in check.value("INPUT.PIXEL_STD")):
+        check.fail("INPUT.PIXEL_STD", "three positive numbers")
+    probability = check.value("INPUT.PROB")
+    if not _is_number(probability) or not 0.0 <= probability <= 1.0:
+        check.fail("INPUT.PROB", "a probability in [0, 1]")
+    check.integer("DATALOADER.NUM_WORKERS", 0)
+    check.integer("DATALOADER.NUM_INSTANCE", 1)
+    check.integer("TEST.IMS_PER_BATCH", 1)
+    check.choice("TEST.FEAT_NORM", SWITCHES)
+    check.choice("TEST.RE_RANKING", SWITCHES)
+    check.choice("TEST.DISTANCE", DISTANCES)
+    if not isinstance(check.value("OUTPUT_DIR"), str) or not check.value("OUTPUT_DIR"):
+        check.fail("OUTPUT_DIR", "a folder path")
+    pf = cfg.PIXELFADE
+    uses_pk_batches = pf.SAVE_IMAGE_NPY and pf.TRAIN_ORDER == "identity_balanced"
+    if uses_pk_batches and pf.BATCH_SIZE % cfg.DATALOADER.NUM_INSTANCE:
+        raise ConfigError(
+            f"PIXELFADE.BATCH_SIZE ({check.flag_of_key.get('PIXELFADE.BATCH_SIZE', 'config')}) = {pf.BATCH_SIZE} "
+            f"must be a multiple of DATALOADER.NUM_INSTANCE = {cfg.DATALOADER.NUM_INSTANCE} for the "
+            "identity-balanced train batches (PIXELFADE.TRAIN_ORDER identity_balanced)"
+        )
+    if cfg.DATASETS.NAMES == "image_folder" and pf.SAVE_IMAGE_NPY:
+        raise ConfigError("--save_image_npy needs a labelled data set with a train split, not --image_folder")
