@@ -94,7 +94,7 @@ def flag_values(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from engine.protect_pipeline import ProtectOptions, build_protect_config, run
+    from engine.protect_run import ProtectOptions, build_protect_config, run
     from utils.errors import PixelFadeError
 
     try:

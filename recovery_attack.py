@@ -2,50 +2,120 @@
 
     python recovery_attack.py --npy_path <protect output> [--attacker both] [KEY VALUE ...]
 
-Flags of the reference script (--npy_path, --total_epochs, --lr, --generator, --optimizer), and
---device and a single --attacker, map onto config keys and override both --config_file and the
-trailing yacs ``KEY VALUE`` overrides.
+Flags of the reference script (--npy_path, --total_epochs, --lr, --generator, --optimizer, --gpus)
+and --device, --num_workers and a single --attacker map onto config keys and override both
+--config_file and the trailing yacs ``KEY VALUE`` overrides. The reference's --initial_lr and
+--debug are accepted and have no effect, there as here (a note on stderr says so).
+
+Arguments are parsed before torch is imported, so ``--help`` is quick; its defaults are read from
+configs/defaults.py. Bad input (a flag, a config key, a pair file, a conflicting checkpoint, an
+unwritable output folder) ends with one line on stderr and exit status 2, keeping what was
+already computed.
 """
 import argparse
+import os
+import re
 import sys
 
-from configs import ConfigError, load_config
-from data.npy_pairs import SPLITS, find_pairs, resolve_npy_dir
-from engine.attack import ATTACKERS, AttackSettings, run_recovery_attack
-from modeling.build import resolve_device
-from modeling.generators import GENERATORS
+from configs.defaults import get_default_config
+from utils.errors import ConfigError, DatasetError, PixelFadeError
 
+PROG = "recovery_attack.py"
+# engine.attack.ATTACKERS and modeling.generators.GENERATORS, named here so that --help does not
+# import torch (tests/test_attack.py checks that the lists agree).
+ATTACKERS = ("reference", "strong")
 ATTACKER_CHOICES = ATTACKERS + ("both",)
+GENERATOR_NAMES = ("resnet_6blocks", "resnet_9blocks", "unet_128", "unet_256")
+OPTIMIZER_NAMES = ("adam", "sgd")
 FLAG_KEYS = {"total_epochs": "ATTACK.TOTAL_EPOCHS", "lr": "ATTACK.LR",
              "generator": "ATTACK.GENERATOR", "optimizer": "ATTACK.OPTIMIZER",
-             "device": "MODEL.DEVICE"}
+             "device": "MODEL.DEVICE", "num_workers": "DATALOADER.NUM_WORKERS"}
+# Flags of the reference script that it parses and never reads.
+NO_EFFECT_NOTES = {
+    "initial_lr": "--initial_lr has no effect: the reference script parses it but never uses it "
+                  "(its optimizer takes --lr); use --lr (ATTACK.LR) to set the learning rate",
+    "debug": "--debug has no effect: the reference script parses it but never uses it",
+}
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are ``ConfigError`` (one line, exit 2 in main), not usage dumps."""
+
+    def error(self, message):
+        raise ConfigError(message)
+
+
+def _cpu_count():
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description="Train a generator to undo a protection and "
-                                                 "score what it recovers.")
+    d = get_default_config()
+    parser = _OneLineParser(
+        prog=PROG, description="Train a generator to undo a protection and score what it "
+        "recovers (PSNR, SSIM, MSE of protected and recovered test images vs the originals).",
+        epilog="Results: attack_results.json and attack_results.md, log_recovery.txt, "
+        "Generator_weight.pth (reference) / Generator_weight_strong.pth, rec_images/<attacker>/ "
+        "grids, attack_config.yaml, and attack_ckpt/<attacker>/checkpoint_<epoch>.pt (the last "
+        "epoch only): rerunning the same command resumes from it.")
     parser.add_argument("--npy_path", required=True,
-                        help="protect_image.py output folder, or its img_npy folder")
-    parser.add_argument("--config_file", default="", help="YAML config merged over the defaults")
+                        help="protect_image.py output folder, or its img_npy folder (required)")
+    parser.add_argument("--config_file", default="",
+                        help="YAML config merged over configs/defaults.py; default: none")
     parser.add_argument("--output", default="",
-                        help="folder for results, logs and checkpoints (default: the run folder "
-                             "holding img_npy)")
-    parser.add_argument("--total_epochs", type=int, help="ATTACK.TOTAL_EPOCHS")
-    parser.add_argument("--lr", type=float, help="ATTACK.LR")
-    parser.add_argument("--generator", choices=sorted(GENERATORS), help="ATTACK.GENERATOR")
-    parser.add_argument("--optimizer", choices=("adam", "sgd"), help="ATTACK.OPTIMIZER")
-    parser.add_argument("--attacker", choices=ATTACKER_CHOICES,
-                        help="reference (Tanh, normalised targets), strong (pixel targets) or "
-                             "both (default: ATTACK.MODE)")
-    parser.add_argument("--reference_order", action="store_true",
-                        help="visit saved batches in the reference's sorted file order "
-                             "(10 before 2), unshuffled")
-    parser.add_argument("--device", help="MODEL.DEVICE: auto (CUDA when available), cpu, cuda "
-                                          "or cuda:<index>")
-    parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+                        help="folder for results, logs and checkpoints; default: the run folder "
+                             "holding img_npy")
+    training = parser.add_argument_group("training (reference flags)")
+    training.add_argument("--total_epochs", type=int,
+                          help=f"training epochs; default: {d.ATTACK.TOTAL_EPOCHS} "
+                               "(ATTACK.TOTAL_EPOCHS)")
+    training.add_argument("--lr", type=float,
+                          help=f"learning rate; default: {d.ATTACK.LR} (ATTACK.LR)")
+    training.add_argument("--generator", choices=GENERATOR_NAMES,
+                          help=f"default: {d.ATTACK.GENERATOR} (ATTACK.GENERATOR)")
+    training.add_argument("--optimizer", choices=OPTIMIZER_NAMES,
+                          help=f"default: {d.ATTACK.OPTIMIZER} (ATTACK.OPTIMIZER); the reference "
+                               "script parses it but always uses Adam")
+    training.add_argument("--gpus",
+                          help="GPU indices such as 0 or 0,1: the attack trains on the first one "
+                               "(MODEL.DEVICE cuda:<first>); default: not set, see --device. "
+                               "The reference script parses it but always uses cuda:0")
+    training.add_argument("--initial_lr", type=float,
+                          help="no effect: the reference script parses it (default 0.1) but "
+                               "never uses it; --lr sets the learning rate")
+    training.add_argument("--debug", action="store_true",
+                          help="no effect: the reference script parses it but never uses it")
+    ours = parser.add_argument_group("this toolkit")
+    ours.add_argument("--attacker", choices=ATTACKER_CHOICES,
+                      help="reference (Tanh, L1 to normalised originals: the paper), strong (no "
+                           "Tanh, L1 to pixels) or both; "
+                           f"default: {d.ATTACK.MODE} (ATTACK.MODE)")
+    ours.add_argument("--reference_order", action="store_true",
+                      help="visit saved batches in the reference's sorted file order "
+                           "(10 before 2), unshuffled; default: shuffled per epoch "
+                           f"(ATTACK.SHUFFLE {d.ATTACK.SHUFFLE}, ATTACK.SEED {d.ATTACK.SEED})")
+    ours.add_argument("--device",
+                      help="auto (CUDA when available), cpu, cuda or cuda:<index>; "
+                           f"default: {d.MODEL.DEVICE} (MODEL.DEVICE)")
+    ours.add_argument("--num_workers", type=int,
+                      help="data-loader worker processes; default: "
+                           f"{d.DATALOADER.NUM_WORKERS} (DATALOADER.NUM_WORKERS), always capped "
+                           f"at the CPUs this process may use ({_cpu_count()} here)")
+    ours.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     parser.add_argument("opts", nargs=argparse.REMAINDER,
-                        help="config overrides as KEY VALUE pairs, e.g. ATTACK.NGF 32")
+                        help="config overrides as KEY VALUE pairs, e.g. ATTACK.NGF 32 "
+                             "(flags win over them)")
     return parser
+
+
+def gpu_device(gpus):
+    """'cuda:<first index>' of a --gpus value such as '0', '1,2' or '[0, 1]', and all indices."""
+    indices = [int(index) for index in re.findall(r"\d+", gpus)]
+    if not indices or re.sub(r"[\d,\s\[\]]", "", gpus):
+        raise ConfigError(f"--gpus: expected GPU indices such as 0 or 0,1, got {gpus!r}")
+    return f"cuda:{indices[0]}", indices
 
 
 def flag_overrides(args):
@@ -55,30 +125,96 @@ def flag_overrides(args):
         value = getattr(args, flag)
         if value is not None:
             overrides += [key, repr(value) if isinstance(value, str) else str(value)]
+    if args.gpus is not None:
+        if args.device is not None:
+            raise ConfigError("--gpus and --device both choose the device; give only one of them")
+        overrides += ["MODEL.DEVICE", repr(gpu_device(args.gpus)[0])]
     if args.attacker in ATTACKERS:
         overrides += ["ATTACK.MODE", repr(args.attacker)]
     return overrides
 
 
-def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def notes(args):
+    """One-line notes for flags accepted from the reference that do nothing or less than asked."""
+    lines = [note for flag, note in NO_EFFECT_NOTES.items()
+             if getattr(args, flag) not in (None, False)]
+    if args.gpus is not None:
+        device, indices = gpu_device(args.gpus)
+        if len(indices) > 1:
+            lines.append(f"--gpus {args.gpus}: the attack trains on one device, {device}")
+    return lines
+
+
+def check_device(spec, flag):
+    """torch.device of MODEL.DEVICE, refused (naming ``flag``) when that device does not exist."""
+    import torch
+
+    from modeling.build import resolve_device
+
+    if flag == "--gpus" and not torch.cuda.is_available():
+        raise ConfigError(f"--gpus: CUDA is not available on this machine, so there is no "
+                          f"{spec}; leave --gpus out (or pass --device cpu) to run on the CPU")
+    device = resolve_device(spec)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise ConfigError(f"{flag}: there is no {spec} on this machine; expected an index "
+                              f"below {count} (the CUDA devices it has)")
+    return device
+
+
+def check_opts(parser, opts):
+    """A flag after the first ``KEY VALUE`` override would be read as a config key: refuse it."""
+    flags = {option for action in parser._actions for option in action.option_strings}
+    for item in opts:
+        if item.split("=", 1)[0] in flags:
+            raise ConfigError(f"{item} comes after the KEY VALUE overrides, where it would be read "
+                              "as a config key; expected every flag before them")
+
+
+def run(args):
+    """Everything after parsing: notes, config, checks, then the attack (heavy imports here)."""
+    for line in notes(args):
+        print(f"{PROG}: note: {line}", file=sys.stderr)
+    overrides = flag_overrides(args)
+
+    from configs import load_config
+    from data.npy_pairs import resolve_npy_dir
+    from engine.attack import run_recovery_attack
+
+    cfg = load_config(args.config_file, list(args.opts) + overrides)
+    if args.gpus is not None:
+        device_flag = "--gpus"
+    elif args.device is not None:
+        device_flag = "--device"
+    else:
+        device_flag = "MODEL.DEVICE"
+    device = check_device(cfg.MODEL.DEVICE, device_flag)
+    attacker = args.attacker or cfg.ATTACK.MODE
+    if attacker not in ATTACKER_CHOICES:
+        raise ConfigError(f"ATTACK.MODE must be one of {ATTACKERS} (or --attacker both), "
+                          f"got {attacker!r}")
     try:
-        cfg = load_config(args.config_file, list(args.opts) + flag_overrides(args))
-        device = resolve_device(cfg.MODEL.DEVICE)
-        AttackSettings.from_config(cfg)
-        attacker = args.attacker or cfg.ATTACK.MODE
-        if attacker not in ATTACKER_CHOICES:
-            raise ValueError(f"ATTACK.MODE must be one of {ATTACKERS}, got '{attacker}'")
         npy_dir = resolve_npy_dir(args.npy_path)
-        for split in SPLITS:
-            find_pairs(npy_dir, split)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
-        parser.error(str(err))
+    except DatasetError as err:
+        raise DatasetError(f"--npy_path: {err}") from None
     attackers = list(ATTACKERS) if attacker == "both" else [attacker]
     run_recovery_attack(cfg, npy_dir, attackers, device, output=args.output or None,
                         reference_order=args.reference_order, show_progress=not args.no_progress)
     return 0
+
+
+def main(argv=None):
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        check_opts(parser, args.opts)
+        return run(args)
+    except PixelFadeError as err:
+        message = " ".join(str(err).splitlines())
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@
 # Variables (with defaults): DATA_ROOT=./datasets  CKPT_DIR=./ckpt  OUTPUT_ROOT=./log  VENV=./.venv
 # DEVICE=auto  NPROC=1 (processes, e.g. one per GPU)  EXTRA_ARGS="" (added to protect_image.py).
 # The first call creates the virtual environment from requirements.txt (about 6 GB: the CUDA
-# build of torch, which also runs on the CPU).
+# build of torch, which also runs on the CPU) and installs this project into it in editable mode.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -28,12 +28,14 @@ ensure_env() {
         echo "== creating virtual environment $VENV"
         python3 -m venv "$VENV"
     fi
+    # Reinstall when requirements.txt (the pins) or pyproject.toml (the project) changes.
     local stamp="$VENV/.requirements.sha256"
     local want
-    want=$(sha256sum requirements.txt | cut -d' ' -f1)
+    want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
     if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
-        echo "== installing requirements.txt into $VENV"
+        echo "== installing requirements.txt and this project (editable) into $VENV"
         "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.txt
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e .
         echo "$want" > "$stamp"
     fi
     PY="$VENV/bin/python"

@@ -16,17 +16,14 @@ fresh process so its peak RSS (and CUDA peak) is its own. Per-step time of (a) a
 import argparse
 import concurrent.futures
 import multiprocessing
-import os
 import resource
 import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from configs import get_default_config  # noqa: E402
-from engine.pixelfade import (  # noqa: E402
+from configs import get_default_config
+from engine.pixelfade import (
     PixelFadeParams,
     build_fade_masks,
     frozen_parameters,
@@ -34,7 +31,7 @@ from engine.pixelfade import (  # noqa: E402
     precision_dtype,
     protect_batch,
 )
-from modeling import build_model  # noqa: E402
+from modeling import build_model
 
 VARIANTS = {
     "a": "protect_batch",

@@ -15,17 +15,14 @@ numpy ranking also tracemalloc's peak of the step's own allocations (a second, t
 import argparse
 import os
 import resource
-import sys
 import time
 import tracemalloc
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from evaluation.reid import evaluate_rank, pairwise_distance  # noqa: E402
-from evaluation.rerank import re_ranking  # noqa: E402
+from evaluation.reid import evaluate_rank, pairwise_distance
+from evaluation.rerank import re_ranking
 
 MIB = 2.0 ** 20
 
@@ -37,7 +34,7 @@ def market_like_problem(num_query, num_gallery, dim, num_ids, num_cams, distract
     distractors are pure noise. Larger noise means harder retrieval (lower mAP).
     """
     rng = np.random.default_rng(seed)
-    centres = torch.from_numpy(rng.standard_normal((num_ids + 1, dim), dtype=np.float32))
+    centers = torch.from_numpy(rng.standard_normal((num_ids + 1, dim), dtype=np.float32))
     q_pids = rng.integers(1, num_ids + 1, num_query)
     num_distractors = int(distractor_share * num_gallery)
     g_pids = np.concatenate([
@@ -46,8 +43,8 @@ def market_like_problem(num_query, num_gallery, dim, num_ids, num_cams, distract
     q_camids = rng.integers(1, num_cams + 1, num_query)
     g_camids = rng.integers(1, num_cams + 1, num_gallery)
     generator = torch.Generator().manual_seed(seed)
-    query = centres[q_pids] + noise * torch.randn(num_query, dim, generator=generator)
-    gallery = centres[g_pids] + noise * torch.randn(num_gallery, dim, generator=generator)
+    query = centers[q_pids] + noise * torch.randn(num_query, dim, generator=generator)
+    gallery = centers[g_pids] + noise * torch.randn(num_gallery, dim, generator=generator)
     gallery[:num_distractors] = noise * torch.randn(num_distractors, dim, generator=generator)
     return query, gallery, q_pids, g_pids, q_camids, g_camids
 

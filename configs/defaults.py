@@ -168,7 +168,8 @@ _C.ATTACK.TOTAL_EPOCHS = 100
 # Epoch indices (0-based) after which the test split is scored; the last epoch always is.
 _C.ATTACK.EVAL_EPOCHS = [2]
 # 'reference': L1 to the normalised original through a Tanh output (the paper);
-# 'strong': L1 to the original in pixel space [0,1], no Tanh (SPEC trap).
+# 'strong': L1 to the original in pixel space [0,1], no Tanh, since a Tanh cannot reach
+# normalised targets outside [-1, 1] (README, What differs from the paper's code).
 _C.ATTACK.MODE = "reference"
 _C.ATTACK.SHUFFLE = True
 _C.ATTACK.SEED = 0

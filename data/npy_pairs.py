@@ -3,6 +3,9 @@
 Layout (SPEC 3): ``<output>/img_npy/`` holds, per split s in {train, test} and batch index i,
 ``clean-s-i-images.npy`` and ``encry-s-i-images.npy`` (float32, B x 3 x H x W, ImageNet-normalised)
 and ``s-i-ids.npy`` (plus ``test-i-camids.npy``). One saved file is one batch of the attack.
+
+Every problem with these files is a ``DatasetError`` (``NonFiniteError`` for NaN or infinity) that
+names the file and what was expected; the checks run when a split is opened, before any training.
 """
 import os
 import re
@@ -11,9 +14,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from utils.errors import DatasetError, NonFiniteError
+
 NPY_DIRNAME = "img_npy"
 SPLITS = ("train", "test")
 _IMAGES_PATTERN = re.compile(r"^(clean|encry)-(train|test)-(\d+)-images\.npy$")
+# Elements per block of the one-off NaN/infinity scan (64 MiB of float32).
+FINITE_CHECK_BLOCK = 1 << 24
 
 
 def resolve_npy_dir(path):
@@ -23,9 +30,10 @@ def resolve_npy_dir(path):
         return nested
     if os.path.isdir(path) and any(_IMAGES_PATTERN.match(name) for name in os.listdir(path)):
         return path
-    raise FileNotFoundError(
-        f"no saved image pairs found: neither {nested} nor {path} holds *-images.npy files "
-        "(run protect_image.py with --save_image_npy first)")
+    raise DatasetError(
+        f"no saved image pairs found: neither {nested} nor {path} holds "
+        "clean-/encry-<split>-<i>-images.npy files (run protect_image.py with --save_image_npy "
+        "first)")
 
 
 def _image_files(npy_dir, split):
@@ -33,39 +41,77 @@ def _image_files(npy_dir, split):
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got '{split}'")
     found = {}
-    for name in os.listdir(npy_dir):
+    try:
+        names = os.listdir(npy_dir)
+    except OSError as err:
+        raise DatasetError(f"cannot list the pair folder {npy_dir}: {err.strerror}") from None
+    for name in names:
         match = _IMAGES_PATTERN.match(name)
         if match and match.group(2) == split:
             found.setdefault(int(match.group(3)), {})[match.group(1)] = os.path.join(npy_dir, name)
     return found
 
 
+def _open_npy(path):
+    """The .npy file memory-mapped (its data is not read)."""
+    try:
+        return np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else err
+        raise DatasetError(f"cannot read {path} as a .npy array: {reason}") from None
+
+
 def _npy_shape(path):
     """Shape of a .npy file without reading its data."""
-    try:
-        return np.load(path, mmap_mode="r").shape
-    except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read {path} as a .npy array: {err}") from None
+    return _open_npy(path).shape
+
+
+def _check_images_file(path):
+    array = _open_npy(path)
+    if array.ndim != 4:
+        raise DatasetError(f"{path}: expected a B x C x H x W array of images, got shape "
+                           f"{array.shape}")
+    if array.dtype.kind not in "fiu":
+        raise DatasetError(f"{path}: expected float32 images, got dtype {array.dtype}")
+    if array.shape[0] < 1:
+        raise DatasetError(f"{path}: expected at least one image, got shape {array.shape}")
+    return array.shape
 
 
 def _check_pair(index, clean_path, protected_path, ids_path):
-    clean_shape, protected_shape = _npy_shape(clean_path), _npy_shape(protected_path)
-    if len(clean_shape) != 4:
-        raise ValueError(f"{clean_path}: expected a B x C x H x W array, got shape {clean_shape}")
+    clean_shape = _check_images_file(clean_path)
+    protected_shape = _check_images_file(protected_path)
     if clean_shape != protected_shape:
-        raise ValueError(f"shape mismatch in batch {index}: {clean_path} is {clean_shape} but "
-                         f"{protected_path} is {protected_shape}")
+        raise DatasetError(f"shape mismatch in batch {index}: {clean_path} is {clean_shape} but "
+                           f"{protected_path} is {protected_shape}; expected equal shapes")
     ids_shape = _npy_shape(ids_path)
     if ids_shape != (clean_shape[0],):
-        raise ValueError(f"{ids_path} holds {ids_shape} ids but {clean_path} holds "
-                         f"{clean_shape[0]} images")
+        raise DatasetError(f"{ids_path} holds {ids_shape} ids but {clean_path} holds "
+                           f"{clean_shape[0]} images; expected one id per image")
+
+
+def check_finite(path, block=FINITE_CHECK_BLOCK):
+    """Scan a saved image file once, block by block, for NaN or infinity (NonFiniteError)."""
+    array = _open_npy(path)
+    if array.dtype.kind != "f" or array.size == 0:
+        return
+    per_image = max(1, int(np.prod(array.shape[1:])))
+    step = max(1, block // per_image)
+    for start in range(0, array.shape[0], step):
+        chunk = np.asarray(array[start:start + step])
+        finite = np.isfinite(chunk).reshape(chunk.shape[0], -1).all(axis=1)
+        if not finite.all():
+            image = start + int(np.argmin(finite))
+            raise NonFiniteError(f"{path} holds NaN or infinite values (first in image {image} "
+                                 "of the batch); expected finite images: re-create the pairs "
+                                 "with protect_image.py --save_image_npy")
 
 
 def _pairs(npy_dir, split, sort_key):
     files = _image_files(npy_dir, split)
     if not files:
-        raise ValueError(f"no '{split}' pairs in {npy_dir} (expected clean-{split}-<i>-images.npy "
-                         f"and encry-{split}-<i>-images.npy)")
+        raise DatasetError(f"no '{split}' pairs in {npy_dir} (expected "
+                           f"clean-{split}-<i>-images.npy and encry-{split}-<i>-images.npy)")
     pairs = []
     for index, paths in files.items():
         clean_path = os.path.join(npy_dir, f"clean-{split}-{index}-images.npy")
@@ -73,10 +119,10 @@ def _pairs(npy_dir, split, sort_key):
         for role, path, partner in (("clean", clean_path, protected_path),
                                     ("encry", protected_path, clean_path)):
             if role not in paths:
-                raise ValueError(f"missing partner: {partner} has no {path}")
+                raise DatasetError(f"missing partner: {partner} has no {path}")
         ids_path = os.path.join(npy_dir, f"{split}-{index}-ids.npy")
         if not os.path.isfile(ids_path):
-            raise ValueError(f"missing ids file {ids_path} for {clean_path}")
+            raise DatasetError(f"missing ids file {ids_path} for {clean_path}")
         _check_pair(index, clean_path, protected_path, ids_path)
         pairs.append((index, clean_path, protected_path, ids_path))
     return sorted(pairs, key=sort_key)
@@ -96,24 +142,38 @@ class PairDataset(Dataset):
     """All pairs of a split, memory-mapped once; item i is (protected image, original image).
 
     ``load_batch(k)`` returns the k-th saved batch whole, so a training step reads one contiguous
-    block per file instead of stacking single images.
+    block per file instead of stacking single images. Opening checks every file: its shape
+    (``image_shape``, or the first batch's, for all of them) and, once, with ``check_values``,
+    that it holds no NaN or infinity.
     """
 
-    def __init__(self, npy_dir, split, reference_order=False):
+    def __init__(self, npy_dir, split, reference_order=False, image_shape=None, check_values=True):
         pairs = (reference_file_order if reference_order else find_pairs)(npy_dir, split)
         self.split = split
         self.batch_indices = [index for index, _, _, _ in pairs]
         self._paths = [(clean, protected) for _, clean, protected, _ in pairs]
         shapes = [_npy_shape(clean) for clean, _ in self._paths]
-        image_shape = shapes[0][1:]
-        for (clean, _), shape in zip(self._paths, shapes):
-            if shape[1:] != image_shape:
-                raise ValueError(f"{clean} holds images of shape {shape[1:]} but "
-                                 f"{self._paths[0][0]} holds {image_shape}")
-        self.image_shape = tuple(image_shape)
+        if image_shape is None:
+            expected, source = tuple(shapes[0][1:]), self._paths[0][0]
+        else:
+            expected, source = tuple(image_shape), "the train split"
+        for (clean, protected), shape in zip(self._paths, shapes):
+            if tuple(shape[1:]) != expected:
+                raise DatasetError(f"{clean} and {protected} hold images of shape "
+                                   f"{tuple(shape[1:])}; expected C x H x W = {expected} "
+                                   f"(the shape of {source})")
+        self.image_shape = expected
         self.batch_sizes = [shape[0] for shape in shapes]
         self._starts = np.cumsum([0] + self.batch_sizes)
         self._arrays = None
+        if check_values:
+            self.check_values()
+
+    def check_values(self):
+        """Scan every file of the split once for NaN or infinity (``NonFiniteError``)."""
+        for clean, protected in self._paths:
+            check_finite(clean)
+            check_finite(protected)
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -140,6 +200,10 @@ class PairDataset(Dataset):
         offset = item - int(self._starts[position])
         clean, protected = self._mapped()[position]
         return _as_tensor(protected[offset]), _as_tensor(clean[offset])
+
+    def batch_files(self, position):
+        """(clean path, protected path) of the saved batch at ``position``."""
+        return self._paths[position]
 
     def load_batch(self, position):
         """(protected, original) float32 tensors of the saved batch at ``position``."""

@@ -6,33 +6,46 @@ normalised space, Adam lr 1e-3, one saved batch file per step, 100 epochs, test 
 since a Tanh output cannot reach normalised targets outside [-1, 1] (SPEC trap).
 
 Training runs on an ignite Engine; a Checkpoint of (generator, optimizer, trainer, history) after
-every epoch lets a rerun with the same arguments resume from the last finished epoch.
+every epoch lets a rerun with the same arguments resume from the last finished epoch. Only the
+newest checkpoint is kept, and the previous one is deleted only once the new one is complete.
+
+Bad input never costs finished work and never shows a traceback: settings, pair files (shapes,
+NaN/infinity) and existing checkpoints are checked before anything is written, the output folder
+is locked while the attack trains, and every file goes through ``utils.file_io``'s atomic writes
+(an OS failure is an ``OutputError`` naming the file).
 """
 import dataclasses
 import glob
 import json
 import logging
+import math
 import os
+import pickle
 import re
+import sys
 import time
 
 import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import Checkpoint, DiskSaver, ProgressBar
+from ignite.handlers import Checkpoint, ProgressBar
+from ignite.handlers.checkpoint import BaseSaveHandler
 from ignite.utils import setup_logger
+from PIL import Image
 from torch.utils.data import DataLoader
-from torchvision.utils import save_image
+from torchvision.utils import make_grid
 
 from configs import save_config
 from data.npy_pairs import (NPY_DIRNAME, PairDataset, SavedBatches, SavedBatchOrder,
                              resolve_npy_dir)
 from data.transforms import normalize
-from evaluation.image_quality import (QualityAccumulator, to_pixels,
-                                      pixel_space_metrics, reference_batch_metrics)
+from evaluation.image_quality import (PSNR_CAP_DB, SSIM_KERNEL_SIZE, QualityAccumulator,
+                                      pixel_space_metrics, reference_batch_metrics, to_pixels)
 from modeling.generators import GENERATORS, build_generator
-
-from utils.file_io import atomic_write_text
+from utils.errors import (CheckpointError, ConfigError, DatasetError, NonFiniteError,
+                          RunConflictError)
+from utils.file_io import (FolderLock, atomic_save_image, atomic_torch_save, atomic_write,
+                           atomic_write_text, os_errors_as_output_errors)
 
 ATTACKERS = ("reference", "strong")
 OPTIMIZERS = ("adam", "sgd")
@@ -49,6 +62,7 @@ GRID_DIRNAME = "rec_images"
 CONFIG_FILENAME = "attack_config.yaml"
 WEIGHT_FILENAMES = {"reference": "Generator_weight.pth", "strong": "Generator_weight_strong.pth"}
 _CHECKPOINT_PATTERN = re.compile(r"^checkpoint_(\d+)\.pt$")
+LOCK_PURPOSE = "recovery_attack.py"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,16 +91,18 @@ class AttackSettings:
         _require(_is_int(self.ngf) and self.ngf >= 1, "ATTACK.NGF", "a positive integer", self.ngf)
         _require(_is_int(self.total_epochs) and self.total_epochs >= 1, "ATTACK.TOTAL_EPOCHS",
                  "a positive integer", self.total_epochs)
-        _require(isinstance(self.lr, (int, float)) and self.lr > 0, "ATTACK.LR",
+        _require(_is_number(self.lr) and math.isfinite(self.lr) and self.lr > 0, "ATTACK.LR",
                  "a positive number", self.lr)
         _require(all(_is_int(epoch) and epoch >= 0 for epoch in self.eval_epochs),
                  "ATTACK.EVAL_EPOCHS", "0-based epoch indices >= 0", list(self.eval_epochs))
         _require(_is_int(self.num_grids) and self.num_grids >= 0, "ATTACK.NUM_GRIDS",
                  "an integer >= 0", self.num_grids)
         _require(_is_int(self.seed), "ATTACK.SEED", "an integer", self.seed)
+        _require(isinstance(self.shuffle, bool), "ATTACK.SHUFFLE", "True or False", self.shuffle)
         for key, values in (("INPUT.PIXEL_MEAN", self.pixel_mean),
                             ("INPUT.PIXEL_STD", self.pixel_std)):
-            _require(len(values) == 3, key, "3 values", list(values))
+            _require(len(values) == 3 and all(_is_number(value) for value in values), key,
+                     "3 numbers", list(values))
         _require(all(value > 0 for value in self.pixel_std), "INPUT.PIXEL_STD",
                  "positive values", list(self.pixel_std))
 
@@ -114,9 +130,27 @@ def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _require(condition, key, expected, got):
     if not condition:
-        raise ValueError(f"{key} must be {expected}, got {got!r}")
+        raise ConfigError(f"{key} must be {expected}, got {got!r}")
+
+
+def available_cpus():
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def loader_workers(configured):
+    """DATALOADER.NUM_WORKERS capped at the usable CPUs (more only add processes and warnings)."""
+    _require(_is_int(configured) and configured >= 0, "DATALOADER.NUM_WORKERS",
+             "an integer >= 0", configured)
+    return min(configured, available_cpus())
 
 
 def build_optimizer(settings, parameters):
@@ -165,6 +199,10 @@ def create_attack_trainer(generator, optimizer, settings, device):
         return {"loss": loss.detach(), "batch_size": protected.shape[0]}
 
     trainer = Engine(train_step)
+    # The engine's own messages go to the attack's log (stdout and log file), warnings and errors
+    # only: its "terminating due to exception" line is kept in the log, never added to stderr.
+    trainer.logger = logging.getLogger("recovery.trainer")
+    trainer.logger.setLevel(logging.WARNING)
 
     @trainer.on(Events.EPOCH_STARTED)
     def _reset_epoch_meters(engine):
@@ -188,13 +226,22 @@ def create_attack_trainer(generator, optimizer, settings, device):
     return trainer
 
 
+def grid_image(protected, recovered, originals):
+    """Rows protected / recovered / original, min-max scaled as a whole (the reference's grid)."""
+    rows = torch.cat([protected, recovered, originals]).detach().float().cpu()
+    grid = make_grid(rows, nrow=protected.shape[0], padding=0, normalize=True)
+    pixels = grid.mul(255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8)
+    return Image.fromarray(pixels.permute(1, 2, 0).numpy())
+
+
 @torch.no_grad()
 def evaluate_generator(generator, test_pairs, settings, device, grid_dir=None):
     """Protected-vs-original and recovered-vs-original quality on the test split.
 
     Returns {'num_images', protocol: {image kind: {metric: mean}}}; with ``grid_dir``, the first
     settings.num_grids test batches are drawn as rows protected / recovered / original, each grid
-    min-max normalised as a whole like the reference.
+    min-max normalised as a whole like the reference. A generator that outputs NaN or infinity
+    (diverged training) raises ``NonFiniteError`` before any metric is computed.
     """
     was_training = generator.training
     generator.eval()
@@ -202,17 +249,22 @@ def evaluate_generator(generator, test_pairs, settings, device, grid_dir=None):
               for kind in IMAGE_KINDS}
     for position in range(test_pairs.num_batches):
         protected, originals = (tensor.to(device) for tensor in test_pairs.load_batch(position))
-        recovered = recovered_normalised(generator(protected), settings)
+        outputs = generator(protected)
+        if not bool(torch.isfinite(outputs).all()):
+            protected_file = test_pairs.batch_files(position)[1]
+            raise NonFiniteError(
+                f"[{settings.mode}] the generator's output for {protected_file} "
+                "holds NaN or infinity: training diverged; expected a lower learning rate "
+                f"(--lr / ATTACK.LR, now {settings.lr})")
+        recovered = recovered_normalised(outputs, settings)
         for kind, candidate in (("protected", protected), ("recovered", recovered)):
             meters["reference_normalisation", kind].add_batch_means(
                 reference_batch_metrics(candidate, originals), protected.shape[0])
             meters["pixel_space", kind].add_per_image(
                 pixel_space_metrics(candidate, originals, settings.pixel_mean, settings.pixel_std))
         if grid_dir is not None and position < settings.num_grids:
-            os.makedirs(grid_dir, exist_ok=True)
-            rows = torch.cat([protected, recovered, originals]).cpu()
-            save_image(rows, os.path.join(grid_dir, f"{position}.png"), normalize=True,
-                       padding=0, nrow=protected.shape[0])
+            atomic_save_image(grid_image(protected, recovered, originals),
+                              os.path.join(grid_dir, f"{position}.png"))
     generator.train(was_training)
     record = {"num_images": meters["pixel_space", "protected"].count}
     for protocol in PROTOCOLS:
@@ -248,23 +300,95 @@ def run_identity(settings, train_pairs, reference_order):
             "image_shape": list(train_pairs.image_shape)}
 
 
+class AtomicCheckpointSaver(BaseSaveHandler):
+    """ignite save handler: atomic writes through utils.file_io, deletions deferred.
+
+    ignite's ``Checkpoint`` deletes the checkpoint it drops *before* writing the new one; a full
+    disk or a kill in between would leave none. Here a deletion waits until the next checkpoint
+    is complete, so the folder always holds a whole one.
+    """
+
+    def __init__(self, dirname):
+        self.dirname = dirname
+        self._pending_removal = []
+
+    def __call__(self, checkpoint, filename, metadata=None):
+        atomic_write(os.path.join(self.dirname, filename),
+                     lambda handle: torch.save(checkpoint, handle))
+        for old in self._pending_removal:
+            if old != filename:
+                path = os.path.join(self.dirname, old)
+                with os_errors_as_output_errors(path):
+                    if os.path.exists(path):
+                        os.remove(path)
+        self._pending_removal = []
+
+    def remove(self, filename):
+        self._pending_removal.append(filename)
+
+
 def latest_checkpoint(checkpoint_dir):
     """Path of the highest-epoch ``checkpoint_<epoch>.pt`` in the folder, or None."""
     found = []
-    for path in glob.glob(os.path.join(checkpoint_dir, "checkpoint_*.pt")):
+    for path in glob.glob(os.path.join(glob.escape(checkpoint_dir), "checkpoint_*.pt")):
         match = _CHECKPOINT_PATTERN.match(os.path.basename(path))
         if match:
             found.append((int(match.group(1)), path))
     return max(found)[1] if found else None
 
 
+def read_checkpoint(path, mmap=False):
+    """An attack checkpoint: a dict of tensors and containers; ``CheckpointError`` if unreadable."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        identity = saved["history"]["identity"]
+        trained_epochs(saved)
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError, TypeError,
+            ZeroDivisionError, pickle.UnpicklingError) as err:
+        reason = " ".join(str(err).split())[:200]
+        raise CheckpointError(f"cannot read the attack checkpoint {path} ({reason}); expected a "
+                              "checkpoint written by recovery_attack.py: delete it to train "
+                              "afresh, or pass another --output") from None
+    if not isinstance(identity, dict):
+        raise CheckpointError(f"the attack checkpoint {path} has no run description; delete it "
+                              "to train afresh, or pass another --output")
+    return saved
+
+
+def trained_epochs(saved):
+    """Finished epochs of a checkpoint (ignite keeps iterations and the epoch length)."""
+    trainer = saved["trainer"]
+    return int(trainer["iteration"]) // int(trainer["epoch_length"])
+
+
+def check_resumable(checkpoint_dir, identity, total_epochs):
+    """(path, trained epochs) of the checkpoint a run would resume from, or (None, 0).
+
+    ``RunConflictError`` when that checkpoint belongs to another attack or holds more epochs than
+    ``total_epochs``; reads the file memory-mapped, so checking is cheap.
+    """
+    path = latest_checkpoint(checkpoint_dir)
+    if path is None:
+        return None, 0
+    saved = read_checkpoint(path, mmap=True)
+    _check_identity(saved["history"]["identity"], identity, path)
+    done = trained_epochs(saved)
+    if done > total_epochs:
+        raise RunConflictError(
+            f"{path} holds a generator trained for {done} epochs, more than --total_epochs / "
+            f"ATTACK.TOTAL_EPOCHS = {total_epochs}; pass --total_epochs {done} (or more) to "
+            "finish from it, or another --output to train afresh")
+    return path, done
+
+
 def _check_identity(saved, current, checkpoint_path):
     changed = sorted(key for key in set(saved) | set(current) if saved.get(key) != current.get(key))
     if changed:
         details = ", ".join(f"{key}: {saved.get(key)!r} -> {current.get(key)!r}" for key in changed)
-        raise ValueError(f"{checkpoint_path} was written by a different attack ({details}); "
-                         f"delete {os.path.dirname(checkpoint_path)} or pass another --output "
-                         "to start afresh")
+        raise RunConflictError(
+            f"{checkpoint_path} was written by a different attack ({details}); pass the same "
+            f"settings to resume it, or delete {os.path.dirname(checkpoint_path)} or pass another "
+            "--output to start afresh")
 
 
 def attack_log_dir(npy_dir, output=None):
@@ -279,24 +403,56 @@ def attack_log_dir(npy_dir, output=None):
 
 def get_attack_logger(log_dir):
     """Logger 'recovery' writing to stdout and appending to ``<log_dir>/log_recovery.txt``."""
-    os.makedirs(log_dir, exist_ok=True)
-    return setup_logger("recovery", filepath=os.path.join(log_dir, LOG_FILENAME), reset=True,
-                        distributed_rank=idist.get_rank())
+    logger = logging.getLogger("recovery")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    path = os.path.join(log_dir, LOG_FILENAME)
+    with os_errors_as_output_errors(path):
+        os.makedirs(log_dir, exist_ok=True)
+        return setup_logger("recovery", stream=sys.stdout, filepath=path, reset=True,
+                            distributed_rank=idist.get_rank())
+
+
+def open_attack_pairs(npy_dir, settings, reference_order=False):
+    """(train, test) PairDatasets, checked for what the attack needs, before anything is written.
+
+    Every file of both splits must hold finite C x H x W images of one shape, with C the number
+    of INPUT.PIXEL_MEAN values and H, W at least SSIM's window; ``DatasetError`` or
+    ``NonFiniteError`` names the first file that does not.
+    """
+    train = PairDataset(npy_dir, "train", reference_order=reference_order, check_values=False)
+    channels, height, width = train.image_shape
+    first = train.batch_files(0)[0]
+    if channels != len(settings.pixel_mean):
+        raise DatasetError(f"{first} holds images with {channels} channels; expected "
+                           f"{len(settings.pixel_mean)} (one per INPUT.PIXEL_MEAN value)")
+    if min(height, width) < SSIM_KERNEL_SIZE:
+        raise DatasetError(f"{first} holds {height} x {width} images; expected at least "
+                           f"{SSIM_KERNEL_SIZE} x {SSIM_KERNEL_SIZE} pixels (SSIM's window)")
+    test = PairDataset(npy_dir, "test", reference_order=reference_order,
+                       image_shape=train.image_shape, check_values=False)
+    train.check_values()
+    test.check_values()
+    return train, test
 
 
 def run_attack(settings, npy_dir, log_dir, device="cpu", reference_order=False, num_workers=0,
-               show_progress=True, logger=None):
-    """Train and score one attacker (settings.mode); returns its entry of attack_results.json."""
+               show_progress=True, logger=None, pairs=None):
+    """Train and score one attacker (settings.mode); returns its entry of attack_results.json.
+
+    ``pairs``: the (train, test) datasets of :func:`open_attack_pairs`, opened (and checked) here
+    when not given. An existing checkpoint of this attacker under ``log_dir`` is checked before
+    anything is written, then resumed from.
+    """
     device = torch.device(device)
+    train_pairs, test_pairs = pairs or open_attack_pairs(npy_dir, settings, reference_order)
+    identity = run_identity(settings, train_pairs, reference_order)
+    checkpoint_dir = os.path.join(log_dir, CHECKPOINT_DIRNAME, settings.mode)
+    resume_path, _ = check_resumable(checkpoint_dir, identity, settings.total_epochs)
     logger = logger or get_attack_logger(log_dir)
-    train_pairs = PairDataset(npy_dir, "train", reference_order=reference_order)
-    test_pairs = PairDataset(npy_dir, "test", reference_order=reference_order)
-    if test_pairs.image_shape != train_pairs.image_shape:
-        raise ValueError(f"train images in {npy_dir} are {train_pairs.image_shape} but test "
-                         f"images are {test_pairs.image_shape}")
     if reference_order and settings.shuffle:
         logger.info("--reference_order: saved batches are visited in sorted file order, unshuffled")
-    identity = run_identity(settings, train_pairs, reference_order)
 
     torch.manual_seed(settings.seed)
     generator = build_generator(settings.generator, ngf=settings.ngf,
@@ -320,77 +476,94 @@ def run_attack(settings, npy_dir, log_dir, device="cpu", reference_order=False, 
     def _set_batch_order(engine):
         order.set_epoch(engine.state.epoch)
 
+    # Runs before the checkpointer (handlers fire in the order they were added): a diverged epoch
+    # stops the run and the checkpoint of the last good epoch stays.
     @trainer.on(Events.EPOCH_COMPLETED)
     def _log_and_evaluate(engine):
         epoch_index = engine.state.epoch - 1
-        history.train_loss[epoch_index] = engine.state.epoch_loss
+        loss = engine.state.epoch_loss
+        if not math.isfinite(loss):
+            raise NonFiniteError(
+                f"[{settings.mode}] the L1 loss of epoch {epoch_index} is {loss}: training "
+                f"diverged; expected a lower learning rate (--lr / ATTACK.LR, now {settings.lr}); "
+                f"the epochs finished before it stay in {checkpoint_dir}")
+        history.train_loss[epoch_index] = loss
         logger.info(f"[{settings.mode}] epoch {epoch_index}/{settings.total_epochs - 1} "
-                    f"L1 loss {engine.state.epoch_loss:.6f}, "
-                    f"{engine.state.images_per_s:.1f} images/s")
+                    f"L1 loss {loss:.6f}, {engine.state.images_per_s:.1f} images/s")
         if epoch_index in evaluated:
             is_last = epoch_index == settings.total_epochs - 1
             record = evaluate_generator(generator, test_pairs, settings, device,
                                         grid_dir=grid_dir if is_last else None)
             history.evaluations[epoch_index] = record
             _log_record(logger, settings.mode, epoch_index, record)
-            torch.save(_cpu_state_dict(generator), weight_path)
+            atomic_torch_save(_cpu_state_dict(generator), weight_path)
             write_results(log_dir, settings.mode, _results_entry(settings, history))
 
-    checkpoint_dir = os.path.join(log_dir, CHECKPOINT_DIRNAME, settings.mode)
     to_save = {"generator": generator, "optimizer": optimizer, "trainer": trainer,
                "history": history}
-    checkpointer = Checkpoint(to_save, DiskSaver(checkpoint_dir, require_empty=False),
-                              n_saved=1, include_self=True,
+    checkpointer = Checkpoint(to_save, AtomicCheckpointSaver(checkpoint_dir), n_saved=1,
+                              include_self=True,
                               global_step_transform=lambda engine, _: engine.state.epoch)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, checkpointer)
 
-    resume_path = latest_checkpoint(checkpoint_dir)
     if resume_path is not None:
-        saved = torch.load(resume_path, map_location="cpu", weights_only=True)
+        saved = read_checkpoint(resume_path)
         _check_identity(saved["history"]["identity"], identity, resume_path)
         Checkpoint.load_objects({**to_save, "checkpointer": checkpointer}, saved)
         done = trainer.state.epoch
-        if done > settings.total_epochs:
-            raise ValueError(f"{resume_path} has already trained {done} epochs, more than "
-                             f"ATTACK.TOTAL_EPOCHS={settings.total_epochs}")
         logger.info(f"[{settings.mode}] resuming from {resume_path} after epoch {done}")
         if done == settings.total_epochs:
             logger.info(f"[{settings.mode}] training already finished; nothing left to run")
-            torch.save(_cpu_state_dict(generator), weight_path)
+            atomic_torch_save(_cpu_state_dict(generator), weight_path)
             return write_results(log_dir, settings.mode, _results_entry(settings, history))
 
     logger.info(f"[{settings.mode}] {settings.generator} (ngf {settings.ngf}, "
                 f"{settings.output_activation} output) on {len(train_pairs)} train images in "
                 f"{train_pairs.num_batches} saved batches, {settings.optimizer} lr {settings.lr}, "
-                f"{settings.total_epochs} epochs on {device}")
+                f"{settings.total_epochs} epochs on {device}, {num_workers} loader workers")
     trainer.run(loader, max_epochs=settings.total_epochs)
-    torch.save(_cpu_state_dict(generator), weight_path)
+    atomic_torch_save(_cpu_state_dict(generator), weight_path)
     logger.info(f"[{settings.mode}] generator weights: {weight_path}")
     return write_results(log_dir, settings.mode, _results_entry(settings, history))
 
 
 def run_recovery_attack(cfg, npy_path, attackers, device, output=None, reference_order=False,
                         show_progress=True):
-    """The CLI's work: resolve the pair folder, save the config, run each attacker in turn."""
+    """The CLI's work: check everything, lock the output folder, run each attacker in turn.
+
+    Settings, pair files and existing checkpoints of every attacker are checked before the first
+    file is written (a failed start leaves no log file behind); a second attack on the same
+    output folder is refused while this one runs.
+    """
     unknown = [attacker for attacker in attackers if attacker not in ATTACKERS]
     if unknown or not attackers:
-        raise ValueError(f"attackers must be among {ATTACKERS}, got {list(attackers)}")
-    npy_dir = resolve_npy_dir(npy_path)
-    log_dir = attack_log_dir(npy_dir, output)
-    logger = get_attack_logger(log_dir)
+        raise ConfigError(f"--attacker / ATTACK.MODE: expected attackers among {ATTACKERS}, "
+                          f"got {list(attackers)}")
     base_settings = AttackSettings.from_config(cfg)
-    config_path = save_config(cfg, log_dir, CONFIG_FILENAME)
-    logger.info(f"pairs from {npy_dir}; results, logs and checkpoints in {log_dir}; "
-                f"config saved to {config_path}")
-    results = {}
-    for attacker in attackers:
-        settings = dataclasses.replace(base_settings, mode=attacker)
-        results[attacker] = run_attack(settings, npy_dir, log_dir, device=device,
-                                       reference_order=reference_order,
-                                       num_workers=cfg.DATALOADER.NUM_WORKERS,
-                                       show_progress=show_progress, logger=logger)
-    logger.info(f"results: {os.path.join(log_dir, RESULTS_JSON)} and "
-                f"{os.path.join(log_dir, RESULTS_MARKDOWN)}")
+    num_workers = loader_workers(cfg.DATALOADER.NUM_WORKERS)
+    npy_dir = resolve_npy_dir(npy_path)
+    pairs = open_attack_pairs(npy_dir, base_settings, reference_order)
+    log_dir = attack_log_dir(npy_dir, output)
+    settings_of = {attacker: dataclasses.replace(base_settings, mode=attacker)
+                   for attacker in attackers}
+    with FolderLock(log_dir, purpose=LOCK_PURPOSE):
+        for attacker, settings in settings_of.items():
+            check_resumable(os.path.join(log_dir, CHECKPOINT_DIRNAME, attacker),
+                            run_identity(settings, pairs[0], reference_order),
+                            settings.total_epochs)
+        logger = get_attack_logger(log_dir)
+        config_path = save_config(cfg, log_dir, CONFIG_FILENAME)
+        logger.info(f"pairs from {npy_dir}; results, logs and checkpoints in {log_dir}; "
+                    f"config saved to {config_path}")
+        results = {}
+        for attacker, settings in settings_of.items():
+            results[attacker] = run_attack(settings, npy_dir, log_dir, device=device,
+                                           reference_order=reference_order,
+                                           num_workers=num_workers, show_progress=show_progress,
+                                           logger=logger, pairs=pairs)
+        logger.info(f"results: {os.path.join(log_dir, RESULTS_JSON)} and "
+                    f"{os.path.join(log_dir, RESULTS_MARKDOWN)}\n"
+                    + results_markdown(read_results(log_dir)))
     return results
 
 
@@ -409,41 +582,76 @@ def _log_record(logger, attacker, epoch_index, record):
     for protocol in PROTOCOLS:
         for kind in IMAGE_KINDS:
             values = record[protocol][kind]
-            logger.info(f"[{attacker}] epoch {epoch_index} {protocol} {kind}: "
+            logger.info(f"[{attacker}] epoch {epoch_index} {protocol} {kind} vs original: "
                         f"psnr:{values['psnr']:.2f}  mse:{values['mse']:.4f}  "
                         f"ssim:{values['ssim']:.2f}")
 
 
+def read_results(log_dir):
+    """The attackers' entries of ``<log_dir>/attack_results.json`` ({} if absent or invalid)."""
+    json_path = os.path.join(log_dir, RESULTS_JSON)
+    if not os.path.isfile(json_path):
+        return {}
+    try:
+        with open(json_path) as handle:
+            results = json.load(handle)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        logging.getLogger("recovery").warning(f"{json_path} cannot be read as JSON; rewriting it")
+        return {}
+    return results if isinstance(results, dict) else {}
+
+
 def write_results(log_dir, attacker, entry):
     """Put one attacker's entry into attack_results.json (others kept) and redraw the Markdown."""
-    json_path = os.path.join(log_dir, RESULTS_JSON)
-    results = {}
-    if os.path.isfile(json_path):
-        try:
-            with open(json_path) as handle:
-                results = json.load(handle)
-        except json.JSONDecodeError:
-            logging.getLogger("recovery").warning(f"{json_path} is not valid JSON; rewriting it")
-        if not isinstance(results, dict):
-            results = {}
+    results = read_results(log_dir)
     results[attacker] = entry
-    atomic_write_text(json.dumps(results, indent=2, sort_keys=True) + "\n", json_path)
+    atomic_write_text(json.dumps(results, indent=2, sort_keys=True) + "\n",
+                      os.path.join(log_dir, RESULTS_JSON))
     atomic_write_text(results_markdown(results), os.path.join(log_dir, RESULTS_MARKDOWN))
     return entry
 
 
+PROTOCOL_TITLES = {
+    "reference_normalisation": "Reference protocol: each batch min-max scaled to [0, 1]",
+    "pixel_space": "Pixel space: ImageNet normalisation undone, pixels clamped to [0, 1]",
+}
+PROTOCOL_NOTES = {
+    "reference_normalisation": (
+        "As the reference script computes it: each batch tensor (protected, recovered and "
+        "original, each on its own) is min-max scaled to [0, 1] as a whole, then piq PSNR and "
+        "SSIM (data_range 1) and the MSE are taken per batch and averaged over batches weighted "
+        "by their image counts."),
+    "pixel_space": (
+        "What a viewer of the stored images sees: the ImageNet normalisation (INPUT.PIXEL_MEAN, "
+        "INPUT.PIXEL_STD) is undone and pixels are clamped to [0, 1]; piq PSNR (capped at "
+        f"{PSNR_CAP_DB:.0f} dB for identical images), SSIM (data_range 1) and MSE per image, "
+        "averaged over the images."),
+}
+ROWS_NOTE = (
+    "Rows: `protected` = the stored protected test image vs its original (what the protection "
+    "leaves); `recovered` = the attacker's generator output from the protected image vs the "
+    "original (what an attacker gets back). Higher PSNR/SSIM and lower MSE mean closer to the "
+    "original, i.e. less privacy. `attacker`: reference = the paper's (Tanh output, L1 to the "
+    "normalised original); strong = no Tanh, L1 to the original's pixels, output clamped to "
+    "[0, 1]. `epoch`: 0-based index of the epoch after which the test split was scored; "
+    "`images`: test images scored.")
+
+
 def results_markdown(results):
-    """A Markdown table: one row per attacker, evaluated epoch, protocol and image kind."""
-    lines = ["| attacker | epoch | protocol | image | PSNR (dB) | SSIM | MSE |",
-             "|---|---|---|---|---|---|---|"]
-    for attacker in sorted(results):
-        evaluations = results[attacker].get("evaluations", {})
-        for epoch in sorted(evaluations, key=int):
-            record = evaluations[epoch]
-            for protocol in PROTOCOLS:
+    """One Markdown table per protocol, each followed by what its rows and columns mean."""
+    lines = ["# Recovery attack results", ""]
+    for protocol in PROTOCOLS:
+        lines += [f"## {PROTOCOL_TITLES[protocol]}", "",
+                  "| attacker | epoch | images | image vs original | PSNR (dB) | SSIM | MSE |",
+                  "|---|---|---|---|---|---|---|"]
+        for attacker in sorted(results):
+            evaluations = results[attacker].get("evaluations", {})
+            for epoch in sorted(evaluations, key=int):
+                record = evaluations[epoch]
                 for kind in IMAGE_KINDS:
                     values = record[protocol][kind]
-                    lines.append(f"| {attacker} | {epoch} | {protocol} | {kind} | "
+                    lines.append(f"| {attacker} | {epoch} | {record['num_images']} | {kind} | "
                                  f"{values['psnr']:.2f} | {values['ssim']:.4f} | "
                                  f"{values['mse']:.4f} |")
-    return "\n".join(lines) + "\n"
+        lines += ["", f"{ROWS_NOTE} {PROTOCOL_NOTES[protocol]}", ""]
+    return "\n".join(lines)

@@ -1,9 +1,9 @@
 """Comparison protections (blur, mosaic, additive noise) in normalised image space.
 
-Each takes a batch [B, C, H, W] and a strength and returns a protected batch of the same shape,
-so PixelFade and the baselines are scored through the same pipeline.
+Each takes a batch [B, C, H, W] and a strength and returns a protected batch of the same shape;
+``engine.methods`` registers them as protection methods, so PixelFade and the baselines are
+scored through the same pipeline.
 """
-import functools
 import math
 
 import torch
@@ -50,9 +50,6 @@ def additive_noise(images, std, generator=None):
     return images + std * noise.to(images.device)
 
 
-BASELINES = {"blur": gaussian_blur, "mosaic": mosaic, "noise": additive_noise}
-
-
 def _check_sigma(sigma):
     if not _is_number(sigma) or not 0 < sigma < float("inf"):
         raise ConfigError(f"gaussian_blur sigma (PIXELFADE.BLUR_SIGMA) must be a positive number, got {sigma!r}")
@@ -66,34 +63,6 @@ def _check_block(block):
 def _check_std(std):
     if not _is_number(std) or not 0 <= std < float("inf"):
         raise ConfigError(f"additive_noise std (PIXELFADE.NOISE_STD) must be a non-negative number, got {std!r}")
-
-
-_STRENGTH = {
-    "blur": ("sigma", "BLUR_SIGMA", _check_sigma),
-    "mosaic": ("block", "MOSAIC_BLOCK", _check_block),
-    "noise": ("std", "NOISE_STD", _check_std),
-}
-
-
-def build_baseline(name, cfg):
-    """``protect(original, generator=None) -> protected`` for ``name`` with its cfg.PIXELFADE strength.
-
-    The strength is checked here, before any image is seen. Only the noise baseline draws random
-    numbers (from ``generator``); the others ignore it.
-    """
-    if name not in BASELINES:
-        raise ConfigError(f"unknown baseline {name!r} (PIXELFADE.METHOD); expected one of {', '.join(BASELINES)}")
-    argument, key, check = _STRENGTH[name]
-    strength = getattr(cfg.PIXELFADE, key)
-    check(strength)
-    function = functools.partial(BASELINES[name], **{argument: strength})
-
-    def protect(original, generator=None):
-        if name == "noise":
-            return function(original, generator=generator)
-        return function(original)
-
-    return protect
 
 
 def _is_number(value):

@@ -24,7 +24,8 @@ from evaluation.reid import format_results_table
 from modeling.generators import build_generator
 
 from .attack import WEIGHT_FILENAMES, run_recovery_attack
-from .protect_pipeline import ProtectOptions, run, to_jsonable
+from .protect_results import to_jsonable
+from .protect_run import ProtectOptions, run
 
 METHODS = ("pixelfade", "blur")
 FIGURE_NAME = "demo_figure.png"

@@ -8,7 +8,8 @@ import math
 
 from utils.errors import ConfigError
 
-METHODS = ("pixelfade", "blur", "mosaic", "noise")
+from .methods import METHODS
+
 MODES = ("reference", "per_image")
 PRECISIONS = ("none", "bf16", "fp16")
 TRAIN_ORDERS = ("identity_balanced", "every_image")
@@ -67,7 +68,7 @@ class _Checker:
 def validate_protect_config(cfg, flag_of_key=None):
     """Raise ConfigError for the first bad setting of a protection run, naming its key and flag."""
     check = _Checker(cfg, flag_of_key)
-    check.choice("PIXELFADE.METHOD", METHODS)
+    check.choice("PIXELFADE.METHOD", tuple(METHODS.names()))
     check.choice("PIXELFADE.MODE", MODES)
     check.choice("PIXELFADE.PRECISION", PRECISIONS)
     check.choice("PIXELFADE.TRAIN_ORDER", TRAIN_ORDERS)

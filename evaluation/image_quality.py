@@ -7,6 +7,9 @@ Two protocols:
 
 PSNR of identical images is finite: piq adds 1e-8 to the MSE, so it is capped at
 ``PSNR_CAP_DB`` = 80 dB.
+
+piq asserts its inputs lie in [0, data_range]; everything handed to it here is checked first
+(shape, size, finite values) and scaled or clamped into [0, 1], so no piq assertion can surface.
 """
 import math
 
@@ -14,9 +17,13 @@ import piq
 import torch
 
 from data.transforms import denormalize
+from utils.errors import NonFiniteError
 
 PSNR_CAP_DB = -10.0 * math.log10(1e-8)
 METRIC_NAMES = ("psnr", "ssim", "mse")
+# piq's SSIM uses an 11 x 11 Gaussian window without padding: smaller images have no SSIM.
+SSIM_KERNEL_SIZE = 11
+DATA_RANGE = 1.0
 
 
 def min_max_scale(batch):
@@ -33,9 +40,10 @@ def reference_batch_metrics(candidate, original):
     _check_pair(candidate, original)
     candidate = min_max_scale(candidate.detach().float())
     original = min_max_scale(original.detach().float())
+    _check_unit_range(candidate, original)
     return {
-        "psnr": float(piq.psnr(candidate, original, data_range=1.0, reduction="mean")),
-        "ssim": float(piq.ssim(candidate, original, data_range=1.0, reduction="mean")),
+        "psnr": float(piq.psnr(candidate, original, data_range=DATA_RANGE, reduction="mean")),
+        "ssim": float(piq.ssim(candidate, original, data_range=DATA_RANGE, reduction="mean")),
         "mse": float(torch.mean((candidate - original) ** 2)),
     }
 
@@ -50,17 +58,34 @@ def pixel_space_metrics(candidate, original, mean, std):
     _check_pair(candidate, original)
     candidate = to_pixels(candidate.detach().float(), mean, std)
     original = to_pixels(original.detach().float(), mean, std)
+    _check_unit_range(candidate, original)
     return {
-        "psnr": piq.psnr(candidate, original, data_range=1.0, reduction="none"),
-        "ssim": piq.ssim(candidate, original, data_range=1.0, reduction="none"),
+        "psnr": piq.psnr(candidate, original, data_range=DATA_RANGE, reduction="none"),
+        "ssim": piq.ssim(candidate, original, data_range=DATA_RANGE, reduction="none"),
         "mse": torch.mean((candidate - original) ** 2, dim=(1, 2, 3)),
     }
 
 
 def _check_pair(candidate, original):
+    """Shapes piq accepts and finite values; raised before anything reaches piq."""
     if candidate.shape != original.shape or candidate.dim() != 4:
         raise ValueError("image-quality metrics need two B x C x H x W tensors of one shape, got "
                          f"{tuple(candidate.shape)} and {tuple(original.shape)}")
+    if min(candidate.shape[-2:]) < SSIM_KERNEL_SIZE:
+        raise ValueError(f"SSIM needs images of at least {SSIM_KERNEL_SIZE} x {SSIM_KERNEL_SIZE} "
+                         f"pixels, got {tuple(candidate.shape[-2:])}")
+    for name, images in (("candidate", candidate), ("original", original)):
+        if not bool(torch.isfinite(images).all()):
+            raise NonFiniteError(f"the {name} images hold NaN or infinite values; image-quality "
+                                 "metrics need finite images")
+
+
+def _check_unit_range(*tensors):
+    """What piq asserts, as a ValueError (a bug here): values within [0, DATA_RANGE]."""
+    for images in tensors:
+        if bool(images.min() < 0) or bool(images.max() > DATA_RANGE):
+            raise ValueError(f"image-quality inputs must lie in [0, {DATA_RANGE}] after scaling, "
+                             f"got [{float(images.min())}, {float(images.max())}]")
 
 
 class QualityAccumulator:

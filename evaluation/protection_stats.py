@@ -24,4 +24,5 @@ def protection_statistics(original, protected, noise, original_features, protect
         noise_share = (protected == noise).flatten(1).float().mean(dim=1).to(feature_mse.device)
         nearer = (protected - noise).abs() < (protected - original).abs()
         closer_to_noise = nearer.flatten(1).float().mean(dim=1).to(feature_mse.device)
-    return {"feature_mse": feature_mse, "cosine": cosine, "noise_share": noise_share, "closer_to_noise": closer_to_noise}
+    return {"feature_mse": feature_mse, "cosine": cosine, "noise_share": noise_share,
+            "closer_to_noise": closer_to_noise}

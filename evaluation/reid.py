@@ -1,8 +1,8 @@
 """Re-ID retrieval metrics (CMC, mAP, mINP) and the four protected/original scoring modes.
 
-The protocol is the Market-1501 one of the reference (SPEC section 6): for each query, gallery
-entries with the same pid *and* the same camera are dropped, queries left without a match are
-skipped, and INP = number of matches / rank of the hardest match.
+The protocol is the reference's Market-1501 one: for each query, gallery entries with the same
+pid *and* the same camera are dropped, queries left without a match are skipped, and
+INP = number of matches / rank of the hardest match.
 
 Ties in distance are broken by gallery index (a stable sort): the reference sorts with numpy's
 default quicksort, whose order among equal distances is unspecified, so on tied distances the two

@@ -97,9 +97,9 @@ def stable_smallest(block, k):
     return np.take_along_axis(index, order, axis=1)
 
 
-def _nearest_neighbours(joint, k, chunk_size):
+def _nearest_neighbors(joint, k, chunk_size):
     """Each joint row's k nearest items (itself included) and, as a side effect, its max."""
-    neighbours = np.empty((joint.size, k), dtype=np.int64)
+    neighbors = np.empty((joint.size, k), dtype=np.int64)
     for start in range(0, joint.size, chunk_size):
         stop = min(start + chunk_size, joint.size)
         rows = joint.raw_rows(start, stop)
@@ -108,16 +108,16 @@ def _nearest_neighbours(joint, k, chunk_size):
             bad = start + int(np.flatnonzero(row_max <= 0)[0])
             raise ValueError(f"re-ranking needs positive distances; joint row {bad} has max {row_max.min()}")
         joint.row_max[start:stop] = row_max
-        neighbours[start:stop] = stable_smallest(rows / row_max[:, None], k)
-    return neighbours
+        neighbors[start:stop] = stable_smallest(rows / row_max[:, None], k)
+    return neighbors
 
 
-def _reciprocal(neighbours, chunk_size):
+def _reciprocal(neighbors, chunk_size):
     """mask[i, j]: i is among the neighbours of its j-th neighbour (k-reciprocal)."""
-    mask = np.empty(neighbours.shape, dtype=bool)
-    for start in range(0, len(neighbours), chunk_size):
-        own = np.arange(start, min(start + chunk_size, len(neighbours)))
-        mask[own] = (neighbours[neighbours[own]] == own[:, None, None]).any(axis=2)
+    mask = np.empty(neighbors.shape, dtype=bool)
+    for start in range(0, len(neighbors), chunk_size):
+        own = np.arange(start, min(start + chunk_size, len(neighbors)))
+        mask[own] = (neighbors[neighbors[own]] == own[:, None, None]).any(axis=2)
     return mask
 
 
@@ -143,10 +143,10 @@ def _expanded_sets(k_nn, k_mask, half_nn, half_mask, rows):
     return rows[local_rows], members[local_rows, position]
 
 
-def _encoding(joint, neighbours, k1, chunk_size):
+def _encoding(joint, neighbors, k1, chunk_size):
     """Sparse V: row i holds exp(-d(i, j)) / sum over i's expanded k-reciprocal set."""
-    k_nn = neighbours[:, :min(k1 + 1, neighbours.shape[1])]
-    half_nn = neighbours[:, :min(int(np.around(k1 / 2)) + 1, neighbours.shape[1])]
+    k_nn = neighbors[:, :min(k1 + 1, neighbors.shape[1])]
+    half_nn = neighbors[:, :min(int(np.around(k1 / 2)) + 1, neighbors.shape[1])]
     k_mask = _reciprocal(k_nn, chunk_size)
     half_mask = _reciprocal(half_nn, chunk_size)
     row_parts, col_parts = [], []
@@ -161,13 +161,13 @@ def _encoding(joint, neighbours, k1, chunk_size):
     return scipy.sparse.csr_matrix((weights.astype(np.float32), (rows, cols)), shape=(joint.size, joint.size))
 
 
-def _query_expansion(encoding, neighbours, k2):
+def _query_expansion(encoding, neighbors, k2):
     """V_qe[i] = mean of V over i's k2 nearest neighbours (as a sparse product)."""
-    kq = min(k2, neighbours.shape[1])
+    kq = min(k2, neighbors.shape[1])
     size = encoding.shape[0]
     averaging = scipy.sparse.csr_matrix(
         (np.full(size * kq, 1.0 / kq, dtype=np.float32),
-         (np.repeat(np.arange(size), kq), neighbours[:, :kq].ravel())),
+         (np.repeat(np.arange(size), kq), neighbors[:, :kq].ravel())),
         shape=(size, size),
     )
     return (averaging @ encoding).tocsr()
@@ -226,10 +226,10 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3, chun
     g_g = _as_distance_matrix(g_g_dist, "g_g_dist", (num_gallery, num_gallery))
     joint = _JointDistances(q_g, q_q, g_g)
 
-    neighbours = _nearest_neighbours(joint, min(max(k1 + 1, k2), joint.size), chunk_size)
-    encoding = _encoding(joint, neighbours, k1, chunk_size)
+    neighbors = _nearest_neighbors(joint, min(max(k1 + 1, k2), joint.size), chunk_size)
+    encoding = _encoding(joint, neighbors, k1, chunk_size)
     if k2 != 1:
-        encoding = _query_expansion(encoding, neighbours, k2)
+        encoding = _query_expansion(encoding, neighbors, k2)
     query_encoding = encoding[:num_query]
     gallery_columns = encoding[num_query:].tocsc()
 

@@ -13,7 +13,7 @@ from .checkpoint import load_imagenet_backbone, load_reid_weights
 PRETRAIN_CHOICES = ("imagenet", "self")
 SWITCH_VALUES = {"on": True, "off": False, True: True, False: False}
 
-_log = logging.getLogger(__name__)
+_log = logging.getLogger("pixelfade.model")
 
 
 def build_model(cfg, num_classes=0):
@@ -25,7 +25,7 @@ def build_model(cfg, num_classes=0):
     choice = cfg.MODEL.PRETRAIN_CHOICE
     if choice not in PRETRAIN_CHOICES:
         raise ConfigError(f"MODEL.PRETRAIN_CHOICE must be one of {PRETRAIN_CHOICES}, got {choice!r}")
-    model = _build_initialised(cfg, num_classes)
+    model = _build_initialized(cfg, num_classes)
     path = cfg.MODEL.PRETRAIN_PATH
     if choice == "imagenet" and path:
         if not os.path.isfile(path):
@@ -46,7 +46,7 @@ def build_authorization_model(cfg, checkpoint_path, device, logger=None):
     """
     logger = logger or _log
     if checkpoint_path:
-        model = _build_initialised(cfg, 0)
+        model = _build_initialized(cfg, 0)
         load_reid_weights(model, checkpoint_path, logger)
     else:
         model = build_model(cfg)
@@ -77,7 +77,7 @@ def resolve_device(device):
     return resolved
 
 
-def _build_initialised(cfg, num_classes):
+def _build_initialized(cfg, num_classes):
     """Random Baseline; the global RNG is left untouched so callers' seeding is unaffected."""
     if not isinstance(num_classes, int) or num_classes < 0:
         raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
@@ -91,6 +91,6 @@ def _build_initialised(cfg, num_classes):
         torch.manual_seed(cfg.MODEL.INIT_SEED)
         try:
             backbone = build_backbone(cfg.MODEL.NAME, last_stride)
-        except ValueError as err:
+        except ConfigError as err:
             raise ConfigError(f"MODEL.NAME: {err}") from None
         return Baseline(backbone, num_classes, SWITCH_VALUES[gem], in_planes=backbone.out_channels)

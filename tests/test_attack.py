@@ -1,40 +1,55 @@
+"""Recovery attack: settings, scores checked against an independent computation, resume, the CLI.
+
+Every scored number is recomputed here from the .npy files with numpy, the closed-form PSNR and
+piq called directly with data_range 1; every error path goes through ``recovery_attack.main``
+and must end in exit status 2 with one line on stderr, leaving earlier files as they were.
+"""
 import dataclasses
+import errno
+import hashlib
 import json
-import math
 import os
+import subprocess
+import sys
 
 import numpy as np
+import piq
 import pytest
 import torch
-
 from PIL import Image
 
 import recovery_attack
 from configs import get_default_config, load_config
 from data.npy_pairs import PairDataset
-from engine.attack import (AttackSettings, attack_targets, evaluate_generator, latest_checkpoint,
-                           recovered_normalised, results_markdown, run_attack)
 from data.transforms import normalize
-from evaluation.image_quality import to_pixels
-from modeling.generators import build_generator
+from engine import attack as attack_module
+from engine.attack import (ATTACKERS, AttackSettings, attack_targets, available_cpus,
+                           evaluate_generator, latest_checkpoint, loader_workers,
+                           recovered_normalised, results_markdown, run_attack)
+from modeling.generators import GENERATORS, build_generator
+from utils.errors import ConfigError, NonFiniteError, RunConflictError
+from utils.file_io import FolderLock
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(1, 3, 1, 1)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(1, 3, 1, 1)
 HEIGHT, WIDTH, BATCH = 32, 16, 2
 TINY = dict(generator="resnet_6blocks", ngf=4, total_epochs=2, eval_epochs=(0,), num_grids=1)
+CLI_TINY = ["--generator", "resnet_6blocks", "--device", "cpu", "--no_progress",
+            "ATTACK.NGF", "4", "ATTACK.NUM_GRIDS", "1", "DATALOADER.NUM_WORKERS", "0"]
 
 
-def write_pairs(run_dir, noise=0.05, train_batches=3, test_batches=2, seed=0):
+def write_pairs(run_dir, noise=0.05, train_batches=3, test_batches=2, seed=0, height=HEIGHT,
+                width=WIDTH, channels=3):
     """Smooth images (easy to regress) with protected = original + small noise, as protect_image."""
     npy_dir = os.path.join(run_dir, "img_npy")
     os.makedirs(npy_dir, exist_ok=True)
     rng = np.random.default_rng(seed)
-    rows = np.linspace(0.2, 0.8, HEIGHT, dtype=np.float32).reshape(1, 1, HEIGHT, 1)
+    rows = np.linspace(0.2, 0.8, height, dtype=np.float32).reshape(1, 1, height, 1)
     for split, count in (("train", train_batches), ("test", test_batches)):
         for index in range(count):
             tint = rng.uniform(0.5, 1.0, (BATCH, 3, 1, 1)).astype(np.float32)
-            pixels = np.broadcast_to(rows * tint, (BATCH, 3, HEIGHT, WIDTH))
-            clean = ((pixels - MEAN) / STD).astype(np.float32)
+            pixels = np.broadcast_to(rows * tint, (BATCH, 3, height, width))
+            clean = ((pixels - MEAN) / STD).astype(np.float32)[:, :channels]
             protected = clean + noise * rng.standard_normal(clean.shape).astype(np.float32)
             np.save(os.path.join(npy_dir, f"clean-{split}-{index}-images.npy"), clean)
             np.save(os.path.join(npy_dir, f"encry-{split}-{index}-images.npy"), protected)
@@ -44,6 +59,74 @@ def write_pairs(run_dir, noise=0.05, train_batches=3, test_batches=2, seed=0):
     return npy_dir
 
 
+def independent_scores(npy_dir, recover):
+    """Both protocols' means over the test split, computed without evaluation.image_quality.
+
+    ``recover(protected normalised batch) -> recovered normalised batch``.
+    """
+    sums = {(protocol, kind): np.zeros(3) for protocol in ("reference_normalisation",
+                                                           "pixel_space")
+            for kind in ("protected", "recovered")}
+    count, index = 0, 0
+    while os.path.isfile(os.path.join(npy_dir, f"clean-test-{index}-images.npy")):
+        clean = np.load(os.path.join(npy_dir, f"clean-test-{index}-images.npy")).astype(np.float64)
+        protected = np.load(os.path.join(npy_dir, f"encry-test-{index}-images.npy"))
+        recovered = recover(torch.from_numpy(protected)).detach().double().numpy()
+        size = clean.shape[0]
+        for kind, candidate in (("protected", protected.astype(np.float64)),
+                                ("recovered", recovered)):
+            scaled_c = (candidate - candidate.min()) / (candidate.max() - candidate.min())
+            scaled_o = (clean - clean.min()) / (clean.max() - clean.min())
+            mse = np.mean((scaled_c - scaled_o) ** 2)
+            ssim = piq.ssim(torch.tensor(scaled_c), torch.tensor(scaled_o), data_range=1.0).item()
+            psnr = piq.psnr(torch.tensor(scaled_c), torch.tensor(scaled_o), data_range=1.0).item()
+            sums["reference_normalisation", kind] += np.array([psnr, ssim, mse]) * size
+            pixels_c = np.clip(candidate * STD + MEAN, 0.0, 1.0)
+            pixels_o = np.clip(clean * STD + MEAN, 0.0, 1.0)
+            per_image_mse = np.mean((pixels_c - pixels_o) ** 2, axis=(1, 2, 3))
+            per_image_psnr = 10.0 * np.log10(1.0 / (per_image_mse + 1e-8))
+            per_image_ssim = piq.ssim(torch.tensor(pixels_c), torch.tensor(pixels_o),
+                                      data_range=1.0, reduction="none").numpy()
+            sums["pixel_space", kind] += np.array([per_image_psnr.sum(), per_image_ssim.sum(),
+                                                   per_image_mse.sum()])
+        count += size
+        index += 1
+    return count, {key: dict(zip(("psnr", "ssim", "mse"), value / count))
+                   for key, value in sums.items()}
+
+
+def assert_record_matches(record, npy_dir, recover):
+    count, expected = independent_scores(npy_dir, recover)
+    assert record["num_images"] == count
+    for (protocol, kind), values in expected.items():
+        for metric, value in values.items():
+            assert record[protocol][kind][metric] == pytest.approx(value, rel=2e-4, abs=1e-6), (
+                protocol, kind, metric)
+
+
+def one_error_line(capsys, *fragments):
+    """stderr holds exactly one line, the CLI's error, containing every fragment."""
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("recovery_attack.py: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def digest(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def folder_digests(folder):
+    return {os.path.relpath(os.path.join(root, name), folder): digest(os.path.join(root, name))
+            for root, _, names in os.walk(folder) for name in names}
+
+
+# ---------------------------------------------------------------------------------------------
+# settings
+# ---------------------------------------------------------------------------------------------
 def test_settings_default_to_the_reference_protocol():
     settings = AttackSettings.from_config(get_default_config())
     assert (settings.generator, settings.ngf, settings.optimizer, settings.lr,
@@ -55,97 +138,169 @@ def test_settings_default_to_the_reference_protocol():
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("optimizer", "rmsprop", "ATTACK.OPTIMIZER must be one of"),
-    ("mode", "weak", "ATTACK.MODE must be one of"),
-    ("generator", "unet_64", "ATTACK.GENERATOR must be one of"),
-    ("total_epochs", 0, "ATTACK.TOTAL_EPOCHS must be a positive integer"),
-    ("lr", -1.0, "ATTACK.LR must be a positive number"),
-    ("eval_epochs", (-1,), "ATTACK.EVAL_EPOCHS must be 0-based epoch indices"),
+    ("optimizer", "rmsprop", r"ATTACK.OPTIMIZER must be one of \('adam', 'sgd'\), got 'rmsprop'"),
+    ("mode", "weak", r"ATTACK.MODE must be one of \('reference', 'strong'\), got 'weak'"),
+    ("generator", "unet_64", r"ATTACK.GENERATOR must be one of \[.*'unet_128'.*\], got 'unet_64'"),
+    ("total_epochs", 0, "ATTACK.TOTAL_EPOCHS must be a positive integer, got 0"),
+    ("lr", -1.0, "ATTACK.LR must be a positive number, got -1.0"),
+    ("lr", float("nan"), "ATTACK.LR must be a positive number, got nan"),
+    ("eval_epochs", (-1,), r"ATTACK.EVAL_EPOCHS must be 0-based epoch indices >= 0, got \[-1\]"),
+    ("pixel_std", (0.2, 0.0, 0.2), r"INPUT.PIXEL_STD must be positive values"),
 ])
 def test_settings_errors(field, value, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         AttackSettings(**{field: value})
 
 
-def test_strong_attacker_targets_pixels_and_stores_clamped_images():
+def test_cli_lists_agree_with_the_engine():
+    assert recovery_attack.ATTACKERS == ATTACKERS
+    assert recovery_attack.GENERATOR_NAMES == tuple(sorted(GENERATORS))
+    assert recovery_attack.OPTIMIZER_NAMES == attack_module.OPTIMIZERS
+
+
+def test_loader_workers_are_capped_at_the_usable_cpus(monkeypatch):
+    assert loader_workers(10_000) == available_cpus()
+    monkeypatch.setattr(attack_module, "available_cpus", lambda: 2)
+    assert (loader_workers(4), loader_workers(2), loader_workers(1), loader_workers(0)) == (
+        2, 2, 1, 0)
+    with pytest.raises(ConfigError, match="DATALOADER.NUM_WORKERS must be an integer >= 0, "
+                                          "got -1"):
+        loader_workers(-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# the strong attacker's targets and clamp
+# ---------------------------------------------------------------------------------------------
+def test_strong_attacker_targets_pixels():
     pixels = torch.rand(2, 3, 8, 4, generator=torch.Generator().manual_seed(0))
     originals = normalize(pixels, MEAN.ravel(), STD.ravel())
     strong, reference = AttackSettings(mode="strong"), AttackSettings()
     assert torch.allclose(attack_targets(originals, strong), pixels, atol=1e-6)
     assert attack_targets(originals, reference) is originals
-    outputs = pixels * 1.4 - 0.2
-    recovered = recovered_normalised(outputs, strong)
-    assert torch.allclose(to_pixels(recovered, MEAN.ravel(), STD.ravel()),
-                          outputs.clamp(0, 1), atol=1e-6)
-    assert recovered_normalised(outputs, reference) is outputs
 
 
-def test_end_to_end_writes_results_grids_and_weights(tmp_path):
+def test_strong_attacker_output_is_clamped_before_normalising():
+    # Pixel outputs from -0.5 to 1.5: a third of them outside [0, 1].
+    outputs = torch.linspace(-0.5, 1.5, 2 * 3 * 8 * 4).reshape(2, 3, 8, 4)
+    recovered = recovered_normalised(outputs, AttackSettings(mode="strong"))
+    mean, std = torch.tensor(MEAN), torch.tensor(STD)
+    expected = (torch.where(outputs < 0, 0.0, torch.where(outputs > 1, 1.0, outputs)) - mean) / std
+    assert torch.allclose(recovered, expected, atol=1e-6)
+    assert recovered_normalised(outputs, AttackSettings()) is outputs
+
+
+class _ConstantPixels(torch.nn.Module):
+    """A strong 'generator' returning the originals' pixels stretched beyond [0, 1]."""
+
+    def __init__(self, pairs, scale, offset):
+        super().__init__()
+        self.batches = [pairs.load_batch(k) for k in range(pairs.num_batches)]
+        self.scale, self.offset = scale, offset
+
+    def forward(self, protected):
+        for stored_protected, original in self.batches:
+            if torch.equal(stored_protected, protected):
+                pixels = original * torch.tensor(STD) + torch.tensor(MEAN)
+                return pixels * self.scale + self.offset
+        raise AssertionError("unknown batch")
+
+
+def test_strong_attacker_is_scored_on_clamped_pixels(tmp_path):
+    npy_dir = write_pairs(str(tmp_path))
+    settings = AttackSettings(**{**TINY, "mode": "strong"})
+    test_pairs = PairDataset(npy_dir, "test")
+    # Pixels 0.1 .. 0.8 become -0.3 .. 1.1: both ends leave [0, 1] and must be clamped.
+    stretched = _ConstantPixels(test_pairs, 2.0, -0.5)
+    scores = evaluate_generator(stretched, test_pairs, settings, "cpu")
+
+    def clamped(protected):
+        pixels = stretched(protected).clamp(0.0, 1.0)
+        return (pixels - torch.tensor(MEAN)) / torch.tensor(STD)
+
+    assert_record_matches(scores, npy_dir, clamped)
+    # The perfect strong attacker (the originals' own pixels) hits the PSNR cap.
+    perfect = evaluate_generator(_ConstantPixels(test_pairs, 1.0, 0.0), test_pairs, settings,
+                                 "cpu")
+    assert perfect["pixel_space"]["recovered"]["psnr"] == pytest.approx(80.0, abs=1e-3)
+    assert perfect["pixel_space"]["recovered"]["ssim"] == pytest.approx(1.0, abs=1e-5)
+    assert perfect["reference_normalisation"]["recovered"]["mse"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_generator_that_outputs_nan_is_refused_before_piq(tmp_path):
+    npy_dir = write_pairs(str(tmp_path), test_batches=1)
+    test_pairs = PairDataset(npy_dir, "test")
+
+    class Broken(torch.nn.Module):
+        def forward(self, protected):
+            return torch.full_like(protected, float("nan"))
+
+    with pytest.raises(NonFiniteError, match=r"\[reference\] the generator's output for "
+                                             r".*encry-test-0-images.npy holds NaN or infinity"):
+        evaluate_generator(Broken(), test_pairs, AttackSettings(**TINY), "cpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# training, results, resume
+# ---------------------------------------------------------------------------------------------
+def test_end_to_end_scores_equal_an_independent_computation(tmp_path):
     npy_dir = write_pairs(str(tmp_path))
     settings = AttackSettings(**TINY)
     entry = run_attack(settings, npy_dir, str(tmp_path), show_progress=False)
     results = json.loads((tmp_path / "attack_results.json").read_text())
     assert results["reference"] == json.loads(json.dumps(entry))
     assert sorted(results["reference"]["evaluations"]) == ["0", "1"]
-    record = results["reference"]["evaluations"]["1"]
-    assert record["epoch"] == 1 and record["num_images"] == 2 * BATCH
-    for protocol in ("reference_normalisation", "pixel_space"):
-        for kind in ("protected", "recovered"):
-            values = record[protocol][kind]
-            assert sorted(values) == ["mse", "psnr", "ssim"]
-            assert all(math.isfinite(value) for value in values.values())
-    # protected = original + 0.05 noise in the normalised space: about 0.05*0.226 in pixels.
-    assert record["pixel_space"]["protected"]["mse"] == pytest.approx(0.05 ** 2 * 0.0511, rel=0.1)
-    assert set(results["reference"]["train_loss"]) == {"0", "1"}
+    assert sorted(results["reference"]["train_loss"]) == ["0", "1"]
 
-    grid_files = sorted(os.listdir(tmp_path / "rec_images" / "reference"))
-    assert grid_files == ["0.png"]
+    generator = build_generator("resnet_6blocks", ngf=4)
+    generator.load_state_dict(torch.load(tmp_path / "Generator_weight.pth", weights_only=True))
+    generator.eval()
+    last = results["reference"]["evaluations"]["1"]
+    assert last["epoch"] == 1
+    with torch.no_grad():
+        assert_record_matches(last, npy_dir, generator)
+    # protected = original + 0.05 noise in the normalised space, at both evaluations alike.
+    first = results["reference"]["evaluations"]["0"]
+    for protocol in ("reference_normalisation", "pixel_space"):
+        assert first[protocol]["protected"] == last[protocol]["protected"]
+
     with Image.open(tmp_path / "rec_images" / "reference" / "0.png") as grid:
         assert grid.size == (BATCH * WIDTH, 3 * HEIGHT)
-
-    weights = torch.load(tmp_path / "Generator_weight.pth", weights_only=True)
-    generator = build_generator("resnet_6blocks", ngf=4)
-    generator.load_state_dict(weights)
+        grid_pixels = np.asarray(grid.convert("RGB")).astype(np.int64)
+    with torch.no_grad():
+        protected, original = PairDataset(npy_dir, "test").load_batch(0)
+        rows = torch.cat([protected, generator(protected), original])
+    scaled = (rows - rows.min()) / (rows.max() - rows.min())
+    expected = np.round(scaled.numpy() * 255).astype(np.int64)
+    expected = expected.reshape(3, BATCH, 3, HEIGHT, WIDTH).transpose(0, 3, 1, 4, 2)
+    assert np.abs(grid_pixels - expected.reshape(3 * HEIGHT, BATCH * WIDTH, 3)).max() <= 1
+    assert os.listdir(tmp_path / "rec_images" / "reference") == ["0.png"]
     assert os.listdir(tmp_path / "attack_ckpt" / "reference") == ["checkpoint_2.pt"]
-    markdown = (tmp_path / "attack_results.md").read_text()
-    assert markdown.count("| reference | 1 |") == 4 and "| pixel_space | recovered |" in markdown
-    assert "L1 loss" in (tmp_path / "log_recovery.txt").read_text()
+    log = (tmp_path / "log_recovery.txt").read_text()
+    assert f"[reference] epoch 1/1 L1 loss {entry['train_loss']['1']:.6f}" in log
 
 
-def test_strong_attacker_is_scored_in_pixel_space(tmp_path):
-    npy_dir = write_pairs(str(tmp_path))
-    settings = AttackSettings(**{**TINY, "mode": "strong", "total_epochs": 1})
-    run_attack(settings, npy_dir, str(tmp_path), show_progress=False)
-    run_attack(dataclasses.replace(settings, mode="reference"), npy_dir, str(tmp_path),
-               show_progress=False)
-    results = json.loads((tmp_path / "attack_results.json").read_text())
-    assert sorted(results) == ["reference", "strong"]
-    assert results["strong"]["settings"]["mode"] == "strong"
-    assert (tmp_path / "Generator_weight_strong.pth").is_file()
-    # A strong attacker that outputs the originals' pixels is scored as a perfect recovery.
-    test_pairs = PairDataset(npy_dir, "test")
-    oracle = _PixelOracle(test_pairs, torch.tensor(MEAN), torch.tensor(STD))
-    scores = evaluate_generator(oracle, test_pairs, settings, "cpu")
-    assert scores["pixel_space"]["recovered"]["psnr"] == pytest.approx(80.0, abs=1e-2)
-    assert scores["reference_normalisation"]["recovered"]["mse"] < 1e-10
-    assert scores["pixel_space"]["protected"]["psnr"] < 60
-    table = results_markdown(results)
-    assert table.count("| strong | 0 |") == 4 and table.count("| reference | 0 |") == 4
+def test_epoch_loss_and_weights_equal_a_plain_training_loop(tmp_path):
+    npy_dir = write_pairs(str(tmp_path), train_batches=3)
+    settings = AttackSettings(**{**TINY, "total_epochs": 1, "shuffle": False})
+    entry = run_attack(settings, npy_dir, str(tmp_path), show_progress=False)
 
-
-class _PixelOracle(torch.nn.Module):
-    """A 'generator' returning the stored originals' pixels: the perfect strong attacker."""
-
-    def __init__(self, pairs, mean, std):
-        super().__init__()
-        self.originals = [pairs.load_batch(k) for k in range(pairs.num_batches)]
-        self.mean, self.std = mean, std
-
-    def forward(self, protected):
-        for stored_protected, original in self.originals:
-            if torch.equal(stored_protected, protected):
-                return original * self.std + self.mean
-        raise AssertionError("unknown batch")
+    torch.manual_seed(settings.seed)
+    generator = build_generator("resnet_6blocks", ngf=4)
+    optimizer = torch.optim.Adam(generator.parameters(), lr=settings.lr)
+    weighted = 0.0
+    for index in range(3):
+        clean = torch.from_numpy(np.load(os.path.join(npy_dir, f"clean-train-{index}-images.npy")))
+        protected = torch.from_numpy(np.load(os.path.join(npy_dir,
+                                                          f"encry-train-{index}-images.npy")))
+        loss = torch.nn.functional.l1_loss(generator(protected), clean)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        weighted += loss.item() * BATCH
+    assert entry["train_loss"]["0"] == pytest.approx(weighted / (3 * BATCH), rel=1e-6)
+    saved = torch.load(tmp_path / "Generator_weight.pth", weights_only=True)
+    assert all(torch.allclose(saved[key], value, atol=1e-6)
+               for key, value in generator.state_dict().items())
 
 
 def test_loss_decreases_on_easy_pairs(tmp_path):
@@ -173,26 +328,141 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
     assert sorted(entry["train_loss"]) == ["0", "1"] and sorted(entry["evaluations"]) == ["0", "1"]
     checkpoint_dir = os.path.join(resumed_dir, "attack_ckpt", "reference")
     assert os.listdir(checkpoint_dir) == ["checkpoint_2.pt"]
-    assert latest_checkpoint(checkpoint_dir).endswith("checkpoint_2.pt")
+    assert latest_checkpoint(checkpoint_dir) == os.path.join(checkpoint_dir, "checkpoint_2.pt")
 
     again = run_attack(settings, npy_dir, resumed_dir, show_progress=False)
     assert again == entry
-    with pytest.raises(ValueError, match="different attack .*lr: 0.001 -> 0.002"):
+    with pytest.raises(RunConflictError, match="different attack .*lr: 0.001 -> 0.002"):
         run_attack(dataclasses.replace(settings, lr=2e-3), npy_dir, resumed_dir,
                    show_progress=False)
-    with pytest.raises(ValueError, match="already trained 2 epochs"):
+    with pytest.raises(RunConflictError, match="trained for 2 epochs, more than --total_epochs "
+                                               "/ ATTACK.TOTAL_EPOCHS = 1"):
         run_attack(dataclasses.replace(settings, total_epochs=1), npy_dir, resumed_dir,
                    show_progress=False)
 
 
-def test_cli_flags_override_config_and_reference_order(tmp_path):
+def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
+    """ignite drops the old checkpoint before writing the new one; ours waits for the new one."""
+    write_pairs(str(tmp_path / "run"))
+    output = tmp_path / "attack"
+    argv = ["--npy_path", str(tmp_path / "run"), "--output", str(output), "--total_epochs", "3",
+            *CLI_TINY, "ATTACK.EVAL_EPOCHS", "[0]"]
+    real_save = torch.save
+
+    def full_disk_at_epoch_2(obj, handle, *args, **kwargs):
+        if "checkpoint_2.pt" in str(getattr(handle, "name", "")):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, handle, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk_at_epoch_2)
+    assert recovery_attack.main(argv) == 2
+    checkpoint_dir = output / "attack_ckpt" / "reference"
+    one_error_line(capsys, f"cannot write {checkpoint_dir / 'checkpoint_2.pt'}: the disk is full")
+    assert sorted(os.listdir(checkpoint_dir)) == ["checkpoint_1.pt"]
+    assert sorted(json.loads((output / "attack_results.json").read_text())["reference"]
+                  ["evaluations"]) == ["0"]
+    monkeypatch.setattr(torch, "save", real_save)
+    assert recovery_attack.main(argv) == 0
+    assert "resuming from" in (output / "log_recovery.txt").read_text()
+    assert sorted(os.listdir(checkpoint_dir)) == ["checkpoint_3.pt"]
+    assert sorted(json.loads((output / "attack_results.json").read_text())["reference"]
+                  ["train_loss"]) == ["0", "1", "2"]
+
+
+def test_diverged_training_stops_with_one_line_and_keeps_the_last_good_epoch(tmp_path, capsys,
+                                                                             monkeypatch):
+    write_pairs(str(tmp_path / "run"))
+    output = tmp_path / "attack"
+    real_build = attack_module.build_optimizer
+
+    def poisoned_after_epoch_0(settings, parameters):
+        parameters = list(parameters)
+        optimizer = real_build(settings, parameters)
+        real_step, steps = optimizer.step, []
+
+        def step(*args, **kwargs):
+            real_step(*args, **kwargs)
+            steps.append(1)
+            if len(steps) == 4:  # first step of epoch 1 (3 saved batches per epoch)
+                with torch.no_grad():
+                    parameters[0].fill_(float("nan"))
+
+        optimizer.step = step
+        return optimizer
+
+    monkeypatch.setattr(attack_module, "build_optimizer", poisoned_after_epoch_0)
+    argv = ["--npy_path", str(tmp_path / "run"), "--output", str(output), "--total_epochs", "3",
+            *CLI_TINY, "ATTACK.EVAL_EPOCHS", "[0]"]
+    assert recovery_attack.main(argv) == 2
+    one_error_line(capsys, "[reference] the L1 loss of epoch 1 is nan", "--lr / ATTACK.LR",
+                   str(output / "attack_ckpt" / "reference"))
+    assert os.listdir(output / "attack_ckpt" / "reference") == ["checkpoint_1.pt"]
+    results = json.loads((output / "attack_results.json").read_text())
+    assert sorted(results["reference"]["evaluations"]) == ["0"]
+    assert "Engine run is terminating due to exception" in (
+        output / "log_recovery.txt").read_text()
+
+
+def test_results_markdown_says_what_rows_and_columns_mean():
+    values = {"psnr": 31.2449, "ssim": 0.91234, "mse": 0.00081}
+    record = {"num_images": 4,
+              "reference_normalisation": {"protected": values, "recovered": values},
+              "pixel_space": {"protected": values, "recovered": values}}
+    table = results_markdown({"strong": {"evaluations": {"1": record}},
+                              "reference": {"evaluations": {"0": record, "1": record}}})
+    lines = table.splitlines()
+    headers = [i for i, line in enumerate(lines) if line.startswith("## ")]
+    assert [lines[i] for i in headers] == [
+        "## Reference protocol: each batch min-max scaled to [0, 1]",
+        "## Pixel space: ImageNet normalisation undone, pixels clamped to [0, 1]"]
+    for start, protocol_note in zip(headers, ("min-max scaled to [0, 1] as a whole",
+                                              "the ImageNet normalisation (INPUT.PIXEL_MEAN")):
+        body = lines[start + 2:start + 2 + 2 + 6]
+        assert body[0] == ("| attacker | epoch | images | image vs original | PSNR (dB) | SSIM "
+                           "| MSE |")
+        assert body[2:] == [f"| {attacker} | {epoch} | 4 | {kind} | 31.24 | 0.9123 | 0.0008 |"
+                            for attacker, epoch in (("reference", 0), ("reference", 1),
+                                                    ("strong", 1))
+                            for kind in ("protected", "recovered")]
+        note = lines[start + 2 + 8 + 1]
+        assert note.startswith("Rows: `protected` = the stored protected test image vs its "
+                               "original")
+        assert "`recovered` = the attacker's generator output from the protected image vs the " \
+               "original" in note and protocol_note in note
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line
+# ---------------------------------------------------------------------------------------------
+def test_help_is_quick_shows_config_defaults_and_imports_no_torch():
+    code = ("import sys, recovery_attack\n"
+            "try:\n    recovery_attack.main(['--help'])\n"
+            "except SystemExit as exit:\n    assert exit.code == 0\n"
+            "print('torch imported:', 'torch' in sys.modules)\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.rstrip().endswith("torch imported: False")
+    text = " ".join(out.split())
+    for expected in ("default: 100 (ATTACK.TOTAL_EPOCHS)", "default: 0.001 (ATTACK.LR)",
+                     "default: unet_128 (ATTACK.GENERATOR)", "default: adam (ATTACK.OPTIMIZER)",
+                     "default: reference (ATTACK.MODE)", "default: auto (MODEL.DEVICE)",
+                     "default: 4 (DATALOADER.NUM_WORKERS), always capped at the CPUs this "
+                     f"process may use ({available_cpus()} here)",
+                     "--initial_lr INITIAL_LR no effect", "--debug no effect"):
+        assert expected in text, expected
+    assert "default: None" not in text
+
+
+def test_cli_flags_override_config_and_reference_order(tmp_path, capsys):
     write_pairs(str(tmp_path / "run"), train_batches=3, test_batches=3)
     output = tmp_path / "attack"
-    recovery_attack.main(["--npy_path", str(tmp_path / "run"), "--output", str(output),
-                          "--total_epochs", "1", "--lr", "0.002", "--generator", "resnet_6blocks",
-                          "--attacker", "strong", "--reference_order", "--device", "cpu",
-                          "--no_progress", "ATTACK.NGF", "4", "ATTACK.LR", "0.5",
-                          "ATTACK.NUM_GRIDS", "2", "DATALOADER.NUM_WORKERS", "0"])
+    assert recovery_attack.main([
+        "--npy_path", str(tmp_path / "run"), "--output", str(output), "--total_epochs", "1",
+        "--lr", "0.002", "--generator", "resnet_6blocks", "--attacker", "strong",
+        "--reference_order", "--device", "cpu", "--no_progress", "ATTACK.NGF", "4",
+        "ATTACK.LR", "0.5", "ATTACK.NUM_GRIDS", "2", "DATALOADER.NUM_WORKERS", "0"]) == 0
+    assert capsys.readouterr().err == ""
     saved = load_config(str(output / "attack_config.yaml")).ATTACK
     assert (saved.TOTAL_EPOCHS, saved.LR, saved.GENERATOR, saved.NGF,
             saved.MODE) == (1, 0.002, "resnet_6blocks", 4, "strong")
@@ -203,49 +473,272 @@ def test_cli_flags_override_config_and_reference_order(tmp_path):
                             weights_only=True)
     assert checkpoint["history"]["identity"]["reference_order"] is True
     assert checkpoint["history"]["identity"]["shuffle"] is False
+    assert checkpoint["history"]["identity"]["lr"] == 0.002
 
 
-def test_cli_writes_next_to_img_npy_by_default(tmp_path):
+def test_cli_both_attackers_write_next_to_img_npy_by_default(tmp_path):
     write_pairs(str(tmp_path), train_batches=1, test_batches=1)
-    recovery_attack.main(["--npy_path", str(tmp_path / "img_npy"), "--total_epochs", "1",
-                          "--generator", "resnet_6blocks", "--device", "cpu", "--no_progress",
-                          "ATTACK.NGF", "4", "ATTACK.NUM_GRIDS", "0",
-                          "DATALOADER.NUM_WORKERS", "0"])
-    assert (tmp_path / "attack_results.json").is_file()
-    assert (tmp_path / "Generator_weight.pth").is_file()
-    assert not (tmp_path / "rec_images").exists()
+    assert recovery_attack.main(["--npy_path", str(tmp_path / "img_npy"), "--total_epochs", "1",
+                                 "--attacker", "both", *CLI_TINY, "ATTACK.NUM_GRIDS", "0"]) == 0
+    results = json.loads((tmp_path / "attack_results.json").read_text())
+    assert sorted(results) == ["reference", "strong"]
+    assert [results[a]["settings"]["mode"] for a in ("reference", "strong")] == [
+        "reference", "strong"]
+    names = sorted(os.listdir(tmp_path))
+    assert names == [".lock", "Generator_weight.pth", "Generator_weight_strong.pth",
+                     "attack_ckpt", "attack_config.yaml", "attack_results.json",
+                     "attack_results.md", "img_npy", "log_recovery.txt"]
+    assert sorted(os.listdir(tmp_path / "attack_ckpt")) == ["reference", "strong"]
+    assert results_markdown(results) == (tmp_path / "attack_results.md").read_text()
+
+
+def test_cli_caps_loader_workers_so_torch_does_not_warn(tmp_path, recwarn):
+    write_pairs(str(tmp_path), train_batches=2, test_batches=1)
+    assert recovery_attack.main(["--npy_path", str(tmp_path), "--total_epochs", "1",
+                                 "--num_workers", "64", *CLI_TINY]) == 0
+    assert [str(w.message) for w in recwarn if "worker" in str(w.message)] == []
+    log = (tmp_path / "log_recovery.txt").read_text()
+    assert f"1 epochs on cpu, {min(64, available_cpus())} loader workers" in log
+
+
+def test_cli_initial_lr_and_debug_are_accepted_with_a_note_and_change_nothing(tmp_path, capsys):
+    write_pairs(str(tmp_path), train_batches=1, test_batches=1)
+    assert recovery_attack.main(["--npy_path", str(tmp_path), "--total_epochs", "1",
+                                 "--initial_lr", "0.1", "--debug", *CLI_TINY]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "recovery_attack.py: note: " + recovery_attack.NO_EFFECT_NOTES["initial_lr"],
+        "recovery_attack.py: note: " + recovery_attack.NO_EFFECT_NOTES["debug"]]
+    assert load_config(str(tmp_path / "attack_config.yaml")).ATTACK.LR == 1e-3
+    checkpoint = torch.load(tmp_path / "attack_ckpt" / "reference" / "checkpoint_1.pt",
+                            weights_only=True)
+    assert checkpoint["optimizer"]["param_groups"][0]["lr"] == 1e-3
+
+
+@pytest.mark.parametrize("gpus, device, indices", [
+    ("0", "cuda:0", [0]), ("1,2", "cuda:1", [1, 2]), ("[0, 1]", "cuda:0", [0, 1])])
+def test_gpus_selects_the_first_listed_gpu(gpus, device, indices):
+    args = recovery_attack.build_parser().parse_args(["--npy_path", "x", "--gpus", gpus])
+    assert recovery_attack.gpu_device(gpus) == (device, indices)
+    assert recovery_attack.flag_overrides(args) == ["MODEL.DEVICE", repr(device)]
+    expected_notes = [] if len(indices) == 1 else [
+        f"--gpus {gpus}: the attack trains on one device, {device}"]
+    assert recovery_attack.notes(args) == expected_notes
+
+
+def test_cli_gpus_without_cuda_is_one_line(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    write_pairs(str(tmp_path / "run"), train_batches=1, test_batches=1)
+    assert recovery_attack.main(["--npy_path", str(tmp_path / "run"), "--gpus", "0",
+                                 "--output", str(tmp_path / "attack")]) == 2
+    one_error_line(capsys, "--gpus: CUDA is not available on this machine, so there is no "
+                           "cuda:0; leave --gpus out (or pass --device cpu)")
+    assert not (tmp_path / "attack").exists()
+
+
+def test_cli_gpus_on_a_gpu_machine(tmp_path, capsys):
+    if not torch.cuda.is_available():
+        pytest.skip("no GPU")
+    write_pairs(str(tmp_path / "run"), train_batches=1, test_batches=1)
+    count = torch.cuda.device_count()
+    assert recovery_attack.main(["--npy_path", str(tmp_path / "run"), "--gpus", str(count)]) == 2
+    one_error_line(capsys, f"--gpus: there is no cuda:{count} on this machine")
+    argv = ["--npy_path", str(tmp_path / "run"), "--total_epochs", "1", "--gpus", "0",
+            *[a for a in CLI_TINY if a not in ("--device", "cpu")]]
+    assert recovery_attack.main(argv) == 0
+    assert "1 epochs on cuda:0" in (tmp_path / "run" / "log_recovery.txt").read_text()
 
 
 @pytest.mark.parametrize("arguments, message", [
     ([], "the following arguments are required: --npy_path"),
-    (["--npy_path", "{missing}"], "neither {missing}/img_npy nor {missing}"),
+    (["--npy_path", "{missing}"], "--npy_path: no saved image pairs found: neither "
+                                  "{missing}/img_npy nor {missing}"),
     (["--npy_path", "{run}", "ATTACK.NOPE", "1"], "unknown config key 'ATTACK.NOPE'"),
     (["--npy_path", "{run}", "ATTACK.MODE", "weak"], "ATTACK.MODE must be one of"),
-    (["--npy_path", "{run}", "--generator", "unet_64"], "invalid choice: 'unet_64'"),
+    (["--npy_path", "{run}", "--generator", "unet_64"],
+     "argument --generator: invalid choice: 'unet_64'"),
+    (["--npy_path", "{run}", "--total_epochs", "x"],
+     "argument --total_epochs: invalid int value: 'x'"),
+    (["--npy_path", "{run}", "--total_epochs", "0"],
+     "ATTACK.TOTAL_EPOCHS must be a positive integer, got 0"),
     (["--npy_path", "{run}", "--device", "tpu"], "MODEL.DEVICE: expected 'auto', 'cpu'"),
+    (["--npy_path", "{run}", "--gpus", "first"], "--gpus: expected GPU indices such as 0 or 0,1"),
+    (["--npy_path", "{run}", "--gpus", "0", "--device", "cpu"],
+     "--gpus and --device both choose the device"),
+    (["--npy_path", "{run}", "--num_workers", "-1"],
+     "DATALOADER.NUM_WORKERS must be an integer >= 0, got -1"),
     (["--npy_path", "{run}", "ATTACK.TOTAL_EPOCHS"], "KEY VALUE pairs"),
+    (["--npy_path", "{run}", "ATTACK.NGF", "4", "--total_epochs", "2"],
+     "--total_epochs comes after the KEY VALUE overrides, where it would be read as a config key"),
+    (["--npy_path", "{run}", "--config_file", "{missing}.yml"], "config file not found"),
 ])
-def test_cli_errors(tmp_path, capsys, arguments, message):
+def test_cli_bad_settings_are_one_line_and_write_nothing(tmp_path, capsys, arguments, message):
     write_pairs(str(tmp_path / "run"), train_batches=1, test_batches=1)
+    before = folder_digests(tmp_path)
     paths = {"missing": str(tmp_path / "missing"), "run": str(tmp_path / "run")}
-    with pytest.raises(SystemExit) as exit_info:
-        recovery_attack.main([argument.format(**paths) for argument in arguments])
-    assert exit_info.value.code == 2
-    assert message.format(**paths) in capsys.readouterr().err
+    argv = [argument.format(**paths) for argument in arguments]
+    assert recovery_attack.main(argv) == 2
+    one_error_line(capsys, message.format(**paths))
+    assert folder_digests(tmp_path) == before
 
 
 def test_cli_refuses_cuda_without_a_gpu(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     write_pairs(str(tmp_path), train_batches=1, test_batches=1)
-    with pytest.raises(SystemExit):
-        recovery_attack.main(["--npy_path", str(tmp_path), "--device", "cuda"])
-    assert "CUDA is not available" in capsys.readouterr().err
+    assert recovery_attack.main(["--npy_path", str(tmp_path), "--device", "cuda"]) == 2
+    one_error_line(capsys, "MODEL.DEVICE is 'cuda' but CUDA is not available")
 
 
-def test_cli_reports_a_broken_pair_set(tmp_path, capsys):
+def _poison(npy_dir, name, value, image=1):
+    array = np.load(os.path.join(npy_dir, name))
+    array[image, 2, 5, 3] = value
+    np.save(os.path.join(npy_dir, name), array)
+
+
+@pytest.mark.parametrize("name, value", [("encry-train-1-images.npy", np.nan),
+                                         ("clean-train-2-images.npy", np.inf),
+                                         ("encry-test-1-images.npy", -np.inf)])
+def test_cli_non_finite_pairs_are_refused_before_anything_is_written(tmp_path, capsys, name,
+                                                                     value):
+    npy_dir = write_pairs(str(tmp_path))
+    _poison(npy_dir, name, value)
+    before = folder_digests(tmp_path)
+    assert recovery_attack.main(["--npy_path", str(tmp_path), "--total_epochs", "1",
+                                 *CLI_TINY]) == 2
+    one_error_line(capsys, f"{os.path.join(npy_dir, name)} holds NaN or infinite values "
+                           "(first in image 1 of the batch)")
+    assert folder_digests(tmp_path) == before  # no log file, no config, no lock file
+
+
+def _resave(npy_dir, names, transform):
+    for name in names:
+        path = os.path.join(npy_dir, name)
+        np.save(path, transform(np.load(path)))
+
+
+@pytest.mark.parametrize("names, transform, message", [
+    (["clean-train-2-images.npy", "encry-train-2-images.npy"], lambda a: a[:, :, :24],
+     "{npy}/clean-train-2-images.npy and {npy}/encry-train-2-images.npy hold images of shape "
+     "(3, 24, 16); expected C x H x W = (3, 32, 16) (the shape of {npy}/clean-train-0-images.npy)"),
+    (["clean-train-1-images.npy", "encry-train-1-images.npy"], lambda a: a[:, :1],
+     "hold images of shape (1, 32, 16); expected C x H x W = (3, 32, 16)"),
+    (["clean-test-0-images.npy", "encry-test-0-images.npy"], lambda a: a[:, :, :, :12],
+     "{npy}/clean-test-0-images.npy and {npy}/encry-test-0-images.npy hold images of shape "
+     "(3, 32, 12); expected C x H x W = (3, 32, 16) (the shape of the train split)"),
+    (["encry-train-0-images.npy"], lambda a: a[:, :, :, :12],
+     "shape mismatch in batch 0: {npy}/clean-train-0-images.npy is (2, 3, 32, 16) but "
+     "{npy}/encry-train-0-images.npy is (2, 3, 32, 12)"),
+    (["encry-test-1-images.npy"], lambda a: a[0],
+     "{npy}/encry-test-1-images.npy: expected a B x C x H x W array of images, got shape "
+     "(3, 32, 16)"),
+])
+def test_cli_reshaped_batches_are_one_line(tmp_path, capsys, names, transform, message):
+    npy_dir = write_pairs(str(tmp_path))
+    _resave(npy_dir, names, transform)
+    before = folder_digests(tmp_path)
+    assert recovery_attack.main(["--npy_path", str(tmp_path), *CLI_TINY]) == 2
+    one_error_line(capsys, message.format(npy=npy_dir))
+    assert folder_digests(tmp_path) == before
+
+
+def test_cli_wrong_channel_count_and_tiny_images_are_one_line(tmp_path, capsys):
+    gray = write_pairs(str(tmp_path / "gray"), channels=1)
+    assert recovery_attack.main(["--npy_path", str(tmp_path / "gray"), *CLI_TINY]) == 2
+    one_error_line(capsys, f"{gray}/clean-train-0-images.npy holds images with 1 channels; "
+                           "expected 3 (one per INPUT.PIXEL_MEAN value)")
+    tiny = write_pairs(str(tmp_path / "tiny"), height=10, width=8)
+    assert recovery_attack.main(["--npy_path", str(tmp_path / "tiny"), *CLI_TINY]) == 2
+    one_error_line(capsys, f"{tiny}/clean-train-0-images.npy holds 10 x 8 images; expected at "
+                           "least 11 x 11 pixels (SSIM's window)")
+
+
+def test_cli_broken_pair_set_is_one_line(tmp_path, capsys):
     npy_dir = write_pairs(str(tmp_path), train_batches=2, test_batches=1)
     os.remove(os.path.join(npy_dir, "clean-train-1-images.npy"))
-    with pytest.raises(SystemExit):
-        recovery_attack.main(["--npy_path", str(tmp_path)])
-    assert "missing partner" in capsys.readouterr().err
+    assert recovery_attack.main(["--npy_path", str(tmp_path)]) == 2
+    one_error_line(capsys, f"missing partner: {npy_dir}/encry-train-1-images.npy has no "
+                           f"{npy_dir}/clean-train-1-images.npy")
+
+
+@pytest.fixture
+def finished_attack(tmp_path):
+    """A finished 2-epoch attack in <tmp>/attack and the digests of its files."""
+    write_pairs(str(tmp_path / "run"))
+    output = tmp_path / "attack"
+
+    def argv(*flags):
+        return ["--npy_path", str(tmp_path / "run"), "--output", str(output), *flags, *CLI_TINY]
+
+    assert recovery_attack.main(argv("--total_epochs", "2")) == 0
+    return argv, output, folder_digests(output)
+
+
+def test_cli_fewer_epochs_than_the_checkpoint_is_one_line(finished_attack, capsys):
+    argv, output, before = finished_attack
+    capsys.readouterr()
+    assert recovery_attack.main(argv("--total_epochs", "1")) == 2
+    one_error_line(capsys, f"{output}/attack_ckpt/reference/checkpoint_2.pt holds a generator "
+                           "trained for 2 epochs, more than --total_epochs / ATTACK.TOTAL_EPOCHS "
+                           "= 1; pass --total_epochs 2 (or more) to finish from it, or another "
+                           "--output to train afresh")
+    assert folder_digests(output) == before
+    # The same command as before finishes at once with the same results.
+    assert recovery_attack.main(argv("--total_epochs", "2")) == 0
+    after = folder_digests(output)
+    for name in ("attack_results.json", "attack_results.md", "Generator_weight.pth",
+                 "attack_ckpt/reference/checkpoint_2.pt"):
+        assert after[name] == before[name], name
+
+
+def test_cli_other_settings_over_a_checkpoint_is_one_line(finished_attack, capsys):
+    argv, output, before = finished_attack
+    capsys.readouterr()
+    assert recovery_attack.main(argv("--total_epochs", "2", "--lr", "0.01")) == 2
+    one_error_line(capsys, f"{output}/attack_ckpt/reference/checkpoint_2.pt was written by a "
+                           "different attack (lr: 0.001 -> 0.01)")
+    assert folder_digests(output) == before
+
+
+def test_cli_unreadable_checkpoint_is_one_line(finished_attack, capsys):
+    argv, output, _ = finished_attack
+    checkpoint = output / "attack_ckpt" / "reference" / "checkpoint_2.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    before = folder_digests(output)
+    capsys.readouterr()
+    assert recovery_attack.main(argv("--total_epochs", "3")) == 2
+    one_error_line(capsys, f"cannot read the attack checkpoint {checkpoint} (",
+                   "delete it to train afresh, or pass another --output")
+    assert folder_digests(output) == before
+
+
+def test_cli_refuses_a_second_attack_on_a_locked_folder(finished_attack, capsys):
+    argv, output, before = finished_attack
+    capsys.readouterr()
+    with FolderLock(str(output), "recovery_attack.py"):
+        assert recovery_attack.main(argv("--total_epochs", "2")) == 2
+        one_error_line(capsys, f"output folder {output} is being written by process "
+                               f"{os.getpid()} (recovery_attack.py)")
+    assert {name: value for name, value in folder_digests(output).items()
+            if name != ".lock"} == {name: value for name, value in before.items()
+                                    if name != ".lock"}
+
+
+def test_cli_output_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    write_pairs(str(tmp_path / "run"), train_batches=1, test_batches=1)
+    (tmp_path / "taken").write_text("a file, not a folder")
+    assert recovery_attack.main(["--npy_path", str(tmp_path / "run"), "--output",
+                                 str(tmp_path / "taken" / "attack"), *CLI_TINY]) == 2
+    one_error_line(capsys, f"cannot write {tmp_path / 'taken' / 'attack'}: a part of the path is "
+                           "a file, not a folder")
+
+
+def test_cli_weights_that_cannot_be_written_are_one_line(tmp_path, capsys):
+    write_pairs(str(tmp_path / "run"), train_batches=1, test_batches=1)
+    output = tmp_path / "attack"
+    (output / "Generator_weight.pth").mkdir(parents=True)  # a folder where the file goes
+    assert recovery_attack.main(["--npy_path", str(tmp_path / "run"), "--output", str(output),
+                                 "--total_epochs", "1", *CLI_TINY]) == 2
+    one_error_line(capsys, f"cannot write {output / 'Generator_weight.pth'}: the path is a folder")
+    assert [name for name in os.listdir(output) if name.endswith(".tmp")] == []
+    assert "L1 loss" in (output / "log_recovery.txt").read_text()

@@ -15,7 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from configs import ConfigError, get_default_config
+from configs import ConfigError
+from helpers import model_cfg
 from modeling import (
     Baseline,
     CheckpointError,
@@ -42,14 +43,6 @@ REFERENCE_NAMES = {
 }
 
 
-def make_cfg(seed, **model):
-    cfg = get_default_config()
-    cfg.MODEL.INIT_SEED = seed
-    for key, value in model.items():
-        setattr(cfg.MODEL, key, value)
-    return cfg
-
-
 def features(model, images):
     with torch.no_grad():
         return model.eval()(images)
@@ -58,7 +51,7 @@ def features(model, images):
 @pytest.fixture(scope="module")
 def trained():
     """A stand-in for a trained AGW: random weights, non-trivial BN statistics and NL blocks."""
-    model = build_model(make_cfg(seed=11), num_classes=5)
+    model = build_model(model_cfg(INIT_SEED=11), num_classes=5)
     generator = torch.Generator().manual_seed(5)
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
@@ -73,7 +66,7 @@ def trained():
 
 @pytest.fixture
 def fresh():
-    return build_model(make_cfg(seed=99))
+    return build_model(model_cfg(INIT_SEED=99))
 
 
 @contextmanager
@@ -189,7 +182,7 @@ def test_state_dict_layouts_give_identical_features(tmp_path):
 def test_build_authorization_model_is_frozen_and_ignores_imagenet(trained, released_file, tmp_path, caplog):
     model, images, expected = trained
     path = released_file
-    cfg = make_cfg(seed=0, PRETRAIN_CHOICE="imagenet", PRETRAIN_PATH=str(tmp_path / "no_imagenet.pth"))
+    cfg = model_cfg(INIT_SEED=0, PRETRAIN_CHOICE="imagenet", PRETRAIN_PATH=str(tmp_path / "no_imagenet.pth"))
     with caplog.at_level(logging.INFO):
         authorization = build_authorization_model(cfg, str(path), "cpu")
     assert not authorization.training
@@ -206,7 +199,7 @@ def test_device_names_resolve():
 
 
 def test_without_checkpoint_the_model_is_the_seeded_random_one(caplog):
-    cfg = make_cfg(seed=4)
+    cfg = model_cfg(INIT_SEED=4)
     with caplog.at_level(logging.WARNING):
         untrained = build_authorization_model(cfg, "", "cpu")
     reference = build_model(cfg).state_dict()
@@ -241,16 +234,16 @@ def test_wrong_shapes_are_errors_with_both_shapes(trained, fresh):
 
 
 def test_non_local_checkpoint_into_plain_resnet_is_refused(trained):
-    plain = build_model(make_cfg(seed=0, NAME="resnet50"))
+    plain = build_model(model_cfg(INIT_SEED=0, NAME="resnet50"))
     text = _error_text(plain, trained[0].state_dict())
     assert "base.NL_2: 26 unexpected" in text and "base.NL_3: 39 unexpected" in text
-    average = build_model(make_cfg(seed=0, GENERALIZED_MEAN_POOL="off"))
+    average = build_model(model_cfg(INIT_SEED=0, GENERALIZED_MEAN_POOL="off"))
     assert "global_pool: 1 unexpected" in _error_text(average, trained[0].state_dict())
 
 
 def test_classifier_of_another_size_is_ignored(trained):
     state = trained[0].state_dict()
-    with_classifier = build_model(make_cfg(seed=0), num_classes=751)
+    with_classifier = build_model(model_cfg(INIT_SEED=0), num_classes=751)
     report = load_reid_weights(with_classifier, state)
     assert report.ignored == ["classifier.weight"] and with_classifier.classifier.weight.shape == (751, 2048)
     loaded = with_classifier.state_dict()
@@ -258,7 +251,7 @@ def test_classifier_of_another_size_is_ignored(trained):
 
 
 def test_imagenet_report_ignores_fc_and_keeps_non_local_at_init(fresh, tmp_path):
-    imagenet = build_model(make_cfg(seed=1, NAME="resnet50")).base.state_dict()
+    imagenet = build_model(model_cfg(INIT_SEED=1, NAME="resnet50")).base.state_dict()
     imagenet["fc.weight"], imagenet["fc.bias"] = torch.zeros(1000, 2048), torch.zeros(1000)
     path = tmp_path / "resnet50.pth"
     torch.save(imagenet, path)

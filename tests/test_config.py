@@ -3,7 +3,7 @@ import pytest
 
 from configs import ConfigError, get_default_config, load_config, save_config
 
-# The reference's values (SPEC sections 2, 3, 5, 6: protect_image.py flags, AGW test settings).
+# The reference's values (its protect_image.py flags and AGW test settings; README, protect_image.py).
 REFERENCE_DEFAULTS = {
     "MODEL.NAME": "resnet50_nl",
     "MODEL.LAST_STRIDE": 1,
@@ -73,7 +73,8 @@ def test_reference_config_files_load_with_their_values():
     for cfg in (market, cuhk, msmt):
         assert cfg.MODEL.NAME == "resnet50_nl" and list(cfg.INPUT.IMG_SIZE) == [256, 128]
         assert (cfg.PIXELFADE.MAX_ITER, cfg.PIXELFADE.FADE_NUM_ITER, cfg.PIXELFADE.WARMUP_ITER) == (100, 5, 5)
-        assert (cfg.PIXELFADE.MOMENTUM, cfg.PIXELFADE.BETA, cfg.PIXELFADE.EPSILON, cfg.PIXELFADE.BATCH_SIZE) == (0.6, 0.01, 0.03, 20)
+        pixelfade = cfg.PIXELFADE
+        assert (pixelfade.MOMENTUM, pixelfade.BETA, pixelfade.EPSILON, pixelfade.BATCH_SIZE) == (0.6, 0.01, 0.03, 20)
 
 
 def test_trailing_overrides_win_and_unknown_keys_are_named():

@@ -175,7 +175,8 @@ def test_cache_holds_relative_paths_and_is_reused_without_mat_files(cuhk_root):
     second = build_dataset("cuhk03", cuhk_root)
     assert (second.train, second.query, second.gallery) == (first.train, first.query, first.gallery)
     raw = cuhk_root / "cuhk03" / RAW
-    with pytest.raises(DatasetError, match=rf"(?s)tried:.*\(no cache .*labeled\.json, and missing {re.escape(str(raw))}"):
+    missing = rf"(?s)tried:.*\(no cache .*labeled\.json, and missing {re.escape(str(raw))}"
+    with pytest.raises(DatasetError, match=missing):
         build_dataset("cuhk03", cuhk_root, labeled=True)
 
 
@@ -246,7 +247,8 @@ def test_protocol_naming_an_image_the_raw_file_lacks_is_named(cuhk_root):
                   train_idx=np.array(TRAIN_IDX, float)[:, None], query_idx=np.array(QUERY_IDX, float)[:, None],
                   gallery_idx=np.array(GALLERY_IDX, float)[:, None])
     savemat(folder / PROTOCOL.format(kind="detected"), config)
-    with pytest.raises(DatasetError, match="names 2_002_1_04.png, which .*cuhk-03.mat does not hold as a detected image"):
+    with pytest.raises(DatasetError,
+                       match="names 2_002_1_04.png, which .*cuhk-03.mat does not hold as a detected image"):
         build_dataset("cuhk03", cuhk_root)
 
 

@@ -12,25 +12,21 @@ from data.datasets.image_folder import (
     list_images,
     protected_relative_name,
 )
-
-
-def _save(path, colour=(10, 20, 30), size=(16, 32)):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.new("RGB", size, colour).save(path)
+from helpers import write_image
 
 
 def test_every_image_goes_to_the_gallery_with_parsed_or_unknown_labels(tmp_path):
-    _save(tmp_path / "0002_c3s1_000151_01.jpg")
-    _save(tmp_path / "holiday.png")
-    _save(tmp_path / "b" / "-1_c1s1_000001_01.jpg")
-    _save(tmp_path / "a" / "scan.bmp")
-    _save(tmp_path / "a" / "0005_c0s1_000001_01.jpeg")
-    _save(tmp_path / "cam" / "frame.PNG")
-    _save(tmp_path / "cam" / "frame.bmp")
-    _save(tmp_path / "cam" / "x.webp")
-    _save(tmp_path / "cam" / "y.TIF")
-    _save(tmp_path / "cam" / "z.tiff")
-    _save(tmp_path / "cam" / "0003_c2s1_000001_01.JPG")
+    write_image(tmp_path / "0002_c3s1_000151_01.jpg")
+    write_image(tmp_path / "holiday.png")
+    write_image(tmp_path / "b" / "-1_c1s1_000001_01.jpg")
+    write_image(tmp_path / "a" / "scan.bmp")
+    write_image(tmp_path / "a" / "0005_c0s1_000001_01.jpeg")
+    write_image(tmp_path / "cam" / "frame.PNG")
+    write_image(tmp_path / "cam" / "frame.bmp")
+    write_image(tmp_path / "cam" / "x.webp")
+    write_image(tmp_path / "cam" / "y.TIF")
+    write_image(tmp_path / "cam" / "z.tiff")
+    write_image(tmp_path / "cam" / "0003_c2s1_000001_01.JPG")
     (tmp_path / "cam" / "._frame.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
     (tmp_path / "cam" / "sub").mkdir()
     (tmp_path / "cam" / "sub" / "clip.mp4").write_bytes(b"not read")
@@ -159,6 +155,6 @@ def test_empty_or_missing_folder_is_an_error(tmp_path):
 
 
 def test_images_are_read_back(tmp_path):
-    _save(tmp_path / "x.png", colour=(200, 100, 50))
+    write_image(tmp_path / "x.png", color=(200, 100, 50))
     path = build_dataset("image_folder", tmp_path).gallery[0].path
     assert np.asarray(Image.open(path))[0, 0].tolist() == [200, 100, 50]

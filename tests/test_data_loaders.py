@@ -17,8 +17,9 @@ from data import (
     normalize,
     read_image,
 )
-
-MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+from helpers import IMAGENET_MEAN as MEAN
+from helpers import IMAGENET_STD as STD
+from helpers import write_image
 
 
 @pytest.fixture
@@ -34,7 +35,7 @@ def records(tmp_path):
     result = []
     for index in range(5):
         path = tmp_path / f"{index:04d}_c{index % 2 + 1}s1_000001_01.png"
-        Image.new("RGB", (8, 16), (index * 40, 128, 255)).save(path)
+        write_image(path, (index * 40, 128, 255), size=(8, 16))
         result.append(ImageRecord(str(path), pid=index, camid=index % 2))
     return result
 
@@ -47,12 +48,12 @@ def test_read_image_errors_name_the_file(tmp_path):
     with pytest.raises(DatasetError, match="image file not found: .*absent.png"):
         read_image(tmp_path / "absent.png")
     truncated = tmp_path / "truncated.png"
-    Image.new("RGB", (64, 64), (1, 2, 3)).save(tmp_path / "whole.png")
+    write_image(tmp_path / "whole.png", (1, 2, 3), size=(64, 64))
     truncated.write_bytes((tmp_path / "whole.png").read_bytes()[:60])
     with pytest.raises(DatasetError, match="truncated.png"):
         read_image(truncated)
     gray = tmp_path / "gray.png"
-    Image.new("L", (4, 4), 7).save(gray)
+    write_image(gray, 7, size=(4, 4), mode="L")
     assert read_image(gray).mode == "RGB"
 
 
@@ -86,7 +87,7 @@ def test_eval_records_puts_query_first():
     assert num_query == 2 and [r.path for r in combined] == ["q0", "q1", "g0", "g1", "g2"]
 
 
-def test_eval_transform_resizes_and_normalises(records, cfg):
+def test_eval_transform_resizes_and_normalizes(records, cfg):
     tensor = build_eval_transform(cfg)(read_image(records[1].path))
     assert type(tensor) is torch.Tensor and tensor.dtype == torch.float32
     expected = (torch.tensor([40, 128, 255]) / 255.0 - torch.tensor(MEAN)) / torch.tensor(STD)
@@ -127,7 +128,7 @@ def test_identity_batch_sampler_feeds_a_loader_pk_batches(tmp_path, cfg):
     for pid, count in enumerate([3, 2, 5, 1]):
         for shot in range(count):
             path = tmp_path / f"{pid:04d}_c1s1_{shot:06d}_01.png"
-            Image.new("RGB", (8, 16), (pid * 60, shot * 40, 0)).save(path)
+            write_image(path, (pid * 60, shot * 40, 0), size=(8, 16))
             records.append(ImageRecord(str(path), pid=pid, camid=0))
     sampler = IdentityBatchSampler([r.pid for r in records], ids_per_batch=2, num_instances=2, seed=7)
     loader = DataLoader(ImageDataset(records, build_eval_transform(cfg)), batch_sampler=sampler)
@@ -138,6 +139,5 @@ def test_identity_batch_sampler_feeds_a_loader_pk_batches(tmp_path, cfg):
         pids = batch["pid"].tolist()
         assert pids[0] == pids[1] and pids[2] == pids[3] and pids[0] != pids[2]
         assert [records[i].pid for i in batch["index"].tolist()] == pids
-    assert [b["index"].tolist() for b in DataLoader(ImageDataset(records, build_eval_transform(cfg)), batch_sampler=sampler)] == [
-        b["index"].tolist() for b in batches
-    ]
+    again = DataLoader(ImageDataset(records, build_eval_transform(cfg)), batch_sampler=sampler)
+    assert [b["index"].tolist() for b in again] == [b["index"].tolist() for b in batches]

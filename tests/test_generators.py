@@ -1,9 +1,12 @@
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from modeling.generators import GENERATORS, build_generator
 from modeling.generators.padding import crop_padding, pad_to_multiple, padding_for
+from utils.errors import ConfigError
 
 
 @pytest.mark.parametrize("name", sorted(GENERATORS))
@@ -17,7 +20,7 @@ def test_output_has_input_shape(name):
 def test_unet_128_pads_128x64_and_crops_back():
     generator = build_generator("unet_128", ngf=4).eval()
     images = torch.randn(2, 3, 128, 64)
-    assert generator.model is not None and generator.size_factor == 128
+    assert generator.size_factor == 128
     out = generator(images)
     assert out.shape == (2, 3, 128, 64)
     padded, padding = pad_to_multiple(images, 128)
@@ -45,11 +48,15 @@ def test_output_activation():
     free_generator = build_generator("resnet_6blocks", ngf=4, output_activation="none")
     assert isinstance(tanh_generator.model[-1], nn.Tanh)
     assert not any(isinstance(layer, nn.Tanh) for layer in free_generator.modules())
-    images = torch.randn(2, 3, 32, 16) * 50
-    assert tanh_generator(images).abs().max() <= 1.0
-    with torch.no_grad():
-        free_generator.model[-1].weight.mul_(1000)
-    assert free_generator(images).abs().max() > 1.0
+    images = torch.randn(2, 3, 32, 16)
+    # A last conv that outputs its bias (5) everywhere: tanh(5) with Tanh, 5 itself without.
+    for generator in (tanh_generator, free_generator):
+        last_conv = [m for m in generator.modules() if isinstance(m, nn.Conv2d)][-1]
+        with torch.no_grad():
+            last_conv.weight.zero_()
+            last_conv.bias.fill_(5.0)
+    assert torch.equal(free_generator(images), torch.full((2, 3, 32, 16), 5.0))
+    assert torch.allclose(tanh_generator(images), torch.full((2, 3, 32, 16), math.tanh(5.0)))
 
 
 def test_unet_levels_and_channels():
@@ -85,18 +92,25 @@ def test_pix2pix_normal_init_statistics():
                    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and m.bias is not None]
     norms = [m for m in generator.modules() if isinstance(m, nn.BatchNorm2d)]
     norm_weights = torch.cat([m.weight.flatten() for m in norms])
-    assert abs(conv_weights.mean().item()) < 1e-3
+    assert conv_weights.mean().item() == pytest.approx(0.0, abs=1e-3)
     assert conv_weights.std().item() == pytest.approx(0.02, rel=0.02)
     assert norm_weights.mean().item() == pytest.approx(1.0, abs=0.005)
     assert norm_weights.std().item() == pytest.approx(0.02, rel=0.15)
-    assert len(conv_biases) == 1 and torch.count_nonzero(conv_biases[0]) == 0
-    assert all(torch.count_nonzero(m.bias) == 0 for m in norms)
+    assert len(conv_biases) == 1 and torch.equal(conv_biases[0], torch.zeros(3))
+    assert all(torch.equal(m.bias, torch.zeros_like(m.bias)) for m in norms)
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="unknown generator 'unet_64'.*resnet_6blocks.*unet_128"):
+    with pytest.raises(ConfigError, match=r"ATTACK.GENERATOR: unknown generator 'unet_64'; "
+                                          r"expected one of \['resnet_6blocks', 'resnet_9blocks', "
+                                          r"'unet_128', 'unet_256'\]"):
         build_generator("unet_64")
-    with pytest.raises(ValueError, match="output_activation 'sigmoid'"):
+    with pytest.raises(ConfigError, match=r"unknown output_activation 'sigmoid'; expected one of "
+                                          r"\['none', 'tanh'\]"):
         build_generator("unet_128", output_activation="sigmoid")
-    with pytest.raises(ValueError, match="ngf must be a positive integer"):
+    with pytest.raises(ConfigError, match="generator option ATTACK.NGF must be a positive "
+                                          "integer, got 0"):
         build_generator("unet_128", ngf=0)
+    with pytest.raises(ConfigError, match="generator option input_nc must be a positive integer, "
+                                          "got True"):
+        build_generator("unet_128", input_nc=True)

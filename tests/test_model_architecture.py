@@ -4,7 +4,8 @@ import torch
 import torchvision
 from torch import nn
 
-from configs import ConfigError, get_default_config
+from configs import ConfigError
+from helpers import model_cfg
 from modeling import Baseline, build_model
 from modeling.backbones import BACKBONES, build_backbone
 from modeling.layers import GeneralizedMeanPooling, Non_local
@@ -15,16 +16,9 @@ NL_PER_BLOCK = ["g.weight", "g.bias", "theta.weight", "theta.bias", "phi.weight"
                 "W.1.running_var", "W.1.num_batches_tracked"]
 
 
-def make_cfg(**model):
-    cfg = get_default_config()
-    for key, value in model.items():
-        setattr(cfg.MODEL, key, value)
-    return cfg
-
-
 @pytest.fixture(scope="module")
 def agw():
-    return build_model(make_cfg(), num_classes=7)
+    return build_model(model_cfg(), num_classes=7)
 
 
 def test_registry_lists_backbones():
@@ -175,16 +169,16 @@ def test_non_local_is_identity_at_init_and_follows_its_formula():
 
 def test_init_is_seeded_and_leaves_global_rng_alone():
     state = torch.random.get_rng_state()
-    first = build_model(make_cfg(NAME="resnet50", INIT_SEED=3)).state_dict()
+    first = build_model(model_cfg(NAME="resnet50", INIT_SEED=3)).state_dict()
     assert torch.equal(state, torch.random.get_rng_state())
-    second = build_model(make_cfg(NAME="resnet50", INIT_SEED=3)).state_dict()
-    other = build_model(make_cfg(NAME="resnet50", INIT_SEED=4)).state_dict()
+    second = build_model(model_cfg(NAME="resnet50", INIT_SEED=3)).state_dict()
+    other = build_model(model_cfg(NAME="resnet50", INIT_SEED=4)).state_dict()
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert not torch.equal(first["base.conv1.weight"], other["base.conv1.weight"])
 
 
 def test_average_pooling_when_gem_is_off():
-    model = build_model(make_cfg(NAME="resnet50", GENERALIZED_MEAN_POOL="off"))
+    model = build_model(model_cfg(NAME="resnet50", GENERALIZED_MEAN_POOL="off"))
     assert isinstance(model.global_pool, nn.AdaptiveAvgPool2d)
     assert "global_pool.p" not in model.state_dict()
 
@@ -198,7 +192,7 @@ def test_average_pooling_when_gem_is_off():
 ])
 def test_bad_model_options_name_the_option(option, value, message):
     with pytest.raises(ConfigError, match=message):
-        build_model(make_cfg(**{option: value}))
+        build_model(model_cfg(**{option: value}))
 
 
 def test_resnet101_keys_match_torchvision():
@@ -227,13 +221,13 @@ def test_imagenet_backbone_from_local_torchvision_file(tmp_path):
     imagenet = torchvision.models.resnet50().state_dict()
     path = tmp_path / "resnet50-imagenet.pth"
     torch.save(imagenet, path)
-    model = build_model(make_cfg(PRETRAIN_PATH=str(path)))
+    model = build_model(model_cfg(PRETRAIN_PATH=str(path)))
     state = model.state_dict()
     assert torch.equal(state["base.layer3.2.conv2.weight"], imagenet["layer3.2.conv2.weight"])
     assert torch.equal(state["base.bn1.running_var"], imagenet["bn1.running_var"])
     assert torch.count_nonzero(state["base.NL_3.1.W.1.weight"]) == 0
     # 'self' never reads the ImageNet file: the model is the seeded random one.
-    self_choice = build_model(make_cfg(PRETRAIN_PATH=str(path), PRETRAIN_CHOICE="self")).state_dict()
-    random_init = build_model(make_cfg(PRETRAIN_CHOICE="self")).state_dict()
+    self_choice = build_model(model_cfg(PRETRAIN_PATH=str(path), PRETRAIN_CHOICE="self")).state_dict()
+    random_init = build_model(model_cfg(PRETRAIN_CHOICE="self")).state_dict()
     assert list(self_choice) == list(random_init)
     assert all(torch.equal(self_choice[k], random_init[k]) for k in random_init)

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from data.npy_pairs import (PairDataset, SavedBatches, SavedBatchOrder, find_pairs,
+from data.npy_pairs import (PairDataset, SavedBatches, SavedBatchOrder, check_finite, find_pairs,
                             reference_file_order, resolve_npy_dir)
+from utils.errors import DatasetError, NonFiniteError
 
 
 def write_split(npy_dir, split, num_batches, batch_size=2, shape=(3, 8, 4)):
@@ -34,9 +35,12 @@ def test_resolve_accepts_run_folder_and_npy_folder(run_dir):
 
 
 def test_resolve_error_names_both_paths(tmp_path):
-    with pytest.raises(FileNotFoundError) as err:
+    with pytest.raises(DatasetError) as err:
         resolve_npy_dir(str(tmp_path))
-    assert str(tmp_path / "img_npy") in str(err.value) and f"nor {tmp_path} " in str(err.value)
+    assert str(err.value) == (
+        f"no saved image pairs found: neither {tmp_path / 'img_npy'} nor {tmp_path} holds "
+        "clean-/encry-<split>-<i>-images.npy files (run protect_image.py with --save_image_npy "
+        "first)")
 
 
 def test_numeric_and_reference_orders(run_dir):
@@ -54,35 +58,38 @@ def test_numeric_and_reference_orders(run_dir):
 
 def test_missing_partner(run_dir):
     os.remove(run_dir / "img_npy" / "encry-train-3-images.npy")
-    with pytest.raises(ValueError, match="missing partner: .*clean-train-3-images.npy has no "
-                                         ".*encry-train-3-images.npy"):
+    with pytest.raises(DatasetError, match="missing partner: .*clean-train-3-images.npy has no "
+                                           ".*encry-train-3-images.npy"):
         find_pairs(str(run_dir / "img_npy"), "train")
 
 
 def test_missing_ids(run_dir):
     os.remove(run_dir / "img_npy" / "test-1-ids.npy")
-    with pytest.raises(ValueError, match="missing ids file .*test-1-ids.npy"):
+    with pytest.raises(DatasetError, match="missing ids file .*test-1-ids.npy for "
+                                           ".*clean-test-1-images.npy"):
         find_pairs(str(run_dir / "img_npy"), "test")
 
 
 def test_shape_mismatch_names_both_files(run_dir):
     np.save(run_dir / "img_npy" / "encry-test-1-images.npy", np.zeros((2, 3, 8, 5), np.float32))
-    with pytest.raises(ValueError, match=r"shape mismatch in batch 1: .*clean-test-1-images.npy "
-                                         r"is \(2, 3, 8, 4\) but .*encry-test-1-images.npy"):
+    with pytest.raises(DatasetError, match=r"shape mismatch in batch 1: .*clean-test-1-images.npy "
+                                           r"is \(2, 3, 8, 4\) but .*encry-test-1-images.npy is "
+                                           r"\(2, 3, 8, 5\); expected equal shapes"):
         find_pairs(str(run_dir / "img_npy"), "test")
 
 
 def test_ids_length_mismatch(run_dir):
     np.save(run_dir / "img_npy" / "train-5-ids.npy", np.arange(3))
-    with pytest.raises(ValueError, match=r"train-5-ids.npy holds \(3,\) ids but .*clean-train-5"):
+    with pytest.raises(DatasetError, match=r"train-5-ids.npy holds \(3,\) ids but .*clean-train-5"
+                                           r"-images.npy holds 2 images; expected one id per"):
         find_pairs(str(run_dir / "img_npy"), "train")
 
 
 def test_empty_split_and_unknown_split(tmp_path):
     write_split(str(tmp_path), "train", 1)
-    with pytest.raises(ValueError, match=f"no 'test' pairs in {tmp_path}"):
+    with pytest.raises(DatasetError, match=f"no 'test' pairs in {tmp_path}"):
         find_pairs(str(tmp_path), "test")
-    with pytest.raises(ValueError, match="split must be one of"):
+    with pytest.raises(ValueError, match=r"split must be one of \('train', 'test'\), got 'query'"):
         find_pairs(str(tmp_path), "query")
 
 
@@ -90,9 +97,67 @@ def test_images_of_different_sizes_across_batches(tmp_path):
     write_split(str(tmp_path), "train", 2)
     np.save(tmp_path / "clean-train-1-images.npy", np.zeros((2, 3, 8, 6), np.float32))
     np.save(tmp_path / "encry-train-1-images.npy", np.zeros((2, 3, 8, 6), np.float32))
-    with pytest.raises(ValueError, match=r"clean-train-1-images.npy holds images of shape "
-                                         r"\(3, 8, 6\)"):
+    with pytest.raises(DatasetError, match=r"clean-train-1-images.npy and .*encry-train-1-images"
+                                           r".npy hold images of shape \(3, 8, 6\); expected "
+                                           r"C x H x W = \(3, 8, 4\) \(the shape of "
+                                           r".*clean-train-0-images.npy\)"):
         PairDataset(str(tmp_path), "train")
+    with pytest.raises(DatasetError, match=r"clean-train-0-images.npy and .*encry-train-0-images"
+                                           r".npy hold images of shape \(3, 8, 4\); expected "
+                                           r"C x H x W = \(3, 8, 6\) \(the shape of the train "
+                                           r"split\)"):
+        PairDataset(str(tmp_path), "train", image_shape=(3, 8, 6))
+
+
+@pytest.mark.parametrize("array, message", [
+    (np.zeros((2, 8, 4), np.float32), r"expected a B x C x H x W array of images, got shape "
+                                      r"\(2, 8, 4\)"),
+    (np.zeros((0, 3, 8, 4), np.float32), r"expected at least one image, got shape "
+                                         r"\(0, 3, 8, 4\)"),
+    (np.zeros((2, 3, 8, 4), np.complex64), "expected float32 images, got dtype complex64"),
+])
+def test_unusable_image_files(tmp_path, array, message):
+    write_split(str(tmp_path), "train", 1)
+    np.save(tmp_path / "encry-train-0-images.npy", array)
+    with pytest.raises(DatasetError, match=f"encry-train-0-images.npy: {message}"):
+        find_pairs(str(tmp_path), "train")
+
+
+def test_truncated_file_is_named(tmp_path):
+    write_split(str(tmp_path), "train", 1)
+    path = tmp_path / "clean-train-0-images.npy"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(DatasetError, match=f"cannot read {path} as a .npy array: "):
+        find_pairs(str(tmp_path), "train")
+
+
+@pytest.mark.parametrize("block", [1, 7, 1 << 24])
+@pytest.mark.parametrize("image, value", [(0, np.nan), (4, np.inf), (5, -np.inf)])
+def test_check_finite_names_the_file_and_first_image(tmp_path, block, image, value):
+    array = np.zeros((6, 3, 4, 2), np.float32)
+    array[image, 1, 2, 1] = value
+    array[5, 0, 0, 0] = np.nan  # a later one is not the one reported
+    path = str(tmp_path / "encry-train-0-images.npy")
+    np.save(path, array)
+    with pytest.raises(NonFiniteError, match=rf"^{path} holds NaN or infinite values \(first in "
+                                             rf"image {image} of the batch\); expected finite"):
+        check_finite(path, block=block)
+    np.save(path, np.zeros((6, 3, 4, 2), np.float32))
+    assert check_finite(path, block=block) is None
+
+
+def test_dataset_checks_values_on_opening_only_when_asked(run_dir):
+    npy_dir = run_dir / "img_npy"
+    clean = np.load(npy_dir / "clean-train-7-images.npy")
+    clean[1, 0, 3, 2] = np.inf
+    np.save(npy_dir / "clean-train-7-images.npy", clean)
+    with pytest.raises(NonFiniteError, match=r"clean-train-7-images.npy holds NaN or infinite "
+                                             r"values \(first in image 1 of the batch\)"):
+        PairDataset(str(npy_dir), "train")
+    unchecked = PairDataset(str(npy_dir), "train", check_values=False)
+    assert unchecked.num_batches == 12
+    with pytest.raises(NonFiniteError, match="clean-train-7-images.npy"):
+        unchecked.check_values()
 
 
 def test_dataset_indexes_images_and_batches(run_dir):
@@ -104,8 +169,10 @@ def test_dataset_indexes_images_and_batches(run_dir):
     batch_protected, batch_clean = SavedBatches(dataset)[3]
     assert batch_clean.shape == (2, 3, 8, 4) and batch_clean[:, 0, 0, 0].tolist() == [3000, 3001]
     assert torch.equal(batch_protected, -batch_clean)
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match="image 24 out of range for 24 'train' images"):
         dataset[24]
+    assert dataset.batch_files(3) == (str(run_dir / "img_npy" / "clean-train-3-images.npy"),
+                                      str(run_dir / "img_npy" / "encry-train-3-images.npy"))
     clone = pickle.loads(pickle.dumps(dataset))
     assert clone._arrays is None and torch.equal(clone[21][1], clean)
 
@@ -114,9 +181,11 @@ def test_saved_batch_order():
     order = SavedBatchOrder(12, shuffle=True, seed=5)
     order.set_epoch(1)
     first = list(order)
-    assert sorted(first) == list(range(12)) and list(order) == first
+    expected = torch.randperm(12, generator=torch.Generator().manual_seed(5 * 1_000_003 + 1))
+    assert first == expected.tolist() and list(order) == first
     order.set_epoch(2)
-    assert list(order) != first
+    assert list(order) == torch.randperm(
+        12, generator=torch.Generator().manual_seed(5 * 1_000_003 + 2)).tolist()
     again = SavedBatchOrder(12, shuffle=True, seed=5)
     again.set_epoch(1)
     assert list(again) == first

@@ -340,7 +340,7 @@ def test_names_that_would_overwrite_each_other_are_refused_up_front(data_root, t
     shutil.copy(os.path.join(source, name), folder / "a.jpg")
     shutil.copy(os.path.join(source, name), folder / "a.JPG")
     # As on a case-insensitive file system (macOS, Windows, exFAT), where a.jpg and a.JPG are one file.
-    monkeypatch.setattr("engine.protect_pipeline.folder_is_case_sensitive", lambda folder: False)
+    monkeypatch.setattr("data.splits.folder_is_case_sensitive", lambda folder: False)
     output = tmp_path / "out"
     argv = ["--random_init", "--image_folder", str(folder), "--output", str(output), "--device", "cpu", "--no_progress", *TINY]
     assert protect_image.main(argv) == 2
@@ -363,16 +363,16 @@ def test_two_gloo_processes_equal_one_process_in_per_image_mode(data_root, tmp_p
 
 
 def test_a_diverging_batch_stops_the_run_with_a_clear_error_and_keeps_earlier_batches(data_root, tmp_path, monkeypatch, capsys):
-    from engine.batch_protector import BatchProtector, ProtectedBatch
+    from engine.methods import PixelFade, ProtectedBatch
 
-    real_call = BatchProtector.__call__
+    real_call = PixelFade.__call__
 
     def diverge_on_second_batch(self, original, indices):
         if int(indices[0]) > 0:
             return ProtectedBatch(original * float("nan"), None)
         return real_call(self, original, indices)
 
-    monkeypatch.setattr(BatchProtector, "__call__", diverge_on_second_batch)
+    monkeypatch.setattr(PixelFade, "__call__", diverge_on_second_batch)
     output = tmp_path / "nan"
     assert protect(data_root, output) == 2
     error = capsys.readouterr().err
@@ -409,7 +409,7 @@ FLAG_CASES = {
 
 
 def config_from(argv):
-    from engine.protect_pipeline import build_protect_config
+    from engine.protect_run import build_protect_config
 
     args = protect_image.build_parser().parse_args(argv)
     return build_protect_config(args.config_file, list(args.opts), protect_image.flag_values(args), protect_image.FLAG_OF_KEY)

@@ -144,11 +144,11 @@ def test_pairwise_distance_values_and_chunks():
     raw = pairwise_distance(query, gallery, normalize=False, chunk_size=3)
     torch.testing.assert_close(raw, torch.cdist(query, gallery) ** 2)
     qn, gn = torch.nn.functional.normalize(query, dim=1), torch.nn.functional.normalize(gallery, dim=1)
-    normalised = pairwise_distance(query, gallery, chunk_size=2)
-    torch.testing.assert_close(normalised, torch.cdist(qn, gn) ** 2)
+    normalized = pairwise_distance(query, gallery, chunk_size=2)
+    torch.testing.assert_close(normalized, torch.cdist(qn, gn) ** 2)
     cosine = pairwise_distance(query.numpy(), gallery.numpy(), metric="cosine", normalize=False)
     torch.testing.assert_close(cosine, 1 - qn @ gn.t())
-    torch.testing.assert_close(normalised, 2 * cosine)
+    torch.testing.assert_close(normalized, 2 * cosine)
     assert pairwise_distance(query.half(), gallery.half()).dtype == torch.float32
 
 
@@ -162,14 +162,15 @@ def test_rounding_below_zero_is_clamped_to_exactly_zero():
     assert same.min().item() == 0.0
 
 
-def test_cosine_and_euclidean_rank_identically_on_normalised_features():
+def test_cosine_and_euclidean_rank_identically_on_normalized_features():
     rng = np.random.default_rng(2)
     query, gallery = rng.normal(size=(12, 32)), rng.normal(size=(40, 32))
     q_pids, g_pids = rng.integers(1, 6, 12), rng.integers(1, 6, 40)
     q_camids, g_camids = rng.integers(0, 2, 12), rng.integers(0, 2, 40)
     euclidean = pairwise_distance(query, gallery, metric="euclidean").numpy()
     cosine = pairwise_distance(query, gallery, metric="cosine").numpy()
-    np.testing.assert_array_equal(np.argsort(euclidean, axis=1, kind="stable"), np.argsort(cosine, axis=1, kind="stable"))
+    np.testing.assert_array_equal(np.argsort(euclidean, axis=1, kind="stable"),
+                                  np.argsort(cosine, axis=1, kind="stable"))
     labels = (q_pids, g_pids, q_camids, g_camids)
     by_euclidean = evaluate_reid(query, gallery, *labels, metric="euclidean")
     by_cosine = evaluate_reid(query, gallery, *labels, metric="cosine")
@@ -179,11 +180,11 @@ def test_cosine_and_euclidean_rank_identically_on_normalised_features():
 
 def test_evaluate_reid_keys_and_ranges():
     rng = np.random.default_rng(4)
-    centres = rng.normal(size=(5, 8))
+    centers = rng.normal(size=(5, 8))
     g_pids = np.repeat(np.arange(1, 6), 4)
-    gallery = centres[g_pids - 1] + 0.05 * rng.normal(size=(20, 8))
+    gallery = centers[g_pids - 1] + 0.05 * rng.normal(size=(20, 8))
     q_pids = np.arange(1, 6)
-    query = centres[q_pids - 1] + 0.05 * rng.normal(size=(5, 8))
+    query = centers[q_pids - 1] + 0.05 * rng.normal(size=(5, 8))
     result = evaluate_reid(query, gallery, q_pids, g_pids, np.zeros(5, int), np.ones(20, int), max_rank=8)
     assert set(result) == {"rank1", "rank5", "rank10", "mAP", "mINP", "cmc", "num_valid_queries"}
     assert result["rank1"] == result["mAP"] == result["mINP"] == 1.0  # well-separated clusters

@@ -2,7 +2,7 @@
 import pytest
 
 from configs import load_config
-from engine.protect_pipeline import run_fingerprint
+from engine.protect_run import run_fingerprint
 from engine.run_store import RunStore
 from utils.errors import RunConflictError
 

@@ -2,17 +2,16 @@
 import torch
 
 from engine.storage import dequantize, quantize_to_uint8, read_png, write_png
+from helpers import IMAGENET_MEAN as MEAN
+from helpers import IMAGENET_STD as STD
 
-MEAN = [0.485, 0.456, 0.406]
-STD = [0.229, 0.224, 0.225]
 
-
-def _normalised_batch(seed=0):
+def _normalized_batch(seed=0):
     pixels = torch.rand(2, 3, 8, 4, generator=torch.Generator().manual_seed(seed))
     return (pixels - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
 
 
-def test_quantisation_is_rounding_of_the_pixel_value():
+def test_quantization_is_rounding_of_the_pixel_value():
     # Channel 0: normalised values whose pixel * 255 are the levels below; channels 1, 2 hold
     # normalised 0, i.e. the mean pixel value.
     mean, std = MEAN[0], STD[0]
@@ -26,8 +25,8 @@ def test_quantisation_is_rounding_of_the_pixel_value():
     assert pixels[0, 2, 0].tolist() == [104] * len(levels)  # 0.406 * 255 = 103.53
 
 
-def test_quantisation_error_is_at_most_half_a_grey_level():
-    images = _normalised_batch()
+def test_quantization_error_is_at_most_half_a_gray_level():
+    images = _normalized_batch()
     restored = dequantize(quantize_to_uint8(images, MEAN, STD), MEAN, STD)
     pixel_values = images * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)
     expected = torch.round(pixel_values * 255) / 255
@@ -43,7 +42,7 @@ def test_values_outside_the_pixel_range_are_clamped():
 
 
 def test_png_files_are_lossless_and_written_atomically(tmp_path):
-    pixels = quantize_to_uint8(_normalised_batch(1), MEAN, STD)[0]
+    pixels = quantize_to_uint8(_normalized_batch(1), MEAN, STD)[0]
     path = tmp_path / "sub" / "img.png"
     write_png(pixels, str(path))
     assert torch.equal(read_png(str(path)), pixels)

@@ -49,8 +49,8 @@ def test_same_identity_looks_alike_across_cameras(tmp_path):
     pixels = {}
     for name in sorted(os.listdir(os.path.join(folder, "query"))):
         image = np.asarray(Image.open(os.path.join(folder, "query", name)), dtype=float)
-        centre = image[12:44, 8:24]
-        pixels.setdefault(name[:4], []).append(centre.reshape(-1, 3).mean(axis=0))
+        center = image[12:44, 8:24]
+        pixels.setdefault(name[:4], []).append(center.reshape(-1, 3).mean(axis=0))
     pids = sorted(pixels)
     same = np.mean([np.abs(pixels[p][0] - pixels[p][1]).sum() for p in pids])
     pairs = [(p, q) for p in pids for q in pids if p != q]

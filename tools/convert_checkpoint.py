@@ -5,11 +5,8 @@ state-dict file that ``torch.load(weights_only=True)`` reads.
 """
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from modeling.checkpoint import CheckpointError, convert_checkpoint  # noqa: E402
+from modeling.checkpoint import CheckpointError, convert_checkpoint
 
 
 def main(argv=None):

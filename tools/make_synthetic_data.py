@@ -5,13 +5,10 @@ For tests and demos without the real data.
 Example: python tools/make_synthetic_data.py --root datasets --dataset market1501
 """
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from data import build_dataset  # noqa: E402
-from data.synthetic import DEFAULTS, make_cuhk03, make_market1501, make_msmt17  # noqa: E402
+from data import build_dataset
+from data.synthetic import DEFAULTS, make_cuhk03, make_market1501, make_msmt17
 
 
 def parse_args(argv=None):

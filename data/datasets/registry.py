@@ -2,32 +2,30 @@
 import inspect
 import logging
 
+from utils.errors import ConfigError
+from utils.registry import Registry
+
 from .bases import DatasetError
 
 logger = logging.getLogger("pixelfade.data")
 
-DATASETS = {}
+DATASETS = Registry("dataset", config_key="DATASETS.NAMES")
 
 
 def register_dataset(name):
     """Decorator registering ``builder(root, **options) -> ReIDDataset`` under ``name``."""
-
-    def register(builder):
-        if name in DATASETS:
-            raise ValueError(f"dataset name '{name}' is already registered")
-        DATASETS[name] = builder
-        return builder
-
-    return register
+    return DATASETS.register(name)
 
 
 def build_dataset(name, root, **options):
-    """Build the data set registered as ``name`` from the folder ``root``."""
-    if name not in DATASETS:
-        raise DatasetError(
-            f"unknown dataset '{name}' (DATASETS.NAMES); known: {', '.join(sorted(DATASETS))}"
-        )
-    builder = DATASETS[name]
+    """Build the data set registered as ``name`` from the folder ``root``.
+
+    An unknown name or option raises ``DatasetError`` listing the valid ones.
+    """
+    try:
+        builder = DATASETS.get(name)
+    except ConfigError as err:
+        raise DatasetError(str(err)) from None
     accepted = [p for p in inspect.signature(builder).parameters if p != "root"]
     unknown = sorted(set(options) - set(accepted))
     if unknown:

@@ -100,9 +100,16 @@ def init_resnet_weights(module):
             nn.init.zeros_(layer.bias)
 
 
-def _register_depth(name, layers):
-    register_backbone(name)(lambda last_stride: ResNet(layers, last_stride))
+@register_backbone("resnet50")
+def resnet50(last_stride):
+    return ResNet(RESNET_DEPTHS["resnet50"], last_stride)
 
 
-for _name, _layers in RESNET_DEPTHS.items():
-    _register_depth(_name, _layers)
+@register_backbone("resnet101")
+def resnet101(last_stride):
+    return ResNet(RESNET_DEPTHS["resnet101"], last_stride)
+
+
+@register_backbone("resnet152")
+def resnet152(last_stride):
+    return ResNet(RESNET_DEPTHS["resnet152"], last_stride)

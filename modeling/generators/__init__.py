@@ -3,6 +3,8 @@ from functools import partial
 
 from torch import nn
 
+from utils.errors import ConfigError
+
 from .init import init_pix2pix_weights
 from .resnet_generator import ResnetGenerator
 from .unet import UnetGenerator
@@ -22,15 +24,21 @@ OUTPUT_ACTIVATIONS = {"tanh": nn.Tanh, "none": None}
 
 
 def build_generator(name, ngf=64, output_activation="tanh", input_nc=3, output_nc=3):
-    """A freshly initialised generator (pix2pix normal init, BatchNorm, no dropout)."""
+    """A freshly initialised generator (pix2pix normal init, BatchNorm, no dropout).
+
+    Bad options raise ``ConfigError`` naming the config key they come from (ATTACK.GENERATOR,
+    ATTACK.NGF) or the argument.
+    """
     if name not in GENERATORS:
-        raise ValueError(f"unknown generator '{name}'; expected one of {sorted(GENERATORS)}")
+        raise ConfigError(f"ATTACK.GENERATOR: unknown generator '{name}'; expected one of "
+                          f"{sorted(GENERATORS)}")
     if output_activation not in OUTPUT_ACTIVATIONS:
-        raise ValueError(f"unknown output_activation '{output_activation}'; expected one of "
-                         f"{sorted(OUTPUT_ACTIVATIONS)}")
-    for option, value in (("ngf", ngf), ("input_nc", input_nc), ("output_nc", output_nc)):
+        raise ConfigError(f"unknown output_activation '{output_activation}'; expected one of "
+                          f"{sorted(OUTPUT_ACTIVATIONS)}")
+    for option, value in (("ATTACK.NGF", ngf), ("input_nc", input_nc), ("output_nc", output_nc)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"generator option {option} must be a positive integer, got {value!r}")
+            raise ConfigError(f"generator option {option} must be a positive integer, "
+                              f"got {value!r}")
     activation_class = OUTPUT_ACTIVATIONS[output_activation]
     generator = GENERATORS[name](input_nc=input_nc, output_nc=output_nc, ngf=ngf,
                                  output_activation=activation_class() if activation_class else None)

@@ -1,0 +1,309 @@
+"""Fidelity of the opt-in speed options: what channels_last and bf16/fp16 autocast change.
+
+Reference mode (fp32, standard memory layout, PIXELFADE.PRECISION none, PIXELFADE.CHANNELS_LAST
+False) reproduces the authors' code bit for bit. The faster options change the numbers, and the
+optimisation loop amplifies any rounding. This script measures by how much: it protects one small
+synthetic Market-1501 once per variant through the real pipeline (protect_image.main with an
+untrained AGW, --random_init, as the demo does) and compares each variant with the default run:
+
+  * max / mean abs difference of the float32 protected test images (img_npy/encry-test-*-images.npy),
+  * Re-ID mAP (encry2clean, encry2encry; clean2clean for reference) from each run's results.json,
+  * the mean final feature MSE of the test split and the run's seconds (run.seconds_this_run).
+
+The defaults are engine/demo.py's DEFAULT_SCALE (16 ids, 3 cams, 2 images per id and camera,
+128x64, BETA = BETA_TEMP = 0.005, EPSILON = 0.1): the untrained model is very input-sensitive,
+so the demo's small steps are needed. A rerun with the same --work reuses the finished runs (a
+run with results.json is not repeated) and resumes an interrupted one.
+
+    python benchmarks/bench_fidelity.py --work /tmp/pixelfade_fidelity
+    python benchmarks/bench_fidelity.py --work /tmp/f --num-ids 6 --height 32 --width 16 --max-iter 2
+"""
+import argparse
+import glob
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import protect_image  # noqa: E402
+from data.synthetic import make_market1501  # noqa: E402
+
+# engine/demo.py's DEFAULT_SCALE ("demo") and SMALL_SCALE ("small"), kept equal by
+# tests/test_bench_fidelity.py; not imported, so this script needs nothing of the demo but its numbers.
+SCALES = {
+    "demo": {"num_ids": 16, "num_cams": 3, "images_per_id_cam": 2, "height": 128, "width": 64,
+             "batch_size": 16, "max_iter": 40, "beta": 0.005, "beta_temp": 0.005, "epsilon": 0.1},
+    "small": {"num_ids": 10, "num_cams": 2, "images_per_id_cam": 2, "height": 64, "width": 32,
+              "batch_size": 8, "max_iter": 30, "beta": 0.005, "beta_temp": 0.005, "epsilon": 0.1},
+}
+BASELINE = "default"
+# Variant name -> its protect_image.py flags (the baseline pins the reference settings explicitly).
+VARIANTS = {
+    "default": ["--precision", "none", "--channels_last", "false"],
+    "channels_last": ["--precision", "none", "--channels_last", "true"],
+    "bf16": ["--precision", "bf16", "--channels_last", "false"],
+    "bf16+channels_last": ["--precision", "bf16", "--channels_last", "true"],
+}
+FP16_VARIANTS = {"fp16": ["--precision", "fp16", "--channels_last", "false"]}
+SETTINGS_NAME = "bench_settings.json"
+TABLE_NAME = "fidelity.md"
+JSON_NAME = "fidelity.json"
+NPY_PATTERN = re.compile(r"encry-test-(\d+)-images\.npy$")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description="Measure what --channels_last and --precision bf16/fp16 change against the default (fp32) "
+                    "protection: image difference, Re-ID mAP, feature MSE, time.")
+    parser.add_argument("--work", default=os.path.join("log", "bench_fidelity"),
+                        help="work folder: data/, one run folder per variant, fidelity.md and fidelity.json "
+                             "(reused by a rerun) [default: %(default)s]")
+    parser.add_argument("--scale", choices=list(SCALES), default="demo",
+                        help="preset: engine/demo.py's DEFAULT_SCALE (demo) or SMALL_SCALE (small); the options "
+                             "below override single values [default: %(default)s]")
+    group = parser.add_argument_group("synthetic data (data.synthetic.make_market1501; default: the preset's)")
+    group.add_argument("--num-ids", type=int, help="identities (half train, half test)")
+    group.add_argument("--num-cams", type=int, help="cameras")
+    group.add_argument("--images-per-id-cam", type=int, help="images per identity and camera")
+    group.add_argument("--height", type=int, help="image height (also INPUT.IMG_SIZE)")
+    group.add_argument("--width", type=int, help="image width (also INPUT.IMG_SIZE)")
+    group.add_argument("--data-seed", type=int, default=0, help="generator seed [default: %(default)s]")
+    group = parser.add_argument_group("protection (default: the preset's)")
+    group.add_argument("--batch-size", type=int, help="PIXELFADE.BATCH_SIZE")
+    group.add_argument("--max-iter", type=int, help="PIXELFADE.MAX_ITER")
+    group.add_argument("--beta", type=float, help="PIXELFADE.BETA")
+    group.add_argument("--beta-temp", type=float, help="PIXELFADE.BETA_TEMP")
+    group.add_argument("--epsilon", type=float, help="PIXELFADE.EPSILON")
+    group = parser.add_argument_group("variants and machine")
+    group.add_argument("--variants", nargs="+", choices=list(VARIANTS) + list(FP16_VARIANTS),
+                       help=f"subset to run ({BASELINE!r} is always run, first) [default: {' '.join(VARIANTS)}]")
+    group.add_argument("--with-fp16", action="store_true", help="also run --precision fp16")
+    group.add_argument("--threads", type=int, help="torch threads of each run (default: torch's choice)")
+    group.add_argument("--in-process", action="store_true",
+                       help="call protect_image.main in this process instead of one fresh process per variant "
+                            "(faster to start; a later variant then runs on warm caches, so its seconds are lower)")
+    return parser
+
+
+def resolve_scale(args):
+    """Fill every unset size/protection option from the --scale preset."""
+    for key, value in SCALES[args.scale].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def selected_variants(args):
+    names = list(args.variants) if args.variants else list(VARIANTS)
+    if args.with_fp16:
+        names += [n for n in FP16_VARIANTS if n not in names]
+    if BASELINE not in names:
+        names.insert(0, BASELINE)
+    names.sort(key=lambda n: 0 if n == BASELINE else 1)  # the baseline first, others in the order given
+    return names
+
+
+def run_settings(args):
+    """Everything that decides a run's numbers; a --work may only be reused with the same."""
+    return {
+        "data": {"num_ids": args.num_ids, "num_cams": args.num_cams, "images_per_id_cam": args.images_per_id_cam,
+                 "height": args.height, "width": args.width, "seed": args.data_seed},
+        "protection": {"batch_size": args.batch_size, "max_iter": args.max_iter, "beta": args.beta,
+                       "beta_temp": args.beta_temp, "epsilon": args.epsilon},
+    }
+
+
+def check_work(work, settings):
+    os.makedirs(work, exist_ok=True)
+    path = os.path.join(work, SETTINGS_NAME)
+    if os.path.exists(path):
+        with open(path) as handle:
+            previous = json.load(handle)
+        if previous != settings:
+            raise SystemExit(f"bench_fidelity.py: error: {work} holds runs with other settings "
+                             f"({previous} there, {settings} now); use another --work or delete it")
+    else:
+        with open(path, "w") as handle:
+            json.dump(settings, handle, indent=2)
+
+
+def ensure_data(work, data):
+    """Generate the data set once, beside its place, then move it there (an interrupted one is redone)."""
+    root = os.path.join(work, "data")
+    if not os.path.isdir(root):
+        partial = root + ".partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        make_market1501(partial, num_ids=data["num_ids"], num_cams=data["num_cams"],
+                        images_per_id_cam=data["images_per_id_cam"], height=data["height"],
+                        width=data["width"], seed=data["seed"])
+        os.replace(partial, root)
+    return root
+
+
+def protect_argv(args, root, output, variant):
+    return [
+        "--random_init", "--root", root, "--output", output, "--device", "cpu", "--no_progress",
+        "--save_image_npy", "--dataset", "market1501",
+        "--batch_size", str(args.batch_size), "--max_iter", str(args.max_iter),
+        "--beta", str(args.beta), "--beta_temp", str(args.beta_temp), "--epsilon", str(args.epsilon),
+        *VARIANTS.get(variant, FP16_VARIANTS.get(variant)),
+        "DATALOADER.NUM_WORKERS", "0",
+        "INPUT.IMG_SIZE", f"[{args.height}, {args.width}]",
+        "PIXELFADE.NUM_GRIDS", "1",
+    ]
+
+
+def run_variant(args, root, work, variant):
+    """Protect with ``variant`` unless a finished run is there; returns (results.json, how it was obtained)."""
+    output = os.path.join(work, variant)
+    results_path = os.path.join(output, "results.json")
+    if os.path.exists(results_path):
+        how = "reused"
+    else:
+        how = "resumed" if os.path.isdir(output) and os.listdir(output) else "fresh"
+        print(f"[bench_fidelity] protecting with {variant} ({how}) -> {output}", flush=True)
+        started = time.perf_counter()
+        argv = protect_argv(args, root, output, variant)
+        if args.in_process:
+            code = protect_image.main(argv)
+        else:
+            env = dict(os.environ)
+            if args.threads:
+                env["OMP_NUM_THREADS"] = str(args.threads)
+            code = subprocess.run([sys.executable, os.path.join(ROOT, "protect_image.py"), *argv],
+                                  cwd=ROOT, env=env, check=False).returncode
+        if code:
+            raise SystemExit(f"bench_fidelity.py: error: protect_image.py failed for {variant} (exit {code})")
+        print(f"[bench_fidelity] {variant}: {time.perf_counter() - started:.1f} s", flush=True)
+    with open(results_path) as handle:
+        return json.load(handle), how
+
+
+def protected_test_images(output):
+    """{batch index: path} of the float32 protected test images."""
+    found = {}
+    for path in glob.glob(os.path.join(output, "img_npy", "encry-test-*-images.npy")):
+        match = NPY_PATTERN.search(os.path.basename(path))
+        if match:
+            found[int(match.group(1))] = path
+    if not found:
+        raise SystemExit(f"bench_fidelity.py: error: no img_npy/encry-test-*-images.npy in {output}")
+    return found
+
+
+def image_difference(baseline_dir, variant_dir):
+    """Max and mean abs difference over all elements of the protected test images."""
+    base, other = protected_test_images(baseline_dir), protected_test_images(variant_dir)
+    if sorted(base) != sorted(other):
+        raise SystemExit(f"bench_fidelity.py: error: {variant_dir} and {baseline_dir} hold different test batches")
+    max_diff, total, count = 0.0, 0.0, 0
+    for index in sorted(base):
+        a, b = np.load(base[index]), np.load(other[index])
+        if a.shape != b.shape:
+            raise SystemExit(f"bench_fidelity.py: error: batch {index} shapes differ: {a.shape} vs {b.shape}")
+        diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
+        max_diff = max(max_diff, float(diff.max()) if diff.size else 0.0)
+        total += float(diff.sum())
+        count += diff.size
+    return max_diff, total / max(count, 1), count
+
+
+def machine():
+    return {
+        "cpu_count": os.cpu_count(),
+        "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "load_average_1_5_15min": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+    }
+
+
+def markdown_table(rows):
+    lines = ["| variant | max abs diff vs fp32 | mean abs diff | encry2clean mAP | encry2encry mAP | feature MSE | seconds |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        seconds = f"{row['seconds']:.1f}" + ("" if row["how"] in ("fresh", "reused") else f" ({row['how']})")
+        lines.append(f"| {row['variant']} | {row['max_abs_diff']:.3g} | {row['mean_abs_diff']:.3g} "
+                     f"| {row['encry2clean_mAP']:.4f} | {row['encry2encry_mAP']:.4f} "
+                     f"| {row['feature_mse']:.4f} | {seconds} |")
+    return "\n".join(lines)
+
+
+def report(rows, settings, info, command):
+    clean = rows[0]["clean2clean_mAP"]
+    data, prot = settings["data"], settings["protection"]
+    return "\n".join([
+        "# PixelFade fidelity of the speed options",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {info['cpu_count']} CPUs ({info['affinity_cpus']} usable), torch {info['torch']}, "
+        f"{info['torch_threads']} torch threads, Python {info['python']}, {info['platform']}; "
+        f"load average at the end {info['load_average_1_5_15min']} (1/5/15 min).",
+        "",
+        f"Data: synthetic Market-1501, {data['num_ids']} ids, {data['num_cams']} cams, "
+        f"{data['images_per_id_cam']} images per id and camera, {data['height']}x{data['width']}; "
+        f"untrained AGW (--random_init), BATCH_SIZE {prot['batch_size']}, MAX_ITER {prot['max_iter']}, "
+        f"BETA {prot['beta']}, BETA_TEMP {prot['beta_temp']}, EPSILON {prot['epsilon']}, device cpu.",
+        "",
+        markdown_table(rows),
+        "",
+        f"Differences are over all {rows[0]['elements']} elements of the float32 protected test images "
+        f"(normalised space) against the default run; clean2clean mAP (unprotected) = {clean:.4f}. "
+        "Feature MSE: mean final feature MSE of the test split. Seconds: run.seconds_this_run of the "
+        "variant's pipeline run (a resumed run counts only its own part).",
+        "",
+    ])
+
+
+def main(argv=None):
+    args = resolve_scale(build_parser().parse_args(argv))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    work = os.path.abspath(args.work)
+    settings = run_settings(args)
+    check_work(work, settings)
+    root = ensure_data(work, settings["data"])
+    names = selected_variants(args)
+    results = {name: run_variant(args, root, work, name) for name in names}
+    rows = []
+    for name in names:
+        result, how = results[name]
+        max_diff, mean_diff, count = image_difference(os.path.join(work, BASELINE), os.path.join(work, name))
+        reid = result["reid"]
+        rows.append({
+            "variant": name, "flags": " ".join(VARIANTS.get(name, FP16_VARIANTS.get(name))),
+            "max_abs_diff": max_diff, "mean_abs_diff": mean_diff, "elements": count,
+            "encry2clean_mAP": float(reid["encry2clean"]["mAP"]), "encry2encry_mAP": float(reid["encry2encry"]["mAP"]),
+            "clean2clean_mAP": float(reid["clean2clean"]["mAP"]),
+            "feature_mse": float(result["protection"]["test"]["feature_mse"]),
+            "seconds": float(result["run"]["seconds_this_run"]), "how": how,
+        })
+    info = machine()
+    command = "python benchmarks/bench_fidelity.py" + ("" if argv is None and len(sys.argv) < 2 else " " + " ".join(
+        sys.argv[1:] if argv is None else argv))
+    text = report(rows, settings, info, command)
+    with open(os.path.join(work, TABLE_NAME), "w") as handle:
+        handle.write(text)
+    with open(os.path.join(work, JSON_NAME), "w") as handle:
+        json.dump({"machine": info, "settings": settings, "baseline": BASELINE, "rows": rows}, handle, indent=2)
+    print(text)
+    print(f"written: {os.path.join(work, TABLE_NAME)}, {os.path.join(work, JSON_NAME)}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

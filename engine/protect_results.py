@@ -1,0 +1,115 @@
+"""What a protection run reports: gathered features, statistics, Re-ID scores, and the files they go to."""
+import csv
+import io
+import json
+import logging
+import os
+
+import torch
+
+from evaluation.protection_stats import STAT_NAMES
+from evaluation.reid import evaluate_protection_modes, format_results_table
+from utils.file_io import atomic_torch_save
+
+from .distributed import gather_rows_by_index
+
+logger = logging.getLogger("pixelfade.protect")
+
+
+def gather_split(store, split, shard, num_items, row_shapes):
+    """All ranks' records of ``split`` for the keys of ``row_shapes``, gathered and ordered by image index.
+
+    ``row_shapes`` gives each key's per-image shape, so a rank with an empty shard still
+    contributes a correctly shaped (empty) tensor to the collective.
+    """
+    parts = [store.load_batch(split, batch_index) for batch_index in shard]
+    indices = torch.cat([p["indices"] for p in parts]) if parts else torch.zeros(0, dtype=torch.long)
+    gathered = {}
+    for key, row_shape in row_shapes.items():
+        rows = torch.cat([p[key].float() for p in parts]) if parts else torch.zeros((0, *row_shape))
+        gathered[key] = gather_rows_by_index(indices, rows, num_items)
+    return gathered
+
+
+def summarize_statistics(gathered, epsilon):
+    """Means of the per-image statistics, and the share of images whose feature MSE ends above EPSILON."""
+    summary = {name: float(gathered[name].float().mean()) for name in STAT_NAMES}
+    summary["share_above_epsilon"] = float((gathered["feature_mse"] > epsilon).float().mean())
+    return summary
+
+
+def warn_above_epsilon(cfg, split, stats):
+    share = stats["share_above_epsilon"]
+    if cfg.PIXELFADE.METHOD == "pixelfade" and share > 0:
+        logger.warning(
+            "%s: %.1f%% of the images end with a feature MSE above EPSILON = %g (mean %.4g): the constraint "
+            "was not met for them; lower --beta/--beta_temp or raise --max_iter", split, 100 * share,
+            cfg.PIXELFADE.EPSILON, stats["feature_mse"],
+        )
+
+
+def write_statistics_csv(store, split, plan, root, gathered):
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["index", "path", "flipped", "pid", "camid", *STAT_NAMES])
+    for index, (record, flip) in enumerate(zip(plan.records, plan.flips)):
+        writer.writerow([index, os.path.relpath(record.path, root), int(flip), record.pid, record.camid,
+                         *(f"{float(gathered[n][index]):.6g}" for n in STAT_NAMES)])
+    store.write_text(f"protection_stats_{split}.csv", buffer.getvalue())
+
+
+def write_folder_features(store, plan, root, gathered):
+    """``features/features.pt`` of a protected folder: paths and original/protected/stored features."""
+    atomic_torch_save({"paths": [os.path.relpath(r.path, root) for r in plan.records],
+                       "original": gathered["original_features"], "protected": gathered["protected_features"],
+                       "stored": gathered["stored_features"]}, store.path("features", "features.pt"))
+
+
+def score(cfg, gathered, plan, protected_key):
+    """Rank-k, mAP and mINP in the four protected/original modes of the test split."""
+    return evaluate_protection_modes(
+        gathered["original_features"],
+        gathered[protected_key],
+        torch.tensor([r.pid for r in plan.records]),
+        torch.tensor([r.camid for r in plan.records]),
+        plan.num_query,
+        metric=cfg.TEST.DISTANCE,
+        feat_norm=cfg.TEST.FEAT_NORM == "on",
+        rerank=cfg.TEST.RE_RANKING == "on",
+    )
+
+
+def results_markdown(cfg, results):
+    lines = [f"# Protection results ({cfg.PIXELFADE.METHOD}, {cfg.DATASETS.NAMES})", ""]
+    if "reid" in results:
+        lines += ["Re-ID, features of the final protected images (float, normalised space):", "",
+                  format_results_table(results["reid"]), ""]
+    if "reid_stored_png" in results:
+        lines += ["Re-ID, protected images stored as 8-bit PNG and read back:", "",
+                  format_results_table(results["reid_stored_png"]), ""]
+    lines += ["| split | feature MSE | cosine to original | values equal to noise | values nearer noise than original "
+              "| images above EPSILON |", "|---|---|---|---|---|---|"]
+    for split, stats in results["protection"].items():
+        lines.append(f"| {split} | {stats['feature_mse']:.4f} | {stats['cosine']:.4f} | {stats['noise_share']:.1%} "
+                     f"| {stats['closer_to_noise']:.1%} | {stats['share_above_epsilon']:.1%} |")
+    lines += ["", "Feature MSE and cosine compare each protected image's feature with its original's (raw "
+              f"features); 'images above EPSILON' is the share whose final feature MSE exceeds EPSILON = "
+              f"{cfg.PIXELFADE.EPSILON}."]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(store, cfg, results):
+    markdown = results_markdown(cfg, results)
+    store.write_text("results.json", json.dumps(to_jsonable(results), indent=2))
+    store.write_text("results.md", markdown)
+    logger.info("results in %s\n%s", store.path("results.md"), markdown)
+
+
+def to_jsonable(value):
+    if isinstance(value, dict):
+        return {k: to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value

@@ -1,0 +1,291 @@
+"""A whole protection run: config in; protected images, features and Re-ID scores out.
+
+``run`` checks everything a run needs (settings, data set, every image, the checkpoint) before
+anything is written, then runs ``run_protection`` in each process (directly, under torchrun, or
+spawned by ``ignite.distributed.Parallel``). Each split goes through the protection Engine
+(``protect_engine``) in the reference's order: train first when pairs are saved for the attack,
+then query + gallery as "test". Rank 0 gathers the features by image index, scores the four
+protected/original modes and writes the results.
+"""
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import ignite.distributed as idist
+import torch
+from ignite.utils import setup_logger
+
+from configs import load_config, save_config
+from data.datasets.image_folder import describe_skipped, protected_relative_name
+from data.loaders import ImageDataset
+from data.splits import plan_splits
+from data.transforms import build_eval_transform
+from evaluation.protection_stats import STAT_NAMES
+from modeling import build_authorization_model, resolve_device
+from utils.errors import CheckpointError, ConfigError
+from utils.file_io import FolderLock
+
+from .methods import build_method
+from .protect_engine import BatchSchedule, attach_outputs, create_protect_engine
+from .protect_results import (
+    gather_split,
+    score,
+    summarize_statistics,
+    warn_above_epsilon,
+    write_folder_features,
+    write_results,
+    write_statistics_csv,
+)
+from .protect_settings import validate_protect_config
+from .run_store import RunStore
+
+logger = logging.getLogger("pixelfade.protect")
+
+# Keys whose value changes what a finished batch holds; a resumed run must match all of them.
+RESULT_KEYS = (
+    "PIXELFADE.METHOD", "PIXELFADE.MODE", "PIXELFADE.BATCH_SIZE", "PIXELFADE.MAX_ITER",
+    "PIXELFADE.FADE_NUM_ITER", "PIXELFADE.WARMUP_ITER", "PIXELFADE.MOMENTUM", "PIXELFADE.BETA",
+    "PIXELFADE.BETA_TEMP", "PIXELFADE.EPSILON", "PIXELFADE.TAIL_ITERS", "PIXELFADE.SEED",
+    "PIXELFADE.PRECISION", "PIXELFADE.CHANNELS_LAST", "PIXELFADE.BLUR_SIGMA", "PIXELFADE.MOSAIC_BLOCK",
+    "PIXELFADE.NOISE_STD", "PIXELFADE.SAVE_IMAGE_NPY", "PIXELFADE.SAVE_PNG", "PIXELFADE.TRAIN_ORDER",
+    "MODEL.NAME", "MODEL.LAST_STRIDE", "MODEL.GENERALIZED_MEAN_POOL", "INPUT.IMG_SIZE",
+    "INPUT.PIXEL_MEAN", "INPUT.PIXEL_STD", "INPUT.PROB", "DATALOADER.NUM_INSTANCE", "DATASETS.NAMES",
+    "DATASETS.CUHK03_LABELED",
+)
+
+
+@dataclass
+class ProtectOptions:
+    """What a run needs beyond the config: whether an untrained model is allowed, and the bar."""
+
+    random_init: bool = False
+    show_progress: bool = True
+
+
+def build_protect_config(config_file, opts, flag_values, flag_of_key=None):
+    """Defaults < --config_file < trailing KEY VALUE overrides < flags; validated and frozen."""
+    cfg = load_config(config_file, opts)
+    cfg.defrost()
+    for key, value in flag_values.items():
+        *parents, name = key.split(".")
+        node = cfg
+        for part in parents:
+            node = node[part]
+        if isinstance(node[name], float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        node[name] = value
+    if not cfg.OUTPUT_DIR:
+        cfg.OUTPUT_DIR = os.path.join("log", f"{cfg.DATASETS.NAMES}_protect")
+    cfg.freeze()
+    validate_protect_config(cfg, flag_of_key)
+    return cfg
+
+
+def config_value(cfg, key):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return list(node) if isinstance(node, (list, tuple)) else node
+
+
+def run_fingerprint(cfg, checkpoint_digest):
+    """Everything that decides what a finished batch holds, key by key.
+
+    The images themselves are not part of it: each batch record names its images, so a data set
+    that moved, or lost a bad file, resumes with every batch that still holds the same images.
+    """
+    fingerprint = {key: config_value(cfg, key) for key in RESULT_KEYS}
+    fingerprint["checkpoint"] = checkpoint_digest
+    if cfg.PIXELFADE.MODE == "reference":
+        fingerprint["processes"] = idist.get_world_size()
+    return fingerprint
+
+
+def file_digest(path, chunk=1 << 20):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_identity(cfg, random_init):
+    """A digest that identifies the authorization model's weights."""
+    if cfg.TEST.WEIGHT:
+        if not os.path.isfile(cfg.TEST.WEIGHT):
+            raise CheckpointError(
+                f"Re-ID checkpoint not found: {cfg.TEST.WEIGHT} (--reid_ckpt_path / TEST.WEIGHT); "
+                "see ckpt/README.md for the released AGW files"
+            )
+        return f"{os.path.basename(cfg.TEST.WEIGHT)} sha256={file_digest(cfg.TEST.WEIGHT)[:16]}"
+    if random_init:
+        return f"UNTRAINED {cfg.MODEL.NAME}, random weights from MODEL.INIT_SEED={cfg.MODEL.INIT_SEED}"
+    raise ConfigError("no Re-ID checkpoint given: pass --reid_ckpt_path (TEST.WEIGHT), or --random_init for an untrained model")
+
+
+def load_authorization_model(cfg, device):
+    model = build_authorization_model(cfg, cfg.TEST.WEIGHT, device, logger)
+    if cfg.PIXELFADE.CHANNELS_LAST:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def png_names(split, plan, dataset_root, plain_folder):
+    """Where each protected PNG goes: the input tree mirrored for a folder, index-prefixed otherwise."""
+    names = {}
+    for index, record in enumerate(plan.records):
+        if plain_folder:
+            names[index] = os.path.join("protected", protected_relative_name(os.path.relpath(record.path, dataset_root)))
+        else:
+            stem = os.path.splitext(os.path.basename(record.path))[0]
+            names[index] = os.path.join("png", split, f"{index:06d}_{stem}.png")
+    return names
+
+
+def close_log_handlers():
+    """Detach the run's log handlers, so the log file is closed and a later run starts clean."""
+    log = logging.getLogger("pixelfade")
+    for handler in list(log.handlers):
+        handler.close()
+        log.removeHandler(handler)
+
+
+def run(cfg, options, nproc_per_node=None, backend=None):
+    """Check everything, then protect in one process, under torchrun, or in ``nproc_per_node`` spawned ones."""
+    setup_logger("pixelfade", reset=True)
+    try:
+        checkpoint_identity(cfg, options.random_init)
+        plan = plan_splits(cfg)
+    finally:
+        close_log_handlers()
+    under_launcher = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if backend is None and (under_launcher or (nproc_per_node or 1) > 1):
+        backend = "nccl" if torch.cuda.is_available() and cfg.MODEL.DEVICE != "cpu" else "gloo"
+    spawn = nproc_per_node if nproc_per_node and nproc_per_node > 1 and not under_launcher else None
+    if spawn is None and not under_launcher:
+        return run_protection(0, cfg, options, plan)
+    # A spawned process's error reaches this one as a traceback: check the weights fit here first.
+    load_authorization_model(cfg, "cpu")
+    with idist.Parallel(backend=backend, nproc_per_node=spawn) as parallel:
+        parallel.run(run_protection, cfg, options, plan)
+    return None
+
+
+def run_protection(local_rank, cfg, options, plan):
+    """One process's run: open (or resume) the output folder, protect its shard of every split, score on rank 0."""
+    rank = idist.get_rank()
+    setup_logger("pixelfade", distributed_rank=rank, reset=True)
+    device = idist.device() if idist.get_world_size() > 1 else resolve_device(cfg.MODEL.DEVICE)
+    started = time.perf_counter()
+    torch.backends.cudnn.benchmark = True
+    model = load_authorization_model(cfg, device)
+    checkpoint_digest = checkpoint_identity(cfg, options.random_init)
+    store = RunStore(cfg.OUTPUT_DIR)
+    fingerprint = run_fingerprint(cfg, checkpoint_digest)
+    lock = FolderLock(cfg.OUTPUT_DIR, "protect_image.py") if rank == 0 else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        if rank == 0:
+            fresh = store.open_run(fingerprint)
+            setup_logger("pixelfade", filepath=store.path("log.txt"), distributed_rank=rank, reset=True)
+            save_config(cfg, cfg.OUTPUT_DIR)
+            logger.info("%s run in %s on %s, %d process(es)\n%s", "new" if fresh else "resumed", cfg.OUTPUT_DIR,
+                        device, idist.get_world_size(), plan.summary)
+            if plan.skipped:
+                logger.warning("%s", describe_skipped(plan.skipped))
+        idist.barrier()
+        if rank != 0:
+            store.open_run(fingerprint)
+        shards = protect_splits(cfg, options, plan, model, store, device)
+        results = collect_results(cfg, plan, model, store, shards)
+        if rank == 0:
+            results["run"] = {
+                "method": cfg.PIXELFADE.METHOD, "mode": cfg.PIXELFADE.MODE, "dataset": cfg.DATASETS.NAMES,
+                "checkpoint": checkpoint_digest, "device": str(device), "processes": idist.get_world_size(),
+                "seconds_this_run": round(time.perf_counter() - started, 2),
+                "features": "extracted from the final protected images (the reference scores the previous step's)",
+            }
+            write_results(store, cfg, results)
+        return results
+    finally:
+        if lock is not None:
+            lock.release()
+        close_log_handlers()
+
+
+def protect_splits(cfg, options, plan, model, store, device):
+    """Protect this process's shard of every split (skipping finished batches); returns the shards."""
+    rank = idist.get_rank()
+    method = build_method(cfg, model, device, rank)
+    schedule = BatchSchedule()
+    shards = {split: schedule.add_split(split, len(sp.records), cfg.PIXELFADE.BATCH_SIZE) for split, sp in plan.splits.items()}
+    plain_folder = cfg.DATASETS.NAMES == "image_folder"
+    transform = build_eval_transform(cfg)
+    for split, split_plan in plan.splits.items():
+        spans, shard = shards[split]
+        pending = pending_batches(store, split, split_plan, spans, shard)
+        if not pending:
+            continue
+        loader = torch.utils.data.DataLoader(
+            ImageDataset(split_plan.records, transform, flips=split_plan.flips),
+            batch_sampler=[list(range(*spans[i])) for i in pending],
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+            pin_memory=torch.device(device).type == "cuda",
+        )
+        engine = create_protect_engine(method, model, device, cfg.PIXELFADE.BATCH_SIZE, cfg.TEST.IMS_PER_BATCH)
+        # A failing step reaches the caller as its exception; ignite's own error log would repeat it.
+        engine.logger.setLevel(logging.CRITICAL)
+        attach_outputs(engine, split=split, method=method, model=model, store=store, schedule=schedule, cfg=cfg,
+                       item_keys=split_plan.keys, png_paths=png_names(split, split_plan, plan.root, plain_folder),
+                       save_png=cfg.PIXELFADE.SAVE_PNG or plain_folder, show_progress=options.show_progress)
+        engine.run(loader, max_epochs=1)
+        logger.info("%s: protected %d batches on rank %d", split, len(pending), rank)
+    idist.barrier()
+    if rank == 0:
+        for split, (spans, _) in shards.items():
+            store.remove_batches_from(split, len(spans))
+    return shards
+
+
+def pending_batches(store, split, plan, spans, shard):
+    """The batches of ``shard`` not finished yet; a record of other images (a changed data set) is redone."""
+    pending = []
+    for batch_index in shard:
+        start, stop = spans[batch_index]
+        state = store.batch_state(split, batch_index, plan.keys[start:stop])
+        if state != "done":
+            pending.append(batch_index)
+        if state == "stale":
+            logger.info("%s batch %d holds other images than before; protecting it again", split, batch_index)
+    if len(pending) < len(shard):
+        logger.info("%s: %d of %d batches of this process already done, resuming", split, len(shard) - len(pending), len(shard))
+    return pending
+
+
+def collect_results(cfg, plan, model, store, shards):
+    """Gather every split's records by image index; on rank 0 write statistics and score the test split."""
+    results = {"protection": {}}
+    plain_folder = cfg.DATASETS.NAMES == "image_folder"
+    save_png = cfg.PIXELFADE.SAVE_PNG or plain_folder
+    feature_dim = model.bottleneck.num_features
+    for split, split_plan in plan.splits.items():
+        feature_keys = ["original_features", "protected_features"] + (["stored_features"] if save_png else [])
+        row_shapes = {key: (feature_dim,) for key in feature_keys}
+        row_shapes.update({name: () for name in STAT_NAMES})
+        gathered = gather_split(store, split, shards[split][1], len(split_plan.records), row_shapes)
+        if idist.get_rank() != 0:
+            continue
+        stats = summarize_statistics(gathered, cfg.PIXELFADE.EPSILON)
+        results["protection"][split] = stats
+        warn_above_epsilon(cfg, split, stats)
+        write_statistics_csv(store, split, split_plan, plan.root, gathered)
+        if plain_folder:
+            write_folder_features(store, split_plan, plan.root, gathered)
+        if split == "test":
+            results["reid"] = score(cfg, gathered, split_plan, "protected_features")
+            if save_png:
+                results["reid_stored_png"] = score(cfg, gathered, split_plan, "stored_features")
+    return results
