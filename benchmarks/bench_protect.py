@@ -31,6 +31,7 @@ from engine.pixelfade import (
     precision_dtype,
     protect_batch,
 )
+from engine.pixelfade_reference import reference_protect
 from modeling import build_model
 
 VARIANTS = {
@@ -39,47 +40,6 @@ VARIANTS = {
     "c": "floor: forward + input grad",
 }
 REFERENCE_STEPS = 100
-
-
-def reference_loop(model, data, masks, noise, params, autocast_dtype):
-    """The reference's per-batch loop, structure kept: weight grads, retained graph, host sync."""
-    flags = [(param, param.requires_grad) for param in model.parameters()]
-    for param, _ in flags:
-        param.requires_grad_(True)
-    try:
-        protected = data.detach().clone()
-        lo, hi = data.min(), data.max()
-        momentum = torch.zeros_like(data)
-        with _autocast(data.device, autocast_dtype):
-            target = model(data).float()
-        condition = True
-        stage_masks = [mask.reshape(-1)[: data.numel()].view(data.shape) for mask in masks]
-        for step in range(params.max_iter):
-            if step < params.warmup_iter or condition:
-                mask = stage_masks[step % params.fade_num_iter]
-                protected[mask] = noise[mask]
-            protected = protected.detach().clone().requires_grad_(True)
-            with _autocast(data.device, autocast_dtype):
-                output = model(protected)
-            model.zero_grad()
-            loss = torch.mean((output.float() - target) ** 2)
-            loss.backward(retain_graph=True)
-            grad = protected.grad.detach().clone()
-            grad = grad / grad.abs().mean(dim=[1, 2, 3], keepdim=True)
-            momentum = params.momentum * momentum + grad
-            protected = protected.detach()
-            if loss < params.epsilon and step < params.max_iter - params.tail_iters:
-                condition = True
-                protected = protected - momentum * params.beta
-            else:
-                condition = False
-                protected = protected - momentum * params.beta_temp
-            protected = torch.clamp(protected, min=lo, max=hi)
-        return protected.detach()
-    finally:
-        model.zero_grad(set_to_none=True)
-        for param, flag in flags:
-            param.requires_grad_(flag)
 
 
 def _autocast(device, dtype):
@@ -147,7 +107,7 @@ def measure(job):
                 )
         else:
             def run(params):
-                return reference_loop(model, data, masks, noise, params, autocast_dtype)
+                return reference_protect(model, data, list(masks), params, batch, noise=noise, autocast_dtype=autocast_dtype)
         one = _best_of(job["repeats"], lambda: run(PixelFadeParams(max_iter=1)), device)
         total = _best_of(job["repeats"], lambda: run(params_full), device)
         per_step = (total - one) / (job["steps"] - 1)

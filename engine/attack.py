@@ -1,13 +1,18 @@
 """Recovery attack on saved original/protected pairs: train a generator G(protected) -> original.
 
-Reference protocol (SPEC 6): pix2pix generator with a Tanh output, L1 to the original in the
-normalised space, Adam lr 1e-3, one saved batch file per step, 100 epochs, test after epoch index
-2 and the last. The 'strong' attacker regresses the original in pixel space [0, 1] without Tanh,
-since a Tanh output cannot reach normalised targets outside [-1, 1] (SPEC trap).
+The reference protocol (README, "recovery_attack.py"): pix2pix generator with a Tanh output, L1
+to the original in the normalized space, Adam lr 1e-3, one saved batch file per step, 100 epochs,
+test after epoch index 2 and the last. The 'strong' attacker regresses the original in pixel
+space [0, 1] without Tanh, since a Tanh output cannot reach normalized targets outside [-1, 1]
+(README, "What differs from the paper's code").
 
-Training runs on an ignite Engine; a Checkpoint of (generator, optimizer, trainer, history) after
-every epoch lets a rerun with the same arguments resume from the last finished epoch. Only the
-newest checkpoint is kept, and the previous one is deleted only once the new one is complete.
+Training runs on an ignite Engine whose epoch meters are ignite metrics ('loss': the epoch's L1
+per image, an ``Average``; 'images_per_s': a ``Frequency``), shown by the progress bar and
+written to the log. After the evaluated epochs an event-filtered handler runs an evaluator Engine
+over the test split, scored by ``evaluation.image_quality.ImageQuality``. A ``Checkpoint`` of
+(generator, optimizer, trainer, history) after every epoch lets a rerun with the same arguments
+resume from the last finished epoch. Only the newest checkpoint is kept, and the previous one is
+deleted only once the new one is complete.
 
 Bad input never costs finished work and never shows a traceback: settings, pair files (shapes,
 NaN/infinity) and existing checkpoints are checked before anything is written, the output folder
@@ -23,24 +28,25 @@ import os
 import pickle
 import re
 import sys
-import time
 
 import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, ProgressBar
 from ignite.handlers.checkpoint import BaseSaveHandler
+from ignite.metrics import Average, Frequency
+from ignite.metrics.metric import SingleEpochRunningBatchWise, reinit__is_reduced
 from ignite.utils import setup_logger
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.utils import make_grid
 
 from configs import save_config
-from data.npy_pairs import (NPY_DIRNAME, PairDataset, SavedBatches, SavedBatchOrder,
-                             resolve_npy_dir)
+from data.img_npy import resolve_npy_dir, run_dir_of
+from data.npy_pairs import PairDataset, SavedBatches, SavedBatchOrder
 from data.transforms import normalize
-from evaluation.image_quality import (PSNR_CAP_DB, SSIM_KERNEL_SIZE, QualityAccumulator,
-                                      pixel_space_metrics, reference_batch_metrics, to_pixels)
+from evaluation.image_quality import (PROTOCOLS, PSNR_CAP_DB, SSIM_KERNEL_SIZE, ImageQuality,
+                                      to_pixels)
 from modeling.generators import GENERATORS, build_generator
 from utils.errors import (CheckpointError, ConfigError, DatasetError, NonFiniteError,
                           RunConflictError)
@@ -50,8 +56,12 @@ from utils.file_io import (FolderLock, atomic_save_image, atomic_torch_save, ato
 ATTACKERS = ("reference", "strong")
 OPTIMIZERS = ("adam", "sgd")
 SGD_MOMENTUM = 0.9
-PROTOCOLS = ("reference_normalisation", "pixel_space")
 IMAGE_KINDS = ("protected", "recovered")
+# The trainer's epoch meters (engine.state.metrics), shown by the progress bar and logged.
+EPOCH_METERS = ("loss", "images_per_s")
+# The evaluator's metric: the whole record of evaluate_generator.
+QUALITY_METRIC = "quality"
+LOGGER_NAME = "pixelfade.attack"
 
 LOG_FILENAME = "log_recovery.txt"
 RESULTS_JSON = "attack_results.json"
@@ -67,7 +77,7 @@ LOCK_PURPOSE = "recovery_attack.py"
 
 @dataclasses.dataclass(frozen=True)
 class AttackSettings:
-    """What defines one attacker's training (cfg.ATTACK plus the normalisation of the pairs)."""
+    """What defines one attacker's training (cfg.ATTACK plus the normalization of the pairs)."""
 
     generator: str = "unet_128"
     ngf: int = 64
@@ -161,17 +171,17 @@ def build_optimizer(settings, parameters):
 
 
 def attack_targets(originals, settings):
-    """The generator's target: the normalised original, or its pixels for the strong attacker."""
+    """The generator's target: the normalized original, or its pixels for the strong attacker."""
     if settings.mode == "strong":
         return to_pixels(originals, settings.pixel_mean, settings.pixel_std)
     return originals
 
 
-def recovered_normalised(outputs, settings):
-    """Generator outputs as images in the normalised space, where all metrics start from.
+def recovered_normalized(outputs, settings):
+    """Generator outputs as images in the normalized space, where all metrics start from.
 
     The strong attacker's output is a pixel image: clamped to [0, 1] as a stored image would be,
-    then normalised like the originals.
+    then normalized like the originals.
     """
     if settings.mode == "strong":
         return normalize(outputs.clamp(0.0, 1.0), settings.pixel_mean, settings.pixel_std)
@@ -184,8 +194,34 @@ def make_batch_loader(pairs, order, device, num_workers=0):
                       num_workers=num_workers, pin_memory=torch.device(device).type == "cuda")
 
 
+class ImageWeightedAverage(Average):
+    """ignite's ``Average`` of per-batch means weighted by image count: ``update((mean, images))``.
+
+    Sums ``mean * images`` in float64 on the metric's device, so the value is the mean per image
+    however the saved batches differ in size.
+    """
+
+    @reinit__is_reduced
+    def update(self, output):
+        mean, images = output
+        self.accumulator = self.accumulator + mean.detach().to(self.accumulator) * images
+        self.num_examples += images
+
+
+class ImagesPerSecond(Frequency):
+    """ignite's ``Frequency`` of images since the epoch started, kept as a float (not an int)."""
+
+    def completed(self, engine, name):
+        engine.state.metrics[name] = float(self.compute())
+
+
 def create_attack_trainer(generator, optimizer, settings, device):
-    """ignite Engine of L1 steps; keeps ``state.epoch_loss`` (per image) and ``images_per_s``."""
+    """ignite Engine of L1 steps with the epoch meters of ``EPOCH_METERS`` in ``state.metrics``.
+
+    'loss': the L1 loss per image of the epoch so far; 'images_per_s': images per second since
+    the epoch started. Both are updated after every step and reset when an epoch starts, so at
+    EPOCH_COMPLETED they hold the whole epoch's values.
+    """
     device = torch.device(device)
     l1_loss = torch.nn.L1Loss()
 
@@ -201,28 +237,13 @@ def create_attack_trainer(generator, optimizer, settings, device):
     trainer = Engine(train_step)
     # The engine's own messages go to the attack's log (stdout and log file), warnings and errors
     # only: its "terminating due to exception" line is kept in the log, never added to stderr.
-    trainer.logger = logging.getLogger("recovery.trainer")
+    trainer.logger = logging.getLogger(f"{LOGGER_NAME}.trainer")
     trainer.logger.setLevel(logging.WARNING)
-
-    @trainer.on(Events.EPOCH_STARTED)
-    def _reset_epoch_meters(engine):
-        engine.state.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        engine.state.images_seen = 0
-        engine.state.epoch_start = time.perf_counter()
-        engine.state.images_per_s = 0.0
-
-    @trainer.on(Events.ITERATION_COMPLETED)
-    def _update_epoch_meters(engine):
-        batch_size = engine.state.output["batch_size"]
-        engine.state.loss_sum += engine.state.output["loss"].double() * batch_size
-        engine.state.images_seen += batch_size
-        elapsed = time.perf_counter() - engine.state.epoch_start
-        engine.state.images_per_s = engine.state.images_seen / max(elapsed, 1e-9)
-
-    @trainer.on(Events.EPOCH_COMPLETED)
-    def _finish_epoch_meters(engine):
-        engine.state.epoch_loss = float(engine.state.loss_sum) / engine.state.images_seen
-
+    ImageWeightedAverage(output_transform=lambda output: (output["loss"], output["batch_size"]),
+                         device=device, skip_unrolling=True).attach(
+        trainer, "loss", usage=SingleEpochRunningBatchWise())
+    ImagesPerSecond(output_transform=lambda output: output["batch_size"]).attach(
+        trainer, "images_per_s")
     return trainer
 
 
@@ -234,42 +255,70 @@ def grid_image(protected, recovered, originals):
     return Image.fromarray(pixels.permute(1, 2, 0).numpy())
 
 
-@torch.no_grad()
+def create_attack_evaluator(generator, test_pairs, settings, device, grid_dir=None):
+    """ignite Engine scoring ``generator`` on the test split; run it on ``range(num_batches)``.
+
+    Each step recovers one saved test batch; ``ImageQuality`` scores the protected and the
+    recovered images against the originals into ``state.metrics['quality']``. With ``grid_dir``,
+    the first settings.num_grids batches are drawn as rows protected / recovered / original, each
+    grid min-max normalized as a whole like the reference. A generator that outputs NaN or
+    infinity (diverged training) raises ``NonFiniteError`` before any metric is computed.
+    """
+    device = torch.device(device)
+
+    def eval_step(engine, position):
+        with torch.no_grad():
+            protected, originals = (tensor.to(device) for tensor in test_pairs.load_batch(position))
+            outputs = generator(protected)
+            if not bool(torch.isfinite(outputs).all()):
+                protected_file = test_pairs.batch_files(position)[1]
+                raise NonFiniteError(
+                    f"[{settings.mode}] the generator's output for {protected_file} "
+                    "holds NaN or infinity: training diverged; expected a lower learning rate "
+                    f"(--lr / ATTACK.LR, now {settings.lr})")
+            recovered = recovered_normalized(outputs, settings)
+        return {"position": position, "original": originals,
+                "candidates": {"protected": protected, "recovered": recovered}}
+
+    evaluator = Engine(eval_step)
+    # Silent: an error here reaches the trainer, whose logger reports it once.
+    evaluator.logger = logging.getLogger(f"{LOGGER_NAME}.evaluator")
+    evaluator.logger.setLevel(logging.CRITICAL)
+    ImageQuality(IMAGE_KINDS, settings.pixel_mean, settings.pixel_std).attach(evaluator,
+                                                                              QUALITY_METRIC)
+    modes = {}
+
+    @evaluator.on(Events.STARTED)
+    def _eval_mode(engine):
+        modes["training"] = generator.training
+        generator.eval()
+
+    @evaluator.on(Events.COMPLETED)
+    def _restore_mode(engine):
+        generator.train(modes["training"])
+
+    if grid_dir is not None:
+        @evaluator.on(Events.ITERATION_COMPLETED(
+            event_filter=lambda engine, iteration: iteration <= settings.num_grids))
+        def _save_grid(engine):
+            out = engine.state.output
+            candidates = out["candidates"]
+            atomic_save_image(grid_image(candidates["protected"], candidates["recovered"],
+                                         out["original"]),
+                              os.path.join(grid_dir, f"{out['position']}.png"))
+
+    return evaluator
+
+
 def evaluate_generator(generator, test_pairs, settings, device, grid_dir=None):
     """Protected-vs-original and recovered-vs-original quality on the test split.
 
-    Returns {'num_images', protocol: {image kind: {metric: mean}}}; with ``grid_dir``, the first
-    settings.num_grids test batches are drawn as rows protected / recovered / original, each grid
-    min-max normalised as a whole like the reference. A generator that outputs NaN or infinity
-    (diverged training) raises ``NonFiniteError`` before any metric is computed.
+    Runs :func:`create_attack_evaluator` once; returns {'num_images', protocol: {image kind:
+    {metric: mean}}}.
     """
-    was_training = generator.training
-    generator.eval()
-    meters = {(protocol, kind): QualityAccumulator() for protocol in PROTOCOLS
-              for kind in IMAGE_KINDS}
-    for position in range(test_pairs.num_batches):
-        protected, originals = (tensor.to(device) for tensor in test_pairs.load_batch(position))
-        outputs = generator(protected)
-        if not bool(torch.isfinite(outputs).all()):
-            protected_file = test_pairs.batch_files(position)[1]
-            raise NonFiniteError(
-                f"[{settings.mode}] the generator's output for {protected_file} "
-                "holds NaN or infinity: training diverged; expected a lower learning rate "
-                f"(--lr / ATTACK.LR, now {settings.lr})")
-        recovered = recovered_normalised(outputs, settings)
-        for kind, candidate in (("protected", protected), ("recovered", recovered)):
-            meters["reference_normalisation", kind].add_batch_means(
-                reference_batch_metrics(candidate, originals), protected.shape[0])
-            meters["pixel_space", kind].add_per_image(
-                pixel_space_metrics(candidate, originals, settings.pixel_mean, settings.pixel_std))
-        if grid_dir is not None and position < settings.num_grids:
-            atomic_save_image(grid_image(protected, recovered, originals),
-                              os.path.join(grid_dir, f"{position}.png"))
-    generator.train(was_training)
-    record = {"num_images": meters["pixel_space", "protected"].count}
-    for protocol in PROTOCOLS:
-        record[protocol] = {kind: meters[protocol, kind].means() for kind in IMAGE_KINDS}
-    return record
+    evaluator = create_attack_evaluator(generator, test_pairs, settings, device, grid_dir)
+    evaluator.run(range(test_pairs.num_batches))
+    return evaluator.state.metrics[QUALITY_METRIC]
 
 
 class AttackHistory:
@@ -355,6 +404,18 @@ def read_checkpoint(path, mmap=False):
     return saved
 
 
+def resume_training(path, to_load, identity):
+    """Load the checkpoint at ``path`` into the objects of ``to_load`` (ignite ``Checkpoint``).
+
+    The file is read here, on the CPU and as weights only (``read_checkpoint``), and handed to
+    ``Checkpoint.load_objects`` as a dict: given a path, ignite would ``torch.load`` it without
+    ``map_location``. ``RunConflictError`` if it belongs to another attack than ``identity``.
+    """
+    saved = read_checkpoint(path)
+    _check_identity(saved["history"]["identity"], identity, path)
+    Checkpoint.load_objects(to_load, saved)
+
+
 def trained_epochs(saved):
     """Finished epochs of a checkpoint (ignite keeps iterations and the epoch length)."""
     trainer = saved["trainer"]
@@ -393,24 +454,19 @@ def _check_identity(saved, current, checkpoint_path):
 
 def attack_log_dir(npy_dir, output=None):
     """``output`` if given, else the run folder holding img_npy (or the pair folder itself)."""
-    if output:
-        return output
-    npy_dir = os.path.abspath(npy_dir)
-    if os.path.basename(npy_dir) == NPY_DIRNAME:
-        return os.path.dirname(npy_dir)
-    return npy_dir
+    return output or run_dir_of(npy_dir)
 
 
 def get_attack_logger(log_dir):
-    """Logger 'recovery' writing to stdout and appending to ``<log_dir>/log_recovery.txt``."""
-    logger = logging.getLogger("recovery")
+    """Logger 'pixelfade.attack' writing to stdout and appending to ``<log_dir>/log_recovery.txt``."""
+    logger = logging.getLogger(LOGGER_NAME)
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
     path = os.path.join(log_dir, LOG_FILENAME)
     with os_errors_as_output_errors(path):
         os.makedirs(log_dir, exist_ok=True)
-        return setup_logger("recovery", stream=sys.stdout, filepath=path, reset=True,
+        return setup_logger(LOGGER_NAME, stream=sys.stdout, filepath=path, reset=True,
                             distributed_rank=idist.get_rank())
 
 
@@ -463,8 +519,7 @@ def run_attack(settings, npy_dir, log_dir, device="cpu", reference_order=False, 
     trainer = create_attack_trainer(generator, optimizer, settings, device)
     if show_progress and idist.get_rank() == 0:
         ProgressBar(persist=False, desc=f"attack[{settings.mode}]").attach(
-            trainer, output_transform=lambda output: {"loss": output["loss"]},
-            state_attributes=["images_per_s"])
+            trainer, metric_names=list(EPOCH_METERS))
     history = AttackHistory(identity)
     order = SavedBatchOrder(train_pairs.num_batches, identity["shuffle"], settings.seed)
     loader = make_batch_loader(train_pairs, order, device, num_workers)
@@ -476,12 +531,12 @@ def run_attack(settings, npy_dir, log_dir, device="cpu", reference_order=False, 
     def _set_batch_order(engine):
         order.set_epoch(engine.state.epoch)
 
-    # Runs before the checkpointer (handlers fire in the order they were added): a diverged epoch
-    # stops the run and the checkpoint of the last good epoch stays.
+    # Both run before the checkpointer (handlers fire in the order they were added): a diverged
+    # epoch stops the run and the checkpoint of the last good epoch stays.
     @trainer.on(Events.EPOCH_COMPLETED)
-    def _log_and_evaluate(engine):
+    def _log_epoch(engine):
         epoch_index = engine.state.epoch - 1
-        loss = engine.state.epoch_loss
+        loss = engine.state.metrics["loss"]
         if not math.isfinite(loss):
             raise NonFiniteError(
                 f"[{settings.mode}] the L1 loss of epoch {epoch_index} is {loss}: training "
@@ -489,15 +544,18 @@ def run_attack(settings, npy_dir, log_dir, device="cpu", reference_order=False, 
                 f"the epochs finished before it stay in {checkpoint_dir}")
         history.train_loss[epoch_index] = loss
         logger.info(f"[{settings.mode}] epoch {epoch_index}/{settings.total_epochs - 1} "
-                    f"L1 loss {loss:.6f}, {engine.state.images_per_s:.1f} images/s")
-        if epoch_index in evaluated:
-            is_last = epoch_index == settings.total_epochs - 1
-            record = evaluate_generator(generator, test_pairs, settings, device,
-                                        grid_dir=grid_dir if is_last else None)
-            history.evaluations[epoch_index] = record
-            _log_record(logger, settings.mode, epoch_index, record)
-            atomic_torch_save(_cpu_state_dict(generator), weight_path)
-            write_results(log_dir, settings.mode, _results_entry(settings, history))
+                    f"L1 loss {loss:.6f}, {engine.state.metrics['images_per_s']:.1f} images/s")
+
+    @trainer.on(Events.EPOCH_COMPLETED(event_filter=lambda _, epoch: epoch - 1 in evaluated))
+    def _evaluate(engine):
+        epoch_index = engine.state.epoch - 1
+        is_last = epoch_index == settings.total_epochs - 1
+        record = evaluate_generator(generator, test_pairs, settings, device,
+                                    grid_dir=grid_dir if is_last else None)
+        history.evaluations[epoch_index] = record
+        _log_record(logger, settings.mode, epoch_index, record)
+        atomic_torch_save(_cpu_state_dict(generator), weight_path)
+        write_results(log_dir, settings.mode, _results_entry(settings, history))
 
     to_save = {"generator": generator, "optimizer": optimizer, "trainer": trainer,
                "history": history}
@@ -507,9 +565,7 @@ def run_attack(settings, npy_dir, log_dir, device="cpu", reference_order=False, 
     trainer.add_event_handler(Events.EPOCH_COMPLETED, checkpointer)
 
     if resume_path is not None:
-        saved = read_checkpoint(resume_path)
-        _check_identity(saved["history"]["identity"], identity, resume_path)
-        Checkpoint.load_objects({**to_save, "checkpointer": checkpointer}, saved)
+        resume_training(resume_path, {**to_save, "checkpointer": checkpointer}, identity)
         done = trainer.state.epoch
         logger.info(f"[{settings.mode}] resuming from {resume_path} after epoch {done}")
         if done == settings.total_epochs:
@@ -596,7 +652,7 @@ def read_results(log_dir):
         with open(json_path) as handle:
             results = json.load(handle)
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        logging.getLogger("recovery").warning(f"{json_path} cannot be read as JSON; rewriting it")
+        logging.getLogger(LOGGER_NAME).warning(f"{json_path} cannot be read as JSON; rewriting it")
         return {}
     return results if isinstance(results, dict) else {}
 

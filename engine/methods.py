@@ -105,43 +105,48 @@ class PixelFade(ProtectionMethod):
         return ProtectedBatch(output.protected, noise, features)
 
 
-@METHODS.register("blur")
-class GaussianBlur(ProtectionMethod):
-    """Gaussian blur of PIXELFADE.BLUR_SIGMA (normalised space)."""
+class _ImageFilter(ProtectionMethod):
+    """A comparison method that applies ``filter`` with the strength in ``cfg.PIXELFADE.<strength_key>``."""
+
+    strength_key = ""
 
     def __init__(self, model, cfg, device, rank=0):
         super().__init__(model, cfg, device, rank)
-        self.sigma = cfg.PIXELFADE.BLUR_SIGMA
+        self.strength = cfg.PIXELFADE[self.strength_key]
         self._stream_ready()
 
     def __call__(self, original, indices):
-        return ProtectedBatch(gaussian_blur(original, self.sigma), None)
+        return ProtectedBatch(self.filter(original), None)
+
+
+@METHODS.register("blur")
+class GaussianBlur(_ImageFilter):
+    """Gaussian blur of PIXELFADE.BLUR_SIGMA (normalised space)."""
+
+    strength_key = "BLUR_SIGMA"
+
+    def filter(self, original):
+        return gaussian_blur(original, self.strength)
 
 
 @METHODS.register("mosaic")
-class Mosaic(ProtectionMethod):
+class Mosaic(_ImageFilter):
     """Pixelation into PIXELFADE.MOSAIC_BLOCK cells."""
 
-    def __init__(self, model, cfg, device, rank=0):
-        super().__init__(model, cfg, device, rank)
-        self.block = cfg.PIXELFADE.MOSAIC_BLOCK
-        self._stream_ready()
+    strength_key = "MOSAIC_BLOCK"
 
-    def __call__(self, original, indices):
-        return ProtectedBatch(mosaic(original, self.block), None)
+    def filter(self, original):
+        return mosaic(original, self.strength)
 
 
 @METHODS.register("noise")
-class AdditiveNoise(ProtectionMethod):
+class AdditiveNoise(_ImageFilter):
     """Gaussian noise of std PIXELFADE.NOISE_STD added in normalised units, from the run's stream."""
 
-    def __init__(self, model, cfg, device, rank=0):
-        super().__init__(model, cfg, device, rank)
-        self.std = cfg.PIXELFADE.NOISE_STD
-        self._stream_ready()
+    strength_key = "NOISE_STD"
 
-    def __call__(self, original, indices):
-        return ProtectedBatch(additive_noise(original, self.std, generator=self.generator), None)
+    def filter(self, original):
+        return additive_noise(original, self.strength, generator=self.generator)
 
 
 def build_method(cfg, model, device, rank=0):

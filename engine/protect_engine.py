@@ -16,6 +16,7 @@ from ignite.handlers import ProgressBar
 
 from .distributed import batch_spans, shard_range
 from .features import extract_features
+from .storage import PixelCodec
 from .protect_handlers import (
     BatchRecordWriter,
     GridWriter,
@@ -62,16 +63,16 @@ def create_protect_engine(method, model, device, batch_size, feature_chunk):
 
 def attach_outputs(engine, *, split, method, model, store, schedule, cfg, item_keys, png_paths, save_png, show_progress):
     """Attach the run's outputs to ``engine`` as handlers, in the order they must run."""
-    mean, std = list(cfg.INPUT.PIXEL_MEAN), list(cfg.INPUT.PIXEL_STD)
+    codec = PixelCodec(tuple(cfg.INPUT.PIXEL_MEAN), tuple(cfg.INPUT.PIXEL_STD))
     pf = cfg.PIXELFADE
     engine.add_event_handler(Events.ITERATION_STARTED, RandomStreamRestorer(split, method, store, schedule, pf.BATCH_SIZE))
     handlers = [StatisticsHandler(), NonFiniteCheck(split)]
     if save_png:
-        handlers.append(PngWriter(store, model, png_paths, mean, std, cfg.TEST.IMS_PER_BATCH))
+        handlers.append(PngWriter(store, model, png_paths, codec, cfg.TEST.IMS_PER_BATCH))
     if pf.SAVE_IMAGE_NPY:
         handlers.append(PairWriter(store, split))
     if pf.NUM_GRIDS:
-        handlers.append(GridWriter(store, split, pf.NUM_GRIDS, mean, std))
+        handlers.append(GridWriter(store, split, pf.NUM_GRIDS, codec))
     handlers.append(BatchRecordWriter(store, split, method, item_keys))
     for handler in handlers:
         engine.add_event_handler(Events.ITERATION_COMPLETED, handler)

@@ -5,14 +5,23 @@ add to it (statistics, stored-image features) for the handlers after them. The r
 last: a record on disk means every other output of its batch is already written.
 """
 import math
+from dataclasses import dataclass, field
 
 from evaluation.protection_stats import protection_statistics
 from utils.errors import NonFiniteError
 
 from .features import extract_features
-from .storage import dequantize, quantize_to_uint8
+from .storage import PixelCodec
 
 
+class OutputHandler:
+    """An ``ITERATION_COMPLETED`` handler: ``handle`` receives the step's output dict."""
+
+    def __call__(self, engine):
+        self.handle(engine.state.output)
+
+
+@dataclass
 class RandomStreamRestorer:
     """Before a batch: put the method's random stream where an uninterrupted run would have it.
 
@@ -20,13 +29,12 @@ class RandomStreamRestorer:
     stream's start for its first batch; nothing to do when that batch was just protected here.
     """
 
-    def __init__(self, split, method, store, schedule, batch_size):
-        self.split = split
-        self.method = method
-        self.store = store
-        self.schedule = schedule
-        self.batch_size = batch_size
-        self.last = None
+    split: str
+    method: object
+    store: object
+    schedule: object
+    batch_size: int
+    last: tuple = field(default=None, init=False)
 
     def __call__(self, engine):
         batch_index = int(engine.state.batch["index"][0]) // self.batch_size
@@ -39,24 +47,22 @@ class RandomStreamRestorer:
         self.last = (self.split, batch_index)
 
 
-class StatisticsHandler:
+class StatisticsHandler(OutputHandler):
     """Per-image feature MSE and cosine, and how noise-like each protected image is."""
 
-    def __call__(self, engine):
-        out = engine.state.output
+    def handle(self, out):
         out["stats"] = protection_statistics(out["original"], out["protected"], out["noise"],
                                              out["original_features"], out["protected_features"])
         out["feature_mse"] = float(out["stats"]["feature_mse"].mean())
 
 
-class NonFiniteCheck:
+@dataclass
+class NonFiniteCheck(OutputHandler):
     """Stop the run at a diverged batch; the batches finished before it stay on disk."""
 
-    def __init__(self, split):
-        self.split = split
+    split: str
 
-    def __call__(self, engine):
-        out = engine.state.output
+    def handle(self, out):
         if not math.isfinite(out["feature_mse"]):
             raise NonFiniteError(
                 f"non-finite feature loss in {self.split} batch {out['batch_index']}; the batches finished before "
@@ -64,66 +70,59 @@ class NonFiniteCheck:
             )
 
 
-class PngWriter:
+@dataclass
+class PngWriter(OutputHandler):
     """Store each protected image as a lossless 8-bit PNG and extract the features of what was stored."""
 
-    def __init__(self, store, model, png_paths, mean, std, feature_chunk):
-        self.store = store
-        self.model = model
-        self.png_paths = png_paths
-        self.mean = mean
-        self.std = std
-        self.feature_chunk = feature_chunk
+    store: object
+    model: object
+    png_paths: dict
+    codec: PixelCodec
+    feature_chunk: int
 
-    def __call__(self, engine):
-        out = engine.state.output
-        pixels = quantize_to_uint8(out["protected"], self.mean, self.std)
-        stored = dequantize(pixels, self.mean, self.std)
-        out["stored_features"] = extract_features(self.model, stored, self.feature_chunk)
+    def handle(self, out):
+        pixels = self.codec.to_pixels(out["protected"])
+        out["stored_features"] = extract_features(self.model, self.codec.to_input(pixels), self.feature_chunk)
         for image, index in zip(pixels.cpu(), out["indices"].tolist()):
             self.store.save_png(self.png_paths[index], image)
 
 
-class PairWriter:
+@dataclass
+class PairWriter(OutputHandler):
     """The reference's ``img_npy`` original/protected pairs of the batch, for the recovery attack."""
 
-    def __init__(self, store, split):
-        self.store = store
-        self.split = split
+    store: object
+    split: str
 
-    def __call__(self, engine):
-        out = engine.state.output
+    def handle(self, out):
         self.store.save_pairs(self.split, out["batch_index"], out["original"], out["protected"], out["pids"], out["camids"])
 
 
-class GridWriter:
+@dataclass
+class GridWriter(OutputHandler):
     """An original (top) / protected (bottom) grid of each of the first ``num_grids`` batches."""
 
-    def __init__(self, store, split, num_grids, mean, std):
-        self.store = store
-        self.split = split
-        self.num_grids = num_grids
-        self.mean = mean
-        self.std = std
+    store: object
+    split: str
+    num_grids: int
+    codec: PixelCodec
 
-    def __call__(self, engine):
-        out = engine.state.output
+    def handle(self, out):
         if out["batch_index"] < self.num_grids:
-            self.store.save_grid(self.split, out["batch_index"], quantize_to_uint8(out["original"], self.mean, self.std),
-                                 quantize_to_uint8(out["protected"], self.mean, self.std))
+            self.store.save_grid(self.split, out["batch_index"], self.codec.to_pixels(out["original"]),
+                                 self.codec.to_pixels(out["protected"]))
 
 
-class BatchRecordWriter:
+@dataclass
+class BatchRecordWriter(OutputHandler):
     """The batch's record: what results are computed from, and the random state a resume continues from."""
 
-    def __init__(self, store, split, method, item_keys):
-        self.store = store
-        self.split = split
-        self.method = method
-        self.item_keys = item_keys
+    store: object
+    split: str
+    method: object
+    item_keys: list
 
-    def __call__(self, engine):
-        out = engine.state.output
+    def handle(self, out):
         record = {
             "indices": out["indices"].cpu(),
             "items": [self.item_keys[i] for i in out["indices"].tolist()],

@@ -106,14 +106,11 @@ class RunStore:
         atomic_torch_save(record, self.record_path(split, batch_index))
 
     def save_pairs(self, split, batch_index, original, protected, pids, camids):
-        """The reference's ``img_npy`` files for one batch (float32, normalised space)."""
-        os.makedirs(self.npy_dir, exist_ok=True)
-        prefix = f"{split}-{batch_index}"
-        atomic_save_npy(original.float().cpu().numpy(), os.path.join(self.npy_dir, f"clean-{prefix}-images.npy"))
-        atomic_save_npy(protected.float().cpu().numpy(), os.path.join(self.npy_dir, f"encry-{prefix}-images.npy"))
-        atomic_save_npy(np.asarray(pids), os.path.join(self.npy_dir, f"{prefix}-ids.npy"))
-        if split == "test":
-            atomic_save_npy(np.asarray(camids), os.path.join(self.npy_dir, f"{prefix}-camids.npy"))
+        """The reference's ``img_npy`` files for one batch, written by ``data.img_npy``."""
+        from data import img_npy
+
+        img_npy.write_batch(img_npy.npy_dir_of(self.output_dir), split, batch_index, original, protected, pids,
+                            camids)
 
     def save_grid(self, split, batch_index, original_pixels, protected_pixels):
         """Top row original, bottom row protected, in pixel space as a viewer sees them."""

@@ -4,6 +4,8 @@ PixelFade optimises in normalised float space; a storage service keeps 8-bit ima
 functions quantise exactly as a PNG file would (denormalise, clamp to [0, 1], round to 1/255) so
 Re-ID can be scored on what a service would really read back.
 """
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from PIL import Image
@@ -32,3 +34,17 @@ def read_png(path):
     """Read a PNG written by ``write_png`` back as uint8 (3,H,W)."""
     with Image.open(path) as image:
         return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
+
+
+@dataclass(frozen=True)
+class PixelCodec:
+    """The 8-bit pixels a viewer or a storage service sees, and back, for one mean/std."""
+
+    mean: tuple
+    std: tuple
+
+    def to_pixels(self, images):
+        return quantize_to_uint8(images, self.mean, self.std)
+
+    def to_input(self, pixels):
+        return dequantize(pixels, self.mean, self.std)

@@ -20,7 +20,7 @@ from engine.pixelfade import (
     protect_batch,
     reference_noise,
 )
-from reference_loop import literal_reference_masks, literal_reference_protect
+from engine.pixelfade_reference import reference_masks, reference_protect
 
 SHAPE = (3, 16, 8)
 # The tiny model's feature MSE sits around this bound after the first steps, so the constraint
@@ -114,7 +114,7 @@ def test_pick_size_follows_the_reference_float_product():
 def test_masks_equal_the_literal_reference_construction():
     ours = make_reference_masks(7, 4, SHAPE, 5)
     torch.manual_seed(7)
-    theirs = literal_reference_masks(4, SHAPE, 5)
+    theirs = reference_masks(4, SHAPE, 5)
     assert torch.equal(ours, torch.stack(theirs).bool())
 
 
@@ -122,7 +122,7 @@ def test_reference_noise_continues_the_seeded_stream():
     make_reference_masks(11, 2, SHAPE, 5)
     noise = reference_noise(torch.zeros(2, *SHAPE))
     torch.manual_seed(11)
-    literal_reference_masks(2, SHAPE, 5)
+    reference_masks(2, SHAPE, 5)
     assert torch.equal(noise, torch.randn(2, *SHAPE))
 
 
@@ -207,33 +207,21 @@ def test_input_gradient_per_sample_matches_each_image_alone():
 # ------------------------------------------------------------------------------- the loop
 
 
-def test_reference_mode_equals_the_literal_reference_loop():
+@pytest.mark.parametrize("batch, seed", [(4, 5), (2, 9)], ids=["full batch", "smaller last batch"])
+def test_reference_mode_equals_the_literal_reference_loop(batch, seed):
+    """A smaller last batch uses the first entries of the full batch's masks, as the reference does."""
     model = tiny_model()
-    data = images(4)
-    masks = make_reference_masks(5, 4, SHAPE, PARAMS.fade_num_iter)
+    data = images(batch, seed=seed)
+    masks = make_reference_masks(seed, 4, SHAPE, PARAMS.fade_num_iter)
     noise = reference_noise(data)
     ours = protect_batch(model, data, masks, noise, PARAMS)
 
     reference_model = tiny_model()
-    torch.manual_seed(5)
-    literal_masks = literal_reference_masks(4, SHAPE, PARAMS.fade_num_iter)
-    theirs = literal_reference_protect(reference_model, data, literal_masks, PARAMS, full_batch=4)
+    torch.manual_seed(seed)
+    literal_masks = reference_masks(4, SHAPE, PARAMS.fade_num_iter)
+    theirs = reference_protect(reference_model, data, literal_masks, PARAMS, full_batch=4)
     held = int(ours.steps_constraint_held[0])
     assert 0 < held < PARAMS.max_iter - PARAMS.tail_iters, "both step sizes must be exercised"
-    assert torch.equal(ours.protected, theirs)
-
-
-def test_smaller_last_batch_uses_the_first_mask_entries():
-    model = tiny_model()
-    data = images(2, seed=4)
-    masks = make_reference_masks(9, 4, SHAPE, PARAMS.fade_num_iter)
-    noise = reference_noise(data)
-    ours = protect_batch(model, data, masks, noise, PARAMS)
-
-    reference_model = tiny_model()
-    torch.manual_seed(9)
-    literal_masks = literal_reference_masks(4, SHAPE, PARAMS.fade_num_iter)
-    theirs = literal_reference_protect(reference_model, data, literal_masks, PARAMS, full_batch=4)
     assert torch.equal(ours.protected, theirs)
 
 

@@ -19,7 +19,7 @@ from configs import load_config
 from data.synthetic import make_market1501
 from engine.pixelfade import PixelFadeParams
 from modeling import build_authorization_model
-from reference_loop import literal_reference_masks, literal_reference_protect
+from engine.pixelfade_reference import reference_masks, reference_protect
 
 SIZE = (32, 16)
 BATCH = 4
@@ -60,7 +60,7 @@ def test_defaults_reproduce_the_literal_reference_loop_from_files(run_folder):
     model = build_authorization_model(cfg, "", "cpu")
     params = PixelFadeParams(max_iter=STEPS)
     torch.manual_seed(cfg.PIXELFADE.SEED)
-    masks = literal_reference_masks(BATCH, (3, *SIZE), params.fade_num_iter)
+    masks = reference_masks(BATCH, (3, *SIZE), params.fade_num_iter)
     npy = output / "img_npy"
     compared = {"train": [], "test": []}
     for split in ("train", "test"):
@@ -68,7 +68,7 @@ def test_defaults_reproduce_the_literal_reference_loop_from_files(run_folder):
         for batch_index, start in enumerate(range(0, len(items), BATCH)):
             batch = items[start:start + BATCH]
             data = torch.stack([reference_input(os.path.join(data_root, path), flipped) for path, flipped in batch])
-            theirs = literal_reference_protect(model, data, masks, params, full_batch=BATCH)
+            theirs = reference_protect(model, data, masks, params, full_batch=BATCH)
             clean = np.load(npy / f"clean-{split}-{batch_index}-images.npy")
             protected = np.load(npy / f"encry-{split}-{batch_index}-images.npy")
             assert np.array_equal(clean, data.numpy()), f"{split} batch {batch_index}: inputs differ"
