@@ -2,12 +2,13 @@
 
     python demo.py --output log/demo        (or: bash run.sh demo)
 
-Rerunning on the same --output reuses the data and resumes finished work.
+Rerunning on the same --output reuses the data and resumes finished work. The work itself is in
+tools/demo.py.
 """
 import argparse
 import sys
 
-from engine.demo import DEFAULT_SCALE, SMALL_SCALE, run_demo
+from tools.demo import DEFAULT_SCALE, SMALL_SCALE, run_demo
 
 
 def main(argv=None):

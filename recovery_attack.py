@@ -180,7 +180,7 @@ def run(args):
     overrides = flag_overrides(args)
 
     from configs import load_config
-    from data.npy_pairs import resolve_npy_dir
+    from data.img_npy import resolve_npy_dir
     from engine.attack import run_recovery_attack
 
     cfg = load_config(args.config_file, list(args.opts) + overrides)

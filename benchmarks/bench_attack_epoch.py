@@ -19,7 +19,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data.npy_pairs import PairDataset, SavedBatchOrder, find_pairs  # noqa: E402
+from data.img_npy import find_pairs, read_batch, reference_file_order, write_batch  # noqa: E402
+from data.npy_pairs import PairDataset, SavedBatchOrder  # noqa: E402
 from engine.attack import (AttackSettings, build_optimizer, create_attack_trainer,  # noqa: E402
                            make_batch_loader)
 from ignite.engine import Events  # noqa: E402
@@ -47,9 +48,7 @@ def write_pairs(npy_dir, num_files, batch_size, height, width):
     for index in range(num_files):
         clean = rng.standard_normal((batch_size, 3, height, width), dtype=np.float32)
         protected = rng.standard_normal((batch_size, 3, height, width), dtype=np.float32)
-        np.save(os.path.join(npy_dir, f"clean-train-{index}-images.npy"), clean)
-        np.save(os.path.join(npy_dir, f"encry-train-{index}-images.npy"), protected)
-        np.save(os.path.join(npy_dir, f"train-{index}-ids.npy"), np.arange(batch_size))
+        write_batch(npy_dir, "train", index, clean, protected, np.arange(batch_size))
 
 
 def _clock():
@@ -69,8 +68,8 @@ def synchronize(device):
 
 def warm_up(generator, optimizer, npy_dir, device):
     """One untimed step, so allocator and kernel selection costs stay out of the timings."""
-    protected = torch.from_numpy(np.load(os.path.join(npy_dir, "encry-train-0-images.npy")))
-    clean = torch.from_numpy(np.load(os.path.join(npy_dir, "clean-train-0-images.npy")))
+    batch = read_batch(npy_dir, "train", 0)
+    protected, clean = torch.from_numpy(batch.protected), torch.from_numpy(batch.clean)
     loss = torch.nn.functional.l1_loss(generator(protected.to(device)), clean.to(device))
     optimizer.zero_grad()
     loss.backward()
@@ -84,10 +83,9 @@ def reference_loop_epochs(settings, npy_dir, device, epochs):
     generator = build_generator(settings.generator, ngf=settings.ngf).to(device)
     optimizer = build_optimizer(settings, generator.parameters())
     warm_up(generator, optimizer, npy_dir, device)
-    names = sorted(os.listdir(npy_dir))
-    clean_files = [os.path.join(npy_dir, n) for n in names if "clean-train" in n and "images" in n]
-    protected_files = [os.path.join(npy_dir, n) for n in names
-                       if "encry-train" in n and "images" in n]
+    pairs = reference_file_order(npy_dir, "train")  # the reference's sorted file listing
+    clean_files = [pair.clean for pair in pairs]
+    protected_files = [pair.protected for pair in pairs]
     l1_loss = torch.nn.L1Loss()
     times = []
     for _ in range(epochs):
@@ -141,8 +139,8 @@ def opening_seconds(npy_dir):
     start = time.perf_counter()
     PairDataset(npy_dir, "train")
     with_scan = time.perf_counter() - start
-    mib = sum(os.path.getsize(path) for _, clean, protected, _ in find_pairs(npy_dir, "train")
-              for path in (clean, protected)) / 2 ** 20
+    mib = sum(os.path.getsize(path) for pair in find_pairs(npy_dir, "train")
+              for path in (pair.clean, pair.protected)) / 2 ** 20
     return with_scan, shapes_only, mib
 
 

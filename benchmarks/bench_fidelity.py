@@ -10,7 +10,7 @@ untrained AGW, --random_init, as the demo does) and compares each variant with t
   * Re-ID mAP (encry2clean, encry2encry; clean2clean for reference) from each run's results.json,
   * the mean final feature MSE of the test split and the run's seconds (run.seconds_this_run).
 
-The defaults are engine/demo.py's DEFAULT_SCALE (16 ids, 3 cams, 2 images per id and camera,
+The defaults are the demo's (tools/demo.py) DEFAULT_SCALE (16 ids, 3 cams, 2 images per id and camera,
 128x64, BETA = BETA_TEMP = 0.005, EPSILON = 0.1): the untrained model is very input-sensitive,
 so the demo's small steps are needed. A rerun with the same --work reuses the finished runs (a
 run with results.json is not repeated) and resumes an interrupted one.
@@ -38,7 +38,7 @@ sys.path.insert(0, ROOT)
 import protect_image  # noqa: E402
 from data.synthetic import make_market1501  # noqa: E402
 
-# engine/demo.py's DEFAULT_SCALE ("demo") and SMALL_SCALE ("small"), kept equal by
+# the demo's (tools/demo.py) DEFAULT_SCALE ("demo") and SMALL_SCALE ("small"), kept equal by
 # tests/test_bench_fidelity.py; not imported, so this script needs nothing of the demo but its numbers.
 SCALES = {
     "demo": {"num_ids": 16, "num_cams": 3, "images_per_id_cam": 2, "height": 128, "width": 64,
@@ -58,6 +58,7 @@ FP16_VARIANTS = {"fp16": ["--precision", "fp16", "--channels_last", "false"]}
 SETTINGS_NAME = "bench_settings.json"
 TABLE_NAME = "fidelity.md"
 JSON_NAME = "fidelity.json"
+RUN_NOTE_NAME = "bench_run.json"
 NPY_PATTERN = re.compile(r"encry-test-(\d+)-images\.npy$")
 
 
@@ -69,7 +70,7 @@ def build_parser():
                         help="work folder: data/, one run folder per variant, fidelity.md and fidelity.json "
                              "(reused by a rerun) [default: %(default)s]")
     parser.add_argument("--scale", choices=list(SCALES), default="demo",
-                        help="preset: engine/demo.py's DEFAULT_SCALE (demo) or SMALL_SCALE (small); the options "
+                        help="preset: the demo's (tools/demo.py) DEFAULT_SCALE (demo) or SMALL_SCALE (small); the options "
                              "below override single values [default: %(default)s]")
     group = parser.add_argument_group("synthetic data (data.synthetic.make_market1501; default: the preset's)")
     group.add_argument("--num-ids", type=int, help="identities (half train, half test)")
@@ -184,9 +185,22 @@ def run_variant(args, root, work, variant):
                                   cwd=ROOT, env=env, check=False).returncode
         if code:
             raise SystemExit(f"bench_fidelity.py: error: protect_image.py failed for {variant} (exit {code})")
-        print(f"[bench_fidelity] {variant}: {time.perf_counter() - started:.1f} s", flush=True)
+        wall = time.perf_counter() - started
+        print(f"[bench_fidelity] {variant}: {wall:.1f} s", flush=True)
+        # The machine's load when the run ended: timings on a shared machine mean little without it.
+        with open(os.path.join(output, RUN_NOTE_NAME), "w") as handle:
+            json.dump({"wall_seconds": round(wall, 2), "how": how, "load_average_1_5_15min":
+                       [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}, handle, indent=2)
     with open(results_path) as handle:
         return json.load(handle), how
+
+
+def read_run_note(output):
+    path = os.path.join(output, RUN_NOTE_NAME)
+    if not os.path.exists(path):
+        return None
+    with open(path) as handle:
+        return json.load(handle)
 
 
 def protected_test_images(output):
@@ -218,8 +232,21 @@ def image_difference(baseline_dir, variant_dir):
     return max_diff, total / max(count, 1), count
 
 
+def source_revision():
+    """The git commit of the code measured, '+changes' when the tree differs from it; None outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+changes" if dirty else "")
+
+
 def machine():
     return {
+        "source": source_revision(),
         "cpu_count": os.cpu_count(),
         "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "torch": torch.__version__,
@@ -250,9 +277,10 @@ def report(rows, settings, info, command):
         "",
         f"Command: `{command}`",
         "",
-        f"Machine: {info['cpu_count']} CPUs ({info['affinity_cpus']} usable), torch {info['torch']}, "
+        f"Code: {info['source']}. Machine: {info['cpu_count']} CPUs ({info['affinity_cpus']} usable), torch {info['torch']}, "
         f"{info['torch_threads']} torch threads, Python {info['python']}, {info['platform']}; "
-        f"load average at the end {info['load_average_1_5_15min']} (1/5/15 min).",
+        f"load average now {info['load_average_1_5_15min']} "
+        "(1/5/15 min; each run's own is in fidelity.json, run_note).",
         "",
         f"Data: synthetic Market-1501, {data['num_ids']} ids, {data['num_cams']} cams, "
         f"{data['images_per_id_cam']} images per id and camera, {data['height']}x{data['width']}; "
@@ -291,6 +319,7 @@ def main(argv=None):
             "clean2clean_mAP": float(reid["clean2clean"]["mAP"]),
             "feature_mse": float(result["protection"]["test"]["feature_mse"]),
             "seconds": float(result["run"]["seconds_this_run"]), "how": how,
+            "run_note": read_run_note(os.path.join(work, name)),
         })
     info = machine()
     command = "python benchmarks/bench_fidelity.py" + ("" if argv is None and len(sys.argv) < 2 else " " + " ".join(

@@ -18,6 +18,15 @@ _C = CN()
 _C.MODEL = CN()
 # "auto" picks CUDA when present, else CPU; or "cpu", "cuda", "cuda:1".
 _C.MODEL.DEVICE = "auto"
+# How TEST.WEIGHT is read: auto (TorchScript archives by their layout, state dicts by their keys;
+# logged), agw (this toolkit's and the paper's Baseline family), torchreid, fastreid, torchscript,
+# or module (MODEL.FACTORY builds the network). README, "Authorization models".
+_C.MODEL.FORMAT = "auto"
+# 'package.module:function' returning an nn.Module, for MODEL.FORMAT module.
+_C.MODEL.FACTORY = ""
+# fast-reid's stem max-pool, which its state dicts cannot tell: 'ceil' (3x3/2, ceil_mode, no
+# padding: fast-reid v1.0.0 and later) or 'pad' (3x3/2, padding 1: up to v0.1.1).
+_C.MODEL.FASTREID_MAXPOOL = "ceil"
 # Backbone name in the registry of modeling/backbones (resnet50_nl, resnet50, resnet101, ...).
 _C.MODEL.NAME = "resnet50_nl"
 _C.MODEL.LAST_STRIDE = 1
@@ -45,6 +54,11 @@ _C.INPUT.IMG_SIZE = [256, 128]
 _C.INPUT.PROB = 0.5
 _C.INPUT.RE_PROB = 0.5
 _C.INPUT.PADDING = 10
+# The input contract of the authorization model. PixelFade always optimises in the space
+# normalised with PIXEL_MEAN/PIXEL_STD; MODEL_INPUT 'normalized' feeds that to the model (AGW,
+# torchreid, fast-reid), 'pixels' feeds [0, PIXEL_RANGE] images to a model that normalises inside.
+_C.INPUT.MODEL_INPUT = "normalized"
+_C.INPUT.PIXEL_RANGE = 1.0
 _C.INPUT.PIXEL_MEAN = [0.485, 0.456, 0.406]
 _C.INPUT.PIXEL_STD = [0.229, 0.224, 0.225]
 
@@ -105,6 +119,9 @@ _C.TEST.WEIGHT = ""
 _C.TEST.FEAT_NORM = "on"
 # 'euclidean' (the reference) or 'cosine'.
 _C.TEST.DISTANCE = "euclidean"
+# Extra models that score the same protected/original test split (transfer): entries
+# 'FORMAT:NAME:PATH' (NAME may be empty, e.g. 'torchscript::model.pt'); one table each in results.
+_C.TEST.EVAL_MODELS = []
 # Reference compatibility.
 _C.TEST.EVALUATE_ONLY = "off"
 _C.TEST.PARTIAL_REID = "off"
@@ -128,6 +145,10 @@ _C.PIXELFADE.BETA = 0.01
 _C.PIXELFADE.BETA_TEMP = 0.04
 # Bound on the feature MSE.
 _C.PIXELFADE.EPSILON = 0.03
+# 'absolute': the test is mean((f(x_p) - f(x))^2) < EPSILON (the reference, for AGW's 2048-d
+# BNNeck features); 'relative': < EPSILON * mean(f(x)^2), over the same elements, so EPSILON is a
+# relative squared error that means the same for any model (README, "Choosing EPSILON").
+_C.PIXELFADE.EPSILON_MODE = "absolute"
 # The last TAIL_ITERS steps always use BETA_TEMP and never replace (the reference's fixed 5).
 _C.PIXELFADE.TAIL_ITERS = 5
 _C.PIXELFADE.SEED = 0

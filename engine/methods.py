@@ -35,6 +35,8 @@ class ProtectedBatch:
     noise: Optional[torch.Tensor]
     # fp32 features of ``protected`` when the method already computed them, else None.
     features: Optional[torch.Tensor] = None
+    # Per image, the share of steps in which the feature constraint held (PixelFade only).
+    constraint_held: Optional[torch.Tensor] = None
 
 
 def rank_seed(seed, rank):
@@ -102,7 +104,8 @@ class PixelFade(ProtectionMethod):
             autocast_dtype=self.autocast_dtype, channels_last=self.channels_last,
         )
         features = output.features if self.autocast_dtype is None else None
-        return ProtectedBatch(output.protected, noise, features)
+        held = output.steps_constraint_held.float() / self.params.max_iter
+        return ProtectedBatch(output.protected, noise, features, held)
 
 
 class _ImageFilter(ProtectionMethod):

@@ -14,6 +14,7 @@ from utils.errors import ConfigError
 
 PRECISIONS = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 PER_IMAGE_SEED_FACTOR = 1_000_003
+EPSILON_MODES = ("absolute", "relative")
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class PixelFadeParams:
     beta: float = 0.01
     beta_temp: float = 0.04
     epsilon: float = 0.03
+    epsilon_mode: str = "absolute"
     tail_iters: int = 5
 
     def __post_init__(self):
@@ -44,6 +46,7 @@ class PixelFadeParams:
             beta=pf.BETA,
             beta_temp=pf.BETA_TEMP,
             epsilon=pf.EPSILON,
+            epsilon_mode=pf.EPSILON_MODE,
             tail_iters=pf.TAIL_ITERS,
         )
 
@@ -57,10 +60,16 @@ class PixelFadeParams:
             "beta": "PIXELFADE.BETA",
             "beta_temp": "PIXELFADE.BETA_TEMP",
             "epsilon": "PIXELFADE.EPSILON",
+            "epsilon_mode": "PIXELFADE.EPSILON_MODE",
             "tail_iters": "PIXELFADE.TAIL_ITERS",
         }
         minimum = {"max_iter": 1, "fade_num_iter": 1, "warmup_iter": 0, "tail_iters": 0}
+        if self.epsilon_mode not in EPSILON_MODES:
+            raise ConfigError(f"epsilon_mode (PIXELFADE.EPSILON_MODE) must be one of {', '.join(EPSILON_MODES)}, "
+                              f"got {self.epsilon_mode!r}")
         for field in fields(self):
+            if field.name == "epsilon_mode":
+                continue
             value = getattr(self, field.name)
             label = f"{field.name} ({keys[field.name]})"
             if field.name in minimum:
@@ -209,17 +218,28 @@ def input_gradient(model, protected, target, per_sample, autocast_dtype=None):
     return loss.detach(), grad
 
 
-def constraint_update(protected, momentum_buf, grad, loss, step, params, lo, hi):
+def constraint_bound(target, params, per_sample):
+    """The value the feature loss is tested against: EPSILON, or EPSILON * mean(f(x)^2).
+
+    In relative mode the scale is the mean square of the original features over the same
+    elements as the loss: the whole batch (reference mode) or each image (per-image mode).
+    """
+    if params.epsilon_mode == "absolute":
+        return params.epsilon
+    return params.epsilon * feature_loss(target, torch.zeros_like(target), per_sample)
+
+
+def constraint_update(protected, momentum_buf, grad, loss, step, params, lo, hi, bound=None):
     """One constraint step: momentum of the normalised gradient, step size by the constraint test.
 
-    ``condition = (loss < epsilon) & (step < max_iter - tail_iters)`` keeps ``loss``'s shape
+    ``condition = (loss < bound) & (step < max_iter - tail_iters)`` (``bound``: ``constraint_bound``) keeps ``loss``'s shape
     (scalar for the batch, [B] per sample); the step is ``beta`` where it holds, ``beta_temp``
     elsewhere; the result is clamped to [lo, hi] (tensors: one bound for the batch or one per
     sample; max-then-min equals clamp and is faster on CPU). Everything stays on the device.
     """
     momentum_buf = params.momentum * momentum_buf + normalized_gradient(grad)
     in_tail = step >= params.max_iter - params.tail_iters
-    condition = (loss < params.epsilon) & (not in_tail)
+    condition = (loss < (params.epsilon if bound is None else bound)) & (not in_tail)
     step_size = torch.where(condition, params.beta, params.beta_temp).to(momentum_buf.dtype)
     protected = protected - momentum_buf * _per_sample_view(step_size, protected)
     return torch.minimum(torch.maximum(protected, lo), hi), momentum_buf, condition
@@ -265,6 +285,7 @@ def protect_batch(model, original, masks, noise, params, per_image=False, autoca
             target = model(original).float()
         protected = original.clone()
         momentum_buf = torch.zeros_like(original)
+        bound = constraint_bound(target, params, per_image)
         condition = torch.ones(batch if per_image else (), dtype=torch.bool, device=original.device)
         held = torch.zeros(batch, dtype=torch.int64, device=original.device)
         for step in range(params.max_iter):
@@ -272,7 +293,7 @@ def protect_batch(model, original, masks, noise, params, per_image=False, autoca
             protected = partial_replace(protected, noise, stage_masks[step % params.fade_num_iter], active)
             loss, grad = input_gradient(model, protected, target, per_image, autocast_dtype)
             protected, momentum_buf, condition = constraint_update(
-                protected, momentum_buf, grad, loss, step, params, lo, hi
+                protected, momentum_buf, grad, loss, step, params, lo, hi, bound
             )
             held = held + condition
         with torch.no_grad(), _autocast(original.device, autocast_dtype):

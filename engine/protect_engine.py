@@ -19,6 +19,7 @@ from .features import extract_features
 from .storage import PixelCodec
 from .protect_handlers import (
     BatchRecordWriter,
+    EvalModelFeatures,
     GridWriter,
     NonFiniteCheck,
     PairWriter,
@@ -32,8 +33,9 @@ def create_protect_engine(method, model, device, batch_size, feature_chunk):
     """An Engine whose step protects one batch and extracts its features.
 
     ``engine.state.output`` is a dict: split-wide ``batch_index``, global ``indices``, ``pids``,
-    ``camids``, ``original`` and ``protected`` images, the method's ``noise`` (or None), the
-    fp32 ``original_features`` and ``protected_features``, and ``seconds``; handlers add to it.
+    ``camids``, ``original`` and ``protected`` images, the method's ``noise`` and per-image
+    ``constraint_held`` share (or None), the fp32 ``original_features`` and ``protected_features``,
+    and ``seconds``; handlers add to it.
     """
     device = torch.device(device)
 
@@ -53,6 +55,7 @@ def create_protect_engine(method, model, device, batch_size, feature_chunk):
             "original": original,
             "protected": result.protected,
             "noise": result.noise,
+            "constraint_held": result.constraint_held,
             "original_features": extract_features(model, original, feature_chunk),
             "protected_features": protected_features,
             "seconds": time.perf_counter() - started,
@@ -61,12 +64,15 @@ def create_protect_engine(method, model, device, batch_size, feature_chunk):
     return Engine(protect_step)
 
 
-def attach_outputs(engine, *, split, method, model, store, schedule, cfg, item_keys, png_paths, save_png, show_progress):
+def attach_outputs(engine, *, split, method, model, store, schedule, cfg, item_keys, png_paths, save_png, show_progress,
+                   eval_models=()):
     """Attach the run's outputs to ``engine`` as handlers, in the order they must run."""
     codec = PixelCodec(tuple(cfg.INPUT.PIXEL_MEAN), tuple(cfg.INPUT.PIXEL_STD))
     pf = cfg.PIXELFADE
     engine.add_event_handler(Events.ITERATION_STARTED, RandomStreamRestorer(split, method, store, schedule, pf.BATCH_SIZE))
     handlers = [StatisticsHandler(), NonFiniteCheck(split)]
+    if eval_models:
+        handlers.append(EvalModelFeatures(list(eval_models), cfg.TEST.IMS_PER_BATCH))
     if save_png:
         handlers.append(PngWriter(store, model, png_paths, codec, cfg.TEST.IMS_PER_BATCH))
     if pf.SAVE_IMAGE_NPY:

@@ -7,6 +7,8 @@ last: a record on disk means every other output of its batch is already written.
 import math
 from dataclasses import dataclass, field
 
+import torch
+
 from evaluation.protection_stats import protection_statistics
 from utils.errors import NonFiniteError
 
@@ -48,11 +50,14 @@ class RandomStreamRestorer:
 
 
 class StatisticsHandler(OutputHandler):
-    """Per-image feature MSE and cosine, and how noise-like each protected image is."""
+    """Per-image feature MSE and cosine, how noise-like each protected image is, and the share of
+    steps in which the feature constraint held (0 for methods without one)."""
 
     def handle(self, out):
         out["stats"] = protection_statistics(out["original"], out["protected"], out["noise"],
                                              out["original_features"], out["protected_features"])
+        held = out["constraint_held"]
+        out["stats"]["constraint_held"] = torch.zeros_like(out["stats"]["feature_mse"]) if held is None else held
         out["feature_mse"] = float(out["stats"]["feature_mse"].mean())
 
 
@@ -68,6 +73,19 @@ class NonFiniteCheck(OutputHandler):
                 f"non-finite feature loss in {self.split} batch {out['batch_index']}; the batches finished before "
                 "it are kept. Retry with a lower --beta/--beta_temp or --precision none (a new run: use another --output)."
             )
+
+
+@dataclass
+class EvalModelFeatures(OutputHandler):
+    """Features of the original and protected images under each extra scoring model (TEST.EVAL_MODELS)."""
+
+    models: list
+    feature_chunk: int
+
+    def handle(self, out):
+        for k, model in enumerate(self.models):
+            out[f"eval{k}_original_features"] = extract_features(model, out["original"], self.feature_chunk)
+            out[f"eval{k}_protected_features"] = extract_features(model, out["protected"], self.feature_chunk)
 
 
 @dataclass
@@ -133,6 +151,7 @@ class BatchRecordWriter(OutputHandler):
             "rng_state": self.method.rng_state(),
             **{name: value.cpu() for name, value in out["stats"].items()},
         }
-        if "stored_features" in out:
-            record["stored_features"] = out["stored_features"].cpu()
+        for key in out:
+            if key == "stored_features" or key.startswith("eval"):
+                record[key] = out[key].cpu()
         self.store.save_record(self.split, out["batch_index"], record)

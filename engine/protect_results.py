@@ -14,6 +14,8 @@ from utils.file_io import atomic_torch_save
 from .distributed import gather_rows_by_index
 
 logger = logging.getLogger("pixelfade.protect")
+# Per-image values every batch record holds, beside the features.
+RECORD_STATS = STAT_NAMES + ("constraint_held",)
 
 
 def gather_split(store, split, shard, num_items, row_shapes):
@@ -31,10 +33,14 @@ def gather_split(store, split, shard, num_items, row_shapes):
     return gathered
 
 
-def summarize_statistics(gathered, epsilon):
-    """Means of the per-image statistics, and the share of images whose feature MSE ends above EPSILON."""
-    summary = {name: float(gathered[name].float().mean()) for name in STAT_NAMES}
-    summary["share_above_epsilon"] = float((gathered["feature_mse"] > epsilon).float().mean())
+def summarize_statistics(gathered, epsilon, epsilon_mode="absolute"):
+    """Means of the per-image statistics, and the share of images whose final feature MSE is above
+    the bound (EPSILON, or EPSILON times the image's mean squared original feature)."""
+    summary = {name: float(gathered[name].float().mean()) for name in RECORD_STATS}
+    error = gathered["feature_mse"]
+    if epsilon_mode == "relative":
+        error = error / gathered["original_features"].float().pow(2).mean(dim=1)
+    summary["share_above_epsilon"] = float((error > epsilon).float().mean())
     return summary
 
 
@@ -51,10 +57,10 @@ def warn_above_epsilon(cfg, split, stats):
 def write_statistics_csv(store, split, plan, root, gathered):
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["index", "path", "flipped", "pid", "camid", *STAT_NAMES])
+    writer.writerow(["index", "path", "flipped", "pid", "camid", *RECORD_STATS])
     for index, (record, flip) in enumerate(zip(plan.records, plan.flips)):
         writer.writerow([index, os.path.relpath(record.path, root), int(flip), record.pid, record.camid,
-                         *(f"{float(gathered[n][index]):.6g}" for n in STAT_NAMES)])
+                         *(f"{float(gathered[n][index]):.6g}" for n in RECORD_STATS)])
     store.write_text(f"protection_stats_{split}.csv", buffer.getvalue())
 
 
@@ -65,10 +71,10 @@ def write_folder_features(store, plan, root, gathered):
                        "stored": gathered["stored_features"]}, store.path("features", "features.pt"))
 
 
-def score(cfg, gathered, plan, protected_key):
+def score(cfg, gathered, plan, protected_key, original_key="original_features"):
     """Rank-k, mAP and mINP in the four protected/original modes of the test split."""
     return evaluate_protection_modes(
-        gathered["original_features"],
+        gathered[original_key],
         gathered[protected_key],
         torch.tensor([r.pid for r in plan.records]),
         torch.tensor([r.camid for r in plan.records]),
@@ -87,14 +93,19 @@ def results_markdown(cfg, results):
     if "reid_stored_png" in results:
         lines += ["Re-ID, protected images stored as 8-bit PNG and read back:", "",
                   format_results_table(results["reid_stored_png"]), ""]
+    for label, table in results.get("eval_models", {}).items():
+        lines += [f"Re-ID scored by the extra model {label} (TEST.EVAL_MODELS): do protected images work with it?", "",
+                  format_results_table(table), ""]
     lines += ["| split | feature MSE | cosine to original | values equal to noise | values nearer noise than original "
-              "| images above EPSILON |", "|---|---|---|---|---|---|"]
+              "| steps the constraint held | images above EPSILON |", "|---|---|---|---|---|---|---|"]
     for split, stats in results["protection"].items():
         lines.append(f"| {split} | {stats['feature_mse']:.4f} | {stats['cosine']:.4f} | {stats['noise_share']:.1%} "
-                     f"| {stats['closer_to_noise']:.1%} | {stats['share_above_epsilon']:.1%} |")
+                     f"| {stats['closer_to_noise']:.1%} | {stats['constraint_held']:.1%} | {stats['share_above_epsilon']:.1%} |")
+    bound = "EPSILON" if cfg.PIXELFADE.EPSILON_MODE == "absolute" else "EPSILON times the image's mean squared original feature"
     lines += ["", "Feature MSE and cosine compare each protected image's feature with its original's (raw "
-              f"features); 'images above EPSILON' is the share whose final feature MSE exceeds EPSILON = "
-              f"{cfg.PIXELFADE.EPSILON}."]
+              "features, authorization model); 'steps the constraint held' is the mean share of the loop's steps "
+              f"whose feature test passed; 'images above EPSILON' is the share whose final feature MSE exceeds {bound} "
+              f"(EPSILON = {cfg.PIXELFADE.EPSILON}, PIXELFADE.EPSILON_MODE {cfg.PIXELFADE.EPSILON_MODE})."]
     return "\n".join(lines) + "\n"
 
 

@@ -9,6 +9,7 @@ protected/original modes and writes the results.
 """
 import hashlib
 import logging
+import logging.handlers
 import os
 import time
 from dataclasses import dataclass
@@ -22,14 +23,15 @@ from data.datasets.image_folder import describe_skipped, protected_relative_name
 from data.loaders import ImageDataset
 from data.splits import plan_splits
 from data.transforms import build_eval_transform
-from evaluation.protection_stats import STAT_NAMES
-from modeling import build_authorization_model, resolve_device
+from modeling import build_authorization_model, feature_dim, resolve_device
+from modeling.authorization import build_eval_models
 from utils.errors import CheckpointError, ConfigError
 from utils.file_io import FolderLock
 
 from .methods import build_method
 from .protect_engine import BatchSchedule, attach_outputs, create_protect_engine
 from .protect_results import (
+    RECORD_STATS,
     gather_split,
     score,
     summarize_statistics,
@@ -52,7 +54,8 @@ RESULT_KEYS = (
     "PIXELFADE.NOISE_STD", "PIXELFADE.SAVE_IMAGE_NPY", "PIXELFADE.SAVE_PNG", "PIXELFADE.TRAIN_ORDER",
     "MODEL.NAME", "MODEL.LAST_STRIDE", "MODEL.GENERALIZED_MEAN_POOL", "INPUT.IMG_SIZE",
     "INPUT.PIXEL_MEAN", "INPUT.PIXEL_STD", "INPUT.PROB", "DATALOADER.NUM_INSTANCE", "DATASETS.NAMES",
-    "DATASETS.CUHK03_LABELED",
+    "DATASETS.CUHK03_LABELED", "MODEL.FORMAT", "MODEL.FACTORY", "MODEL.FASTREID_MAXPOOL", "INPUT.MODEL_INPUT",
+    "INPUT.PIXEL_RANGE", "PIXELFADE.EPSILON_MODE", "TEST.EVAL_MODELS",
 )
 
 
@@ -177,6 +180,9 @@ def run_protection(local_rank, cfg, options, plan):
     """One process's run: open (or resume) the output folder, protect its shard of every split, score on rank 0."""
     rank = idist.get_rank()
     setup_logger("pixelfade", distributed_rank=rank, reset=True)
+    # What is logged before the folder may be written (model loading) reaches log.txt once it is.
+    early_records = logging.handlers.MemoryHandler(capacity=10_000, flushLevel=logging.CRITICAL + 1)
+    logging.getLogger("pixelfade").addHandler(early_records)
     device = idist.device() if idist.get_world_size() > 1 else resolve_device(cfg.MODEL.DEVICE)
     started = time.perf_counter()
     torch.backends.cudnn.benchmark = True
@@ -190,7 +196,9 @@ def run_protection(local_rank, cfg, options, plan):
     try:
         if rank == 0:
             fresh = store.open_run(fingerprint)
-            setup_logger("pixelfade", filepath=store.path("log.txt"), distributed_rank=rank, reset=True)
+            log = setup_logger("pixelfade", filepath=store.path("log.txt"), distributed_rank=rank, reset=True)
+            early_records.setTarget(next(h for h in log.handlers if isinstance(h, logging.FileHandler)))
+            early_records.close()
             save_config(cfg, cfg.OUTPUT_DIR)
             logger.info("%s run in %s on %s, %d process(es)\n%s", "new" if fresh else "resumed", cfg.OUTPUT_DIR,
                         device, idist.get_world_size(), plan.summary)
@@ -199,8 +207,9 @@ def run_protection(local_rank, cfg, options, plan):
         idist.barrier()
         if rank != 0:
             store.open_run(fingerprint)
-        shards = protect_splits(cfg, options, plan, model, store, device)
-        results = collect_results(cfg, plan, model, store, shards)
+        eval_models = build_eval_models(cfg, device, logger)
+        shards = protect_splits(cfg, options, plan, model, store, device, list(eval_models.values()))
+        results = collect_results(cfg, plan, model, store, shards, eval_models, device)
         if rank == 0:
             results["run"] = {
                 "method": cfg.PIXELFADE.METHOD, "mode": cfg.PIXELFADE.MODE, "dataset": cfg.DATASETS.NAMES,
@@ -216,7 +225,7 @@ def run_protection(local_rank, cfg, options, plan):
         close_log_handlers()
 
 
-def protect_splits(cfg, options, plan, model, store, device):
+def protect_splits(cfg, options, plan, model, store, device, eval_models=()):
     """Protect this process's shard of every split (skipping finished batches); returns the shards."""
     rank = idist.get_rank()
     method = build_method(cfg, model, device, rank)
@@ -240,7 +249,8 @@ def protect_splits(cfg, options, plan, model, store, device):
         engine.logger.setLevel(logging.CRITICAL)
         attach_outputs(engine, split=split, method=method, model=model, store=store, schedule=schedule, cfg=cfg,
                        item_keys=split_plan.keys, png_paths=png_names(split, split_plan, plan.root, plain_folder),
-                       save_png=cfg.PIXELFADE.SAVE_PNG or plain_folder, show_progress=options.show_progress)
+                       save_png=cfg.PIXELFADE.SAVE_PNG or plain_folder, show_progress=options.show_progress,
+                       eval_models=eval_models if split == "test" else ())
         engine.run(loader, max_epochs=1)
         logger.info("%s: protected %d batches on rank %d", split, len(pending), rank)
     idist.barrier()
@@ -265,20 +275,24 @@ def pending_batches(store, split, plan, spans, shard):
     return pending
 
 
-def collect_results(cfg, plan, model, store, shards):
+def collect_results(cfg, plan, model, store, shards, eval_models, device):
     """Gather every split's records by image index; on rank 0 write statistics and score the test split."""
     results = {"protection": {}}
     plain_folder = cfg.DATASETS.NAMES == "image_folder"
     save_png = cfg.PIXELFADE.SAVE_PNG or plain_folder
-    feature_dim = model.bottleneck.num_features
+    dim = feature_dim(model, cfg, device)
     for split, split_plan in plan.splits.items():
         feature_keys = ["original_features", "protected_features"] + (["stored_features"] if save_png else [])
-        row_shapes = {key: (feature_dim,) for key in feature_keys}
-        row_shapes.update({name: () for name in STAT_NAMES})
+        row_shapes = {key: (dim,) for key in feature_keys}
+        row_shapes.update({name: () for name in RECORD_STATS})
+        if split == "test":
+            for k, extra in enumerate(eval_models.values()):
+                extra_dim = feature_dim(extra, cfg, device)
+                row_shapes.update({f"eval{k}_original_features": (extra_dim,), f"eval{k}_protected_features": (extra_dim,)})
         gathered = gather_split(store, split, shards[split][1], len(split_plan.records), row_shapes)
         if idist.get_rank() != 0:
             continue
-        stats = summarize_statistics(gathered, cfg.PIXELFADE.EPSILON)
+        stats = summarize_statistics(gathered, cfg.PIXELFADE.EPSILON, cfg.PIXELFADE.EPSILON_MODE)
         results["protection"][split] = stats
         warn_above_epsilon(cfg, split, stats)
         write_statistics_csv(store, split, split_plan, plan.root, gathered)
@@ -288,4 +302,9 @@ def collect_results(cfg, plan, model, store, shards):
             results["reid"] = score(cfg, gathered, split_plan, "protected_features")
             if save_png:
                 results["reid_stored_png"] = score(cfg, gathered, split_plan, "stored_features")
+            if eval_models:
+                results["eval_models"] = {
+                    label: score(cfg, gathered, split_plan, f"eval{k}_protected_features", f"eval{k}_original_features")
+                    for k, label in enumerate(eval_models)
+                }
     return results

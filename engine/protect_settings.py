@@ -8,11 +8,17 @@ import math
 
 from utils.errors import ConfigError
 
+from modeling.authorization import parse_eval_model
+
 from .methods import METHODS
 
 MODES = ("reference", "per_image")
 PRECISIONS = ("none", "bf16", "fp16")
 TRAIN_ORDERS = ("identity_balanced", "every_image")
+MODEL_FORMATS = ("auto", "agw", "torchreid", "fastreid", "torchscript", "module")
+FASTREID_MAXPOOLS = ("ceil", "pad")
+MODEL_INPUTS = ("normalized", "pixels")
+EPSILON_MODES = ("absolute", "relative")
 SWITCHES = ("on", "off")
 DISTANCES = ("euclidean", "cosine")
 
@@ -72,6 +78,15 @@ def validate_protect_config(cfg, flag_of_key=None):
     check.choice("PIXELFADE.MODE", MODES)
     check.choice("PIXELFADE.PRECISION", PRECISIONS)
     check.choice("PIXELFADE.TRAIN_ORDER", TRAIN_ORDERS)
+    check.choice("PIXELFADE.EPSILON_MODE", EPSILON_MODES)
+    check.choice("MODEL.FORMAT", MODEL_FORMATS)
+    check.choice("MODEL.FASTREID_MAXPOOL", FASTREID_MAXPOOLS)
+    check.choice("INPUT.MODEL_INPUT", MODEL_INPUTS)
+    check.positive("INPUT.PIXEL_RANGE")
+    if cfg.MODEL.FORMAT == "module" and ":" not in str(cfg.MODEL.FACTORY):
+        check.fail("MODEL.FACTORY", "'package.module:function' with MODEL.FORMAT module")
+    for entry in cfg.TEST.EVAL_MODELS:
+        parse_eval_model(entry)
     check.integer("PIXELFADE.BATCH_SIZE", 1)
     check.integer("PIXELFADE.MAX_ITER", 1)
     check.integer("PIXELFADE.FADE_NUM_ITER", 1)

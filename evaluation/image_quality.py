@@ -10,17 +10,25 @@ PSNR of identical images is finite: piq adds 1e-8 to the MSE, so it is capped at
 
 piq asserts its inputs lie in [0, data_range]; everything handed to it here is checked first
 (shape, size, finite values) and scaled or clamped into [0, 1], so no piq assertion can surface.
+
+``ImageQuality`` is the ignite Metric that scores batches under both protocols for an evaluator
+Engine (the recovery attack's test split, README "recovery_attack.py").
 """
 import math
 
 import piq
 import torch
+from ignite.exceptions import NotComputableError
+from ignite.metrics import Metric
+from ignite.metrics.metric import reinit__is_reduced
 
 from data.transforms import denormalize
 from utils.errors import NonFiniteError
 
 PSNR_CAP_DB = -10.0 * math.log10(1e-8)
 METRIC_NAMES = ("psnr", "ssim", "mse")
+# The two protocols, as named in attack_results.json.
+PROTOCOLS = ("reference_normalisation", "pixel_space")
 # piq's SSIM uses an 11 x 11 Gaussian window without padding: smaller images have no SSIM.
 SSIM_KERNEL_SIZE = 11
 DATA_RANGE = 1.0
@@ -49,7 +57,7 @@ def reference_batch_metrics(candidate, original):
 
 
 def to_pixels(images, mean, std):
-    """ImageNet-normalised images -> what a viewer sees: pixel values clamped to [0, 1]."""
+    """ImageNet-normalized images -> what a viewer sees: pixel values clamped to [0, 1]."""
     return denormalize(images, mean, std).clamp(0.0, 1.0)
 
 
@@ -115,3 +123,47 @@ class QualityAccumulator:
         if self.count == 0:
             raise ValueError("no images were added to the quality accumulator")
         return {name: self.sums[name] / self.count for name in METRIC_NAMES}
+
+
+class ImageQuality(Metric):
+    """ignite Metric: candidate images of each kind vs the originals, under both protocols.
+
+    ``update((candidates, originals))`` takes ``{kind: B x C x H x W}`` and the B x C x H x W
+    originals, all in the normalized space (``mean``, ``std``: INPUT.PIXEL_MEAN / PIXEL_STD);
+    the reference protocol weights each batch's means by its image count, pixel space averages
+    per image. ``compute()`` returns ``{'num_images': n, protocol: {kind: {metric: mean}}}``,
+    stored whole under the metric's name (``metrics_result_mode='named'``).
+    """
+
+    required_output_keys = ("candidates", "original")
+
+    def __init__(self, kinds, mean, std, output_transform=lambda output: output):
+        self.kinds = tuple(kinds)
+        self.mean, self.std = mean, std
+        super().__init__(output_transform=output_transform, skip_unrolling=True,
+                         metrics_result_mode="named")
+
+    @reinit__is_reduced
+    def reset(self):
+        self._meters = {(protocol, kind): QualityAccumulator() for protocol in PROTOCOLS
+                        for kind in self.kinds}
+
+    @reinit__is_reduced
+    def update(self, output):
+        candidates, originals = output
+        for kind in self.kinds:
+            candidate = candidates[kind]
+            self._meters["reference_normalisation", kind].add_batch_means(
+                reference_batch_metrics(candidate, originals), originals.shape[0])
+            self._meters["pixel_space", kind].add_per_image(
+                pixel_space_metrics(candidate, originals, self.mean, self.std))
+
+    def compute(self):
+        count = self._meters["pixel_space", self.kinds[0]].count
+        if count == 0:
+            raise NotComputableError("ImageQuality needs at least one batch before it can be "
+                                     "computed")
+        record = {"num_images": count}
+        for protocol in PROTOCOLS:
+            record[protocol] = {kind: self._meters[protocol, kind].means() for kind in self.kinds}
+        return record

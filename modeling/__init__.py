@@ -1,6 +1,7 @@
-"""The AGW authorization Re-ID model, its backbones and safe checkpoint handling."""
+"""The authorization Re-ID model: the AGW family, other ecosystems' formats, safe checkpoint handling."""
 from .baseline import Baseline
-from .build import build_authorization_model, build_model, resolve_device
+from .authorization import build_authorization_model, feature_dim
+from .build import build_model, resolve_device
 from .checkpoint import (
     LoadReport,
     convert_checkpoint,
@@ -16,6 +17,7 @@ __all__ = [
     "CheckpointError",
     "LoadReport",
     "build_authorization_model",
+    "feature_dim",
     "build_model",
     "convert_checkpoint",
     "load_imagenet_backbone",

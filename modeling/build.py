@@ -1,4 +1,4 @@
-"""Build the AGW authorization model from the config, randomly, from ImageNet or a Re-ID checkpoint."""
+"""The AGW model family (the toolkit's and the paper's ``Baseline``): built randomly or from ImageNet; the ``agw`` format."""
 import logging
 import os
 
@@ -9,6 +9,7 @@ from configs import ConfigError
 from .backbones import build_backbone
 from .baseline import Baseline
 from .checkpoint import load_imagenet_backbone, load_reid_weights
+from .formats import MODEL_FORMATS, ModelFormat
 
 PRETRAIN_CHOICES = ("imagenet", "self")
 SWITCH_VALUES = {"on": True, "off": False, True: True, False: False}
@@ -35,29 +36,6 @@ def build_model(cfg, num_classes=0):
             )
         load_imagenet_backbone(model, path, _log)
     return model
-
-
-def build_authorization_model(cfg, checkpoint_path, device, logger=None):
-    """The frozen model f of PixelFade: eval mode, no parameter requires grad, on ``device``.
-
-    ``checkpoint_path`` is a Re-ID checkpoint (no ImageNet file is read then); empty means the
-    untrained model of :func:`build_model` (random from MODEL.INIT_SEED, or ImageNet backbone).
-    ``device``: 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device.
-    """
-    logger = logger or _log
-    if checkpoint_path:
-        model = _build_initialized(cfg, 0)
-        load_reid_weights(model, checkpoint_path, logger)
-    else:
-        model = build_model(cfg)
-        logger.warning(
-            "no Re-ID checkpoint given: the authorization model %s is not Re-ID trained "
-            "(MODEL.PRETRAIN_CHOICE=%s, MODEL.INIT_SEED=%d)",
-            cfg.MODEL.NAME, cfg.MODEL.PRETRAIN_CHOICE, cfg.MODEL.INIT_SEED,
-        )
-    model.eval()
-    model.requires_grad_(False)
-    return model.to(resolve_device(device))
 
 
 def resolve_device(device):
@@ -94,3 +72,24 @@ def _build_initialized(cfg, num_classes):
         except ConfigError as err:
             raise ConfigError(f"MODEL.NAME: {err}") from None
         return Baseline(backbone, num_classes, SWITCH_VALUES[gem], in_planes=backbone.out_channels)
+
+
+def _build_agw(cfg):
+    model = _build_initialized(cfg, 0)
+    model.architecture = cfg.MODEL.NAME
+    return model
+
+
+def _load_agw(model, state, source, logger):
+    architecture = f"the AGW Baseline with MODEL.NAME {getattr(model, 'architecture', '?')}"
+    return load_reid_weights(model, state, logger, source=source, architecture=architecture)
+
+
+def _looks_like_agw(state):
+    return any(key.startswith("base.") for key in state) and any(key.startswith("bottleneck.") for key in state)
+
+
+MODEL_FORMATS.register("agw")(ModelFormat(
+    name="agw", architectures=(), build=_build_agw, load=_load_agw, detect=_looks_like_agw,
+    feature_doc="BNNeck output (BatchNorm1d after GeM or average pooling), the paper's authorization feature",
+))

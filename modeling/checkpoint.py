@@ -114,17 +114,17 @@ def _compare(target_state, state, source, ignored_prefixes, absent_prefixes=()):
     return report
 
 
-def _apply(module, state, report, logger):
+def _apply(module, state, report, logger, architecture="the model"):
     if not report.ok:
-        details = "\n".join(f"  {line}" for line in report.problem_lines())
-        raise CheckpointError(f"{report.source}: weights do not fit the model:\n{details}")
+        details = "; ".join(report.problem_lines())
+        raise CheckpointError(f"{report.source}: weights do not fit {architecture}: {details}")
     module.load_state_dict(OrderedDict((key, state[key]) for key in report.loaded), strict=False)
     if logger is not None:
         logger.info(report.summary())
     return report
 
 
-def load_reid_weights(model, state_or_path, logger=None):
+def load_reid_weights(model, state_or_path, logger=None, source=None, architecture="the model"):
     """Copy a Re-ID checkpoint (path or mapping) into ``model``; returns the LoadReport.
 
     ``classifier.*`` (identities of the training set) and an unused backbone ``fc`` are ignored.
@@ -136,12 +136,12 @@ def load_reid_weights(model, state_or_path, logger=None):
         source = os.fspath(state_or_path)
         state = read_checkpoint(source)
     elif isinstance(state_or_path, Mapping):
-        source = "state dict"
+        source = source or "state dict"
         state = state_dict_from(state_or_path, source)
     else:
         raise TypeError(f"expected a checkpoint path or a state dict, got {type(state_or_path).__name__}")
     report = _compare(model.state_dict(), state, source, REID_IGNORED_PREFIXES)
-    return _apply(model, state, report, logger)
+    return _apply(model, state, report, logger, architecture)
 
 
 def load_imagenet_backbone(model, path, logger=None):

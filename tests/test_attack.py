@@ -16,16 +16,19 @@ import numpy as np
 import piq
 import pytest
 import torch
+from ignite.engine import Events
 from PIL import Image
 
 import recovery_attack
 from configs import get_default_config, load_config
+from data.img_npy import batch_files, find_pairs, npy_dir_of, read_batch, write_batch
 from data.npy_pairs import PairDataset
 from data.transforms import normalize
 from engine import attack as attack_module
-from engine.attack import (ATTACKERS, AttackSettings, attack_targets, available_cpus,
-                           evaluate_generator, latest_checkpoint, loader_workers,
-                           recovered_normalised, results_markdown, run_attack)
+from engine.attack import (ATTACKERS, EPOCH_METERS, AttackSettings, attack_targets,
+                           available_cpus, build_optimizer, create_attack_evaluator,
+                           create_attack_trainer, evaluate_generator, latest_checkpoint,
+                           loader_workers, recovered_normalized, results_markdown, run_attack)
 from modeling.generators import GENERATORS, build_generator
 from utils.errors import ConfigError, NonFiniteError, RunConflictError
 from utils.file_io import FolderLock
@@ -41,8 +44,7 @@ CLI_TINY = ["--generator", "resnet_6blocks", "--device", "cpu", "--no_progress",
 def write_pairs(run_dir, noise=0.05, train_batches=3, test_batches=2, seed=0, height=HEIGHT,
                 width=WIDTH, channels=3):
     """Smooth images (easy to regress) with protected = original + small noise, as protect_image."""
-    npy_dir = os.path.join(run_dir, "img_npy")
-    os.makedirs(npy_dir, exist_ok=True)
+    npy_dir = npy_dir_of(run_dir)
     rng = np.random.default_rng(seed)
     rows = np.linspace(0.2, 0.8, height, dtype=np.float32).reshape(1, 1, height, 1)
     for split, count in (("train", train_batches), ("test", test_batches)):
@@ -51,11 +53,7 @@ def write_pairs(run_dir, noise=0.05, train_batches=3, test_batches=2, seed=0, he
             pixels = np.broadcast_to(rows * tint, (BATCH, 3, height, width))
             clean = ((pixels - MEAN) / STD).astype(np.float32)[:, :channels]
             protected = clean + noise * rng.standard_normal(clean.shape).astype(np.float32)
-            np.save(os.path.join(npy_dir, f"clean-{split}-{index}-images.npy"), clean)
-            np.save(os.path.join(npy_dir, f"encry-{split}-{index}-images.npy"), protected)
-            np.save(os.path.join(npy_dir, f"{split}-{index}-ids.npy"), np.arange(BATCH))
-            if split == "test":
-                np.save(os.path.join(npy_dir, f"test-{index}-camids.npy"), np.ones(BATCH))
+            write_batch(npy_dir, split, index, clean, protected, np.arange(BATCH), np.ones(BATCH))
     return npy_dir
 
 
@@ -67,10 +65,10 @@ def independent_scores(npy_dir, recover):
     sums = {(protocol, kind): np.zeros(3) for protocol in ("reference_normalisation",
                                                            "pixel_space")
             for kind in ("protected", "recovered")}
-    count, index = 0, 0
-    while os.path.isfile(os.path.join(npy_dir, f"clean-test-{index}-images.npy")):
-        clean = np.load(os.path.join(npy_dir, f"clean-test-{index}-images.npy")).astype(np.float64)
-        protected = np.load(os.path.join(npy_dir, f"encry-test-{index}-images.npy"))
+    count = 0
+    for pair in find_pairs(npy_dir, "test"):
+        batch = read_batch(npy_dir, "test", pair.index)
+        clean, protected = batch.clean.astype(np.float64), batch.protected
         recovered = recover(torch.from_numpy(protected)).detach().double().numpy()
         size = clean.shape[0]
         for kind, candidate in (("protected", protected.astype(np.float64)),
@@ -90,7 +88,6 @@ def independent_scores(npy_dir, recover):
             sums["pixel_space", kind] += np.array([per_image_psnr.sum(), per_image_ssim.sum(),
                                                    per_image_mse.sum()])
         count += size
-        index += 1
     return count, {key: dict(zip(("psnr", "ssim", "mse"), value / count))
                    for key, value in sums.items()}
 
@@ -179,14 +176,14 @@ def test_strong_attacker_targets_pixels():
     assert attack_targets(originals, reference) is originals
 
 
-def test_strong_attacker_output_is_clamped_before_normalising():
+def test_strong_attacker_output_is_clamped_before_normalizing():
     # Pixel outputs from -0.5 to 1.5: a third of them outside [0, 1].
     outputs = torch.linspace(-0.5, 1.5, 2 * 3 * 8 * 4).reshape(2, 3, 8, 4)
-    recovered = recovered_normalised(outputs, AttackSettings(mode="strong"))
+    recovered = recovered_normalized(outputs, AttackSettings(mode="strong"))
     mean, std = torch.tensor(MEAN), torch.tensor(STD)
     expected = (torch.where(outputs < 0, 0.0, torch.where(outputs > 1, 1.0, outputs)) - mean) / std
     assert torch.allclose(recovered, expected, atol=1e-6)
-    assert recovered_normalised(outputs, AttackSettings()) is outputs
+    assert recovered_normalized(outputs, AttackSettings()) is outputs
 
 
 class _ConstantPixels(torch.nn.Module):
@@ -280,27 +277,71 @@ def test_end_to_end_scores_equal_an_independent_computation(tmp_path):
 
 
 def test_epoch_loss_and_weights_equal_a_plain_training_loop(tmp_path):
+    """The ignite meters (reset every epoch) and steps give exactly what a plain loop gives."""
     npy_dir = write_pairs(str(tmp_path), train_batches=3)
-    settings = AttackSettings(**{**TINY, "total_epochs": 1, "shuffle": False})
+    settings = AttackSettings(**{**TINY, "total_epochs": 2, "shuffle": False})
     entry = run_attack(settings, npy_dir, str(tmp_path), show_progress=False)
 
     torch.manual_seed(settings.seed)
     generator = build_generator("resnet_6blocks", ngf=4)
     optimizer = torch.optim.Adam(generator.parameters(), lr=settings.lr)
-    weighted = 0.0
-    for index in range(3):
-        clean = torch.from_numpy(np.load(os.path.join(npy_dir, f"clean-train-{index}-images.npy")))
-        protected = torch.from_numpy(np.load(os.path.join(npy_dir,
-                                                          f"encry-train-{index}-images.npy")))
-        loss = torch.nn.functional.l1_loss(generator(protected), clean)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        weighted += loss.item() * BATCH
-    assert entry["train_loss"]["0"] == pytest.approx(weighted / (3 * BATCH), rel=1e-6)
+    for epoch in range(2):
+        weighted = 0.0
+        for index in range(3):
+            batch = read_batch(npy_dir, "train", index)
+            clean, protected = torch.from_numpy(batch.clean), torch.from_numpy(batch.protected)
+            loss = torch.nn.functional.l1_loss(generator(protected), clean)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            weighted += loss.item() * BATCH
+        assert entry["train_loss"][str(epoch)] == weighted / (3 * BATCH)
     saved = torch.load(tmp_path / "Generator_weight.pth", weights_only=True)
-    assert all(torch.allclose(saved[key], value, atol=1e-6)
-               for key, value in generator.state_dict().items())
+    assert all(torch.equal(saved[key], value) for key, value in generator.state_dict().items())
+
+
+def test_epoch_meters_are_ignite_metrics_in_the_bar_and_the_log(tmp_path, capsys):
+    npy_dir = write_pairs(str(tmp_path), train_batches=2, test_batches=1)
+    settings = AttackSettings(**{**TINY, "total_epochs": 1})
+    generator = build_generator("resnet_6blocks", ngf=4)
+    trainer = create_attack_trainer(generator, build_optimizer(settings, generator.parameters()),
+                                    settings, "cpu")
+    pairs = PairDataset(npy_dir, "train")
+    protected, original = pairs.load_batch(1)
+    batches = [pairs.load_batch(0), (protected[:1], original[:1])]  # 2 images, then 1
+    step_losses, epoch_meters = [], []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED,
+                              lambda engine: step_losses.append(engine.state.output["loss"].item()))
+    trainer.add_event_handler(Events.EPOCH_COMPLETED,
+                              lambda engine: epoch_meters.append(dict(engine.state.metrics)))
+    trainer.run(batches, max_epochs=2)
+    assert [meters["loss"] for meters in epoch_meters] == [
+        (step_losses[0] * 2 + step_losses[1]) / 3, (step_losses[2] * 2 + step_losses[3]) / 3]
+    assert all(meters["images_per_s"] > 0 for meters in epoch_meters)
+    assert sorted(epoch_meters[0]) == sorted(EPOCH_METERS)
+
+    entry = run_attack(settings, npy_dir, str(tmp_path / "run"), show_progress=True)
+    bar = capsys.readouterr().err
+    assert "attack[reference]" in bar and "loss=" in bar and "images_per_s=" in bar
+    log = (tmp_path / "run" / "log_recovery.txt").read_text()
+    assert f"L1 loss {entry['train_loss']['0']:.6f}, " in log and " images/s" in log
+
+
+def test_the_test_split_is_scored_by_an_evaluator_engine_after_the_evaluated_epochs(tmp_path):
+    npy_dir = write_pairs(str(tmp_path), train_batches=1, test_batches=2)
+    settings = AttackSettings(**{**TINY, "total_epochs": 4, "eval_epochs": (0, 2, 9)})
+    entry = run_attack(settings, npy_dir, str(tmp_path), show_progress=False)
+    assert sorted(entry["evaluations"]) == ["0", "2", "3"]
+
+    generator = build_generator("resnet_6blocks", ngf=4).train()
+    test_pairs = PairDataset(npy_dir, "test")
+    evaluator = create_attack_evaluator(generator, test_pairs, settings, "cpu")
+    evaluator.run(range(test_pairs.num_batches))
+    assert generator.training  # put back in training mode after scoring
+    record = evaluator.state.metrics["quality"]
+    assert record == evaluate_generator(generator, test_pairs, settings, "cpu")
+    with torch.no_grad():
+        assert_record_matches(record, npy_dir, generator.eval())
 
 
 def test_loss_decreases_on_easy_pairs(tmp_path):
@@ -339,6 +380,34 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
                                                "/ ATTACK.TOTAL_EPOCHS = 1"):
         run_attack(dataclasses.replace(settings, total_epochs=1), npy_dir, resumed_dir,
                    show_progress=False)
+
+
+def test_resume_reads_the_checkpoint_on_the_cpu_and_hands_ignite_the_loaded_dict(tmp_path,
+                                                                                monkeypatch):
+    """ignite's load_objects would torch.load a path without map_location: it gets a dict."""
+    npy_dir = write_pairs(str(tmp_path / "data"), train_batches=1, test_batches=1)
+    settings = AttackSettings(**{**TINY, "total_epochs": 1, "eval_epochs": ()})
+    run_attack(settings, npy_dir, str(tmp_path), show_progress=False)
+    real_load, real_load_objects = torch.load, attack_module.Checkpoint.load_objects
+    loads, handed = [], []
+
+    def recording_load(*args, **kwargs):
+        loads.append(kwargs)
+        return real_load(*args, **kwargs)
+
+    def recording_load_objects(to_load, checkpoint, **kwargs):
+        handed.append(checkpoint)
+        return real_load_objects(to_load, checkpoint, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    monkeypatch.setattr(attack_module.Checkpoint, "load_objects",
+                        staticmethod(recording_load_objects))
+    entry = run_attack(dataclasses.replace(settings, total_epochs=2), npy_dir, str(tmp_path),
+                       show_progress=False)
+    assert sorted(entry["train_loss"]) == ["0", "1"]
+    assert len(handed) == 1 and isinstance(handed[0], dict)
+    assert loads and all(kwargs["map_location"] == "cpu" and kwargs["weights_only"]
+                         for kwargs in loads)
 
 
 def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
@@ -590,52 +659,53 @@ def test_cli_refuses_cuda_without_a_gpu(tmp_path, capsys):
     one_error_line(capsys, "MODEL.DEVICE is 'cuda' but CUDA is not available")
 
 
-def _poison(npy_dir, name, value, image=1):
-    array = np.load(os.path.join(npy_dir, name))
-    array[image, 2, 5, 3] = value
-    np.save(os.path.join(npy_dir, name), array)
+def _resave(path, transform):
+    """Rewrite one saved file, as a damaged or foreign writer would leave it."""
+    np.save(path, transform(np.load(path)))
 
 
-@pytest.mark.parametrize("name, value", [("encry-train-1-images.npy", np.nan),
-                                         ("clean-train-2-images.npy", np.inf),
-                                         ("encry-test-1-images.npy", -np.inf)])
-def test_cli_non_finite_pairs_are_refused_before_anything_is_written(tmp_path, capsys, name,
-                                                                     value):
+def _poisoned(value, image=1):
+    def poison(array):
+        array[image, 2, 5, 3] = value
+        return array
+    return poison
+
+
+@pytest.mark.parametrize("split, index, role, value", [("train", 1, "protected", np.nan),
+                                                       ("train", 2, "clean", np.inf),
+                                                       ("test", 1, "protected", -np.inf)])
+def test_cli_non_finite_pairs_are_refused_before_anything_is_written(tmp_path, capsys, split,
+                                                                     index, role, value):
     npy_dir = write_pairs(str(tmp_path))
-    _poison(npy_dir, name, value)
+    path = getattr(batch_files(npy_dir, split, index), role)
+    _resave(path, _poisoned(value))
     before = folder_digests(tmp_path)
     assert recovery_attack.main(["--npy_path", str(tmp_path), "--total_epochs", "1",
                                  *CLI_TINY]) == 2
-    one_error_line(capsys, f"{os.path.join(npy_dir, name)} holds NaN or infinite values "
-                           "(first in image 1 of the batch)")
+    one_error_line(capsys, f"{path} holds NaN or infinite values (first in image 1 of the batch)")
     assert folder_digests(tmp_path) == before  # no log file, no config, no lock file
 
 
-def _resave(npy_dir, names, transform):
-    for name in names:
-        path = os.path.join(npy_dir, name)
-        np.save(path, transform(np.load(path)))
-
-
-@pytest.mark.parametrize("names, transform, message", [
-    (["clean-train-2-images.npy", "encry-train-2-images.npy"], lambda a: a[:, :, :24],
+@pytest.mark.parametrize("files, transform, message", [
+    ([("train", 2, "clean"), ("train", 2, "protected")], lambda a: a[:, :, :24],
      "{npy}/clean-train-2-images.npy and {npy}/encry-train-2-images.npy hold images of shape "
      "(3, 24, 16); expected C x H x W = (3, 32, 16) (the shape of {npy}/clean-train-0-images.npy)"),
-    (["clean-train-1-images.npy", "encry-train-1-images.npy"], lambda a: a[:, :1],
+    ([("train", 1, "clean"), ("train", 1, "protected")], lambda a: a[:, :1],
      "hold images of shape (1, 32, 16); expected C x H x W = (3, 32, 16)"),
-    (["clean-test-0-images.npy", "encry-test-0-images.npy"], lambda a: a[:, :, :, :12],
+    ([("test", 0, "clean"), ("test", 0, "protected")], lambda a: a[:, :, :, :12],
      "{npy}/clean-test-0-images.npy and {npy}/encry-test-0-images.npy hold images of shape "
      "(3, 32, 12); expected C x H x W = (3, 32, 16) (the shape of the train split)"),
-    (["encry-train-0-images.npy"], lambda a: a[:, :, :, :12],
+    ([("train", 0, "protected")], lambda a: a[:, :, :, :12],
      "shape mismatch in batch 0: {npy}/clean-train-0-images.npy is (2, 3, 32, 16) but "
      "{npy}/encry-train-0-images.npy is (2, 3, 32, 12)"),
-    (["encry-test-1-images.npy"], lambda a: a[0],
+    ([("test", 1, "protected")], lambda a: a[0],
      "{npy}/encry-test-1-images.npy: expected a B x C x H x W array of images, got shape "
      "(3, 32, 16)"),
 ])
-def test_cli_reshaped_batches_are_one_line(tmp_path, capsys, names, transform, message):
+def test_cli_reshaped_batches_are_one_line(tmp_path, capsys, files, transform, message):
     npy_dir = write_pairs(str(tmp_path))
-    _resave(npy_dir, names, transform)
+    for split, index, role in files:
+        _resave(getattr(batch_files(npy_dir, split, index), role), transform)
     before = folder_digests(tmp_path)
     assert recovery_attack.main(["--npy_path", str(tmp_path), *CLI_TINY]) == 2
     one_error_line(capsys, message.format(npy=npy_dir))
@@ -655,10 +725,10 @@ def test_cli_wrong_channel_count_and_tiny_images_are_one_line(tmp_path, capsys):
 
 def test_cli_broken_pair_set_is_one_line(tmp_path, capsys):
     npy_dir = write_pairs(str(tmp_path), train_batches=2, test_batches=1)
-    os.remove(os.path.join(npy_dir, "clean-train-1-images.npy"))
+    files = batch_files(npy_dir, "train", 1)
+    os.remove(files.clean)
     assert recovery_attack.main(["--npy_path", str(tmp_path)]) == 2
-    one_error_line(capsys, f"missing partner: {npy_dir}/encry-train-1-images.npy has no "
-                           f"{npy_dir}/clean-train-1-images.npy")
+    one_error_line(capsys, f"missing partner: {files.protected} has no {files.clean}")
 
 
 @pytest.fixture

@@ -5,7 +5,8 @@ import os
 import pytest
 from PIL import Image
 
-from engine.demo import FIGURE_NAME, METHODS, REPORT_NAME, SMALL_SCALE, run_demo
+import demo as demo_cli
+from tools.demo import FIGURE_NAME, METHODS, REPORT_NAME, RESULTS_NAME, SMALL_SCALE, run_demo
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +40,19 @@ def test_report_figure_and_numbers_are_written(demo):
     output, summary = demo
     report = open(os.path.join(output, REPORT_NAME)).read()
     assert "UNTRAINED" in report and "| encry2clean |" in report and "| pixelfade | recovered |" in report
+    assert summary["figure"] == os.path.join(output, FIGURE_NAME)
     with Image.open(summary["figure"]) as figure:
         rows = 1 + 2 * len(METHODS)
         assert figure.height == 2 * (rows * (SMALL_SCALE.height + 2) + 2)
-    saved = json.load(open(os.path.join(output, "demo_results.json")))
+    saved = json.load(open(os.path.join(output, RESULTS_NAME)))
     assert set(saved["reid"]) == set(METHODS) and set(saved["attack"]) == set(METHODS)
+
+
+def test_root_demo_py_is_the_cli_of_tools_demo(capsys):
+    """``bash run.sh demo`` runs ``python demo.py --output ... --device ...``."""
+    assert demo_cli.run_demo is run_demo and demo_cli.SMALL_SCALE is SMALL_SCALE
+    with pytest.raises(SystemExit) as exit_info:
+        demo_cli.main(["--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    assert "--output" in help_text and "--device" in help_text

@@ -4,9 +4,22 @@ import pytest
 import torch
 from torch import nn
 
-from modeling.generators import GENERATORS, build_generator
+from modeling.generators import GENERATORS, ResnetGenerator, UnetGenerator, build_generator
 from modeling.generators.padding import crop_padding, pad_to_multiple, padding_for
 from utils.errors import ConfigError
+from utils.registry import Registry
+
+
+@pytest.mark.parametrize("name, network, levels", [
+    ("unet_128", UnetGenerator, 128), ("unet_256", UnetGenerator, 256),
+    ("resnet_6blocks", ResnetGenerator, 4), ("resnet_9blocks", ResnetGenerator, 4)])
+def test_generators_are_registered_one_function_each(name, network, levels):
+    assert isinstance(GENERATORS, Registry) and GENERATORS.config_key == "ATTACK.GENERATOR"
+    assert GENERATORS.names() == ("resnet_6blocks", "resnet_9blocks", "unet_128", "unet_256")
+    factory = GENERATORS.get(name)
+    assert factory.__name__ == name
+    generator = factory(ngf=4)
+    assert type(generator) is network and generator.size_factor == levels
 
 
 @pytest.mark.parametrize("name", sorted(GENERATORS))
@@ -101,9 +114,9 @@ def test_pix2pix_normal_init_statistics():
 
 
 def test_bad_arguments():
-    with pytest.raises(ConfigError, match=r"ATTACK.GENERATOR: unknown generator 'unet_64'; "
-                                          r"expected one of \['resnet_6blocks', 'resnet_9blocks', "
-                                          r"'unet_128', 'unet_256'\]"):
+    with pytest.raises(ConfigError, match=r"^unknown generator 'unet_64' \(ATTACK.GENERATOR\); "
+                                          r"known: resnet_6blocks, resnet_9blocks, unet_128, "
+                                          r"unet_256$"):
         build_generator("unet_64")
     with pytest.raises(ConfigError, match=r"unknown output_activation 'sigmoid'; expected one of "
                                           r"\['none', 'tanh'\]"):

@@ -3,10 +3,13 @@ import math
 import piq
 import pytest
 import torch
+from ignite.engine import Engine
+from ignite.exceptions import NotComputableError
 
 from data.transforms import normalize
-from evaluation.image_quality import (PSNR_CAP_DB, QualityAccumulator, min_max_scale, pixel_space_metrics,
-                                      reference_batch_metrics, to_pixels)
+from evaluation.image_quality import (PROTOCOLS, PSNR_CAP_DB, ImageQuality, QualityAccumulator,
+                                      min_max_scale, pixel_space_metrics, reference_batch_metrics,
+                                      to_pixels)
 from utils.errors import NonFiniteError
 
 MEAN = (0.485, 0.456, 0.406)
@@ -147,3 +150,37 @@ def test_non_finite_images_are_refused_before_piq(function, side, value):
     images[side] = bad
     with pytest.raises(NonFiniteError, match=f"the {side} images hold NaN or infinite values"):
         function(images["candidate"], images["original"])
+
+
+def test_image_quality_metric_equals_the_accumulated_functions():
+    """The ignite Metric gives what QualityAccumulator gives over the same batches, per protocol."""
+    generator = torch.Generator().manual_seed(5)
+    batches = []
+    for size in (3, 1, 2):
+        original = torch.randn(size, 3, 16, 12, generator=generator)
+        batches.append({"original": original,
+                        "candidates": {"near": original + 0.1 * torch.randn(original.shape,
+                                                                            generator=generator),
+                                       "far": torch.randn(original.shape, generator=generator)}})
+    engine = Engine(lambda engine, batch: batch)
+    ImageQuality(("near", "far"), MEAN, STD).attach(engine, "quality")
+    record = engine.run(batches).metrics["quality"]
+    assert set(engine.state.metrics) == {"quality"}  # the record is stored whole, not flattened
+
+    expected = {"num_images": 6}
+    for protocol in PROTOCOLS:
+        expected[protocol] = {}
+        for kind in ("near", "far"):
+            accumulator = QualityAccumulator()
+            for batch in batches:
+                candidate, original = batch["candidates"][kind], batch["original"]
+                if protocol == "pixel_space":
+                    accumulator.add_per_image(pixel_space_metrics(candidate, original, MEAN, STD))
+                else:
+                    accumulator.add_batch_means(reference_batch_metrics(candidate, original),
+                                                original.shape[0])
+            expected[protocol][kind] = accumulator.means()
+    assert record == expected
+    assert record["pixel_space"]["near"]["psnr"] > record["pixel_space"]["far"]["psnr"]
+    with pytest.raises(NotComputableError):
+        ImageQuality(("near",), MEAN, STD).compute()

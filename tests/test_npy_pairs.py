@@ -1,3 +1,5 @@
+"""The img_npy format (data.img_npy: names, writing, finding, checking, reading) and the attack's
+Dataset over it (data.npy_pairs)."""
 import os
 import pickle
 
@@ -5,20 +7,21 @@ import numpy as np
 import pytest
 import torch
 
-from data.npy_pairs import (PairDataset, SavedBatches, SavedBatchOrder, check_finite, find_pairs,
-                            reference_file_order, resolve_npy_dir)
-from utils.errors import DatasetError, NonFiniteError
+from data.img_npy import (NPY_DIRNAME, BatchFiles, batch_files, check_finite, find_pairs,
+                          npy_dir_of, read_batch, reference_file_order, resolve_npy_dir,
+                          run_dir_of, write_batch)
+from data.npy_pairs import PairDataset, SavedBatches, SavedBatchOrder
+from engine.run_store import RunStore
+from utils.errors import DatasetError, NonFiniteError, OutputError
 
 
 def write_split(npy_dir, split, num_batches, batch_size=2, shape=(3, 8, 4)):
     """Batch i holds values i*1000 + image offset (clean) and the negation (protected)."""
-    os.makedirs(npy_dir, exist_ok=True)
     for index in range(num_batches):
         clean = np.stack([np.full(shape, index * 1000 + k, dtype=np.float32)
                           for k in range(batch_size)])
-        np.save(os.path.join(npy_dir, f"clean-{split}-{index}-images.npy"), clean)
-        np.save(os.path.join(npy_dir, f"encry-{split}-{index}-images.npy"), -clean)
-        np.save(os.path.join(npy_dir, f"{split}-{index}-ids.npy"), np.arange(batch_size))
+        write_batch(npy_dir, split, index, clean, -clean, np.arange(batch_size),
+                    np.zeros(batch_size))
 
 
 @pytest.fixture
@@ -57,21 +60,22 @@ def test_numeric_and_reference_orders(run_dir):
 
 
 def test_missing_partner(run_dir):
-    os.remove(run_dir / "img_npy" / "encry-train-3-images.npy")
+    os.remove(batch_files(str(run_dir / "img_npy"), "train", 3).protected)
     with pytest.raises(DatasetError, match="missing partner: .*clean-train-3-images.npy has no "
                                            ".*encry-train-3-images.npy"):
         find_pairs(str(run_dir / "img_npy"), "train")
 
 
 def test_missing_ids(run_dir):
-    os.remove(run_dir / "img_npy" / "test-1-ids.npy")
+    os.remove(batch_files(str(run_dir / "img_npy"), "test", 1).ids)
     with pytest.raises(DatasetError, match="missing ids file .*test-1-ids.npy for "
                                            ".*clean-test-1-images.npy"):
         find_pairs(str(run_dir / "img_npy"), "test")
 
 
 def test_shape_mismatch_names_both_files(run_dir):
-    np.save(run_dir / "img_npy" / "encry-test-1-images.npy", np.zeros((2, 3, 8, 5), np.float32))
+    np.save(batch_files(str(run_dir / "img_npy"), "test", 1).protected,
+            np.zeros((2, 3, 8, 5), np.float32))
     with pytest.raises(DatasetError, match=r"shape mismatch in batch 1: .*clean-test-1-images.npy "
                                            r"is \(2, 3, 8, 4\) but .*encry-test-1-images.npy is "
                                            r"\(2, 3, 8, 5\); expected equal shapes"):
@@ -79,7 +83,7 @@ def test_shape_mismatch_names_both_files(run_dir):
 
 
 def test_ids_length_mismatch(run_dir):
-    np.save(run_dir / "img_npy" / "train-5-ids.npy", np.arange(3))
+    np.save(batch_files(str(run_dir / "img_npy"), "train", 5).ids, np.arange(3))
     with pytest.raises(DatasetError, match=r"train-5-ids.npy holds \(3,\) ids but .*clean-train-5"
                                            r"-images.npy holds 2 images; expected one id per"):
         find_pairs(str(run_dir / "img_npy"), "train")
@@ -95,8 +99,8 @@ def test_empty_split_and_unknown_split(tmp_path):
 
 def test_images_of_different_sizes_across_batches(tmp_path):
     write_split(str(tmp_path), "train", 2)
-    np.save(tmp_path / "clean-train-1-images.npy", np.zeros((2, 3, 8, 6), np.float32))
-    np.save(tmp_path / "encry-train-1-images.npy", np.zeros((2, 3, 8, 6), np.float32))
+    wider = np.zeros((2, 3, 8, 6), np.float32)
+    write_batch(str(tmp_path), "train", 1, wider, wider, np.arange(2))
     with pytest.raises(DatasetError, match=r"clean-train-1-images.npy and .*encry-train-1-images"
                                            r".npy hold images of shape \(3, 8, 6\); expected "
                                            r"C x H x W = \(3, 8, 4\) \(the shape of "
@@ -118,15 +122,18 @@ def test_images_of_different_sizes_across_batches(tmp_path):
 ])
 def test_unusable_image_files(tmp_path, array, message):
     write_split(str(tmp_path), "train", 1)
-    np.save(tmp_path / "encry-train-0-images.npy", array)
+    np.save(batch_files(str(tmp_path), "train", 0).protected, array)
     with pytest.raises(DatasetError, match=f"encry-train-0-images.npy: {message}"):
         find_pairs(str(tmp_path), "train")
 
 
 def test_truncated_file_is_named(tmp_path):
     write_split(str(tmp_path), "train", 1)
-    path = tmp_path / "clean-train-0-images.npy"
-    path.write_bytes(path.read_bytes()[:100])
+    path = batch_files(str(tmp_path), "train", 0).clean
+    with open(path, "rb") as handle:
+        head = handle.read(100)
+    with open(path, "wb") as handle:
+        handle.write(head)
     with pytest.raises(DatasetError, match=f"cannot read {path} as a .npy array: "):
         find_pairs(str(tmp_path), "train")
 
@@ -148,9 +155,10 @@ def test_check_finite_names_the_file_and_first_image(tmp_path, block, image, val
 
 def test_dataset_checks_values_on_opening_only_when_asked(run_dir):
     npy_dir = run_dir / "img_npy"
-    clean = np.load(npy_dir / "clean-train-7-images.npy")
+    path = batch_files(str(npy_dir), "train", 7).clean
+    clean = np.load(path)
     clean[1, 0, 3, 2] = np.inf
-    np.save(npy_dir / "clean-train-7-images.npy", clean)
+    np.save(path, clean)
     with pytest.raises(NonFiniteError, match=r"clean-train-7-images.npy holds NaN or infinite "
                                              r"values \(first in image 1 of the batch\)"):
         PairDataset(str(npy_dir), "train")
@@ -171,8 +179,7 @@ def test_dataset_indexes_images_and_batches(run_dir):
     assert torch.equal(batch_protected, -batch_clean)
     with pytest.raises(IndexError, match="image 24 out of range for 24 'train' images"):
         dataset[24]
-    assert dataset.batch_files(3) == (str(run_dir / "img_npy" / "clean-train-3-images.npy"),
-                                      str(run_dir / "img_npy" / "encry-train-3-images.npy"))
+    assert dataset.batch_files(3) == batch_files(str(run_dir / "img_npy"), "train", 3)[:2]
     clone = pickle.loads(pickle.dumps(dataset))
     assert clone._arrays is None and torch.equal(clone[21][1], clean)
 
@@ -190,3 +197,73 @@ def test_saved_batch_order():
     again.set_epoch(1)
     assert list(again) == first
     assert list(SavedBatchOrder(4, shuffle=False, seed=5)) == [0, 1, 2, 3]
+
+
+# ---------------------------------------------------------------------------------------------
+# the format's names, writer and reader (data.img_npy)
+# ---------------------------------------------------------------------------------------------
+def test_file_names_are_the_reference_layout(tmp_path):
+    """The names the reference's attack script reads (README, "protect_image.py" outputs)."""
+    npy_dir = npy_dir_of(str(tmp_path))
+    assert npy_dir == str(tmp_path / "img_npy") and NPY_DIRNAME == "img_npy"
+    assert batch_files(npy_dir, "test", 4) == BatchFiles(
+        os.path.join(npy_dir, "clean-test-4-images.npy"),
+        os.path.join(npy_dir, "encry-test-4-images.npy"),
+        os.path.join(npy_dir, "test-4-ids.npy"), os.path.join(npy_dir, "test-4-camids.npy"))
+    assert batch_files(npy_dir, "train", 10) == BatchFiles(
+        os.path.join(npy_dir, "clean-train-10-images.npy"),
+        os.path.join(npy_dir, "encry-train-10-images.npy"),
+        os.path.join(npy_dir, "train-10-ids.npy"), None)
+    with pytest.raises(ValueError, match=r"split must be one of \('train', 'test'\), got 'query'"):
+        batch_files(npy_dir, "query", 0)
+    assert run_dir_of(npy_dir) == str(tmp_path) and run_dir_of(str(tmp_path)) == str(tmp_path)
+
+
+def test_write_batch_writes_float32_images_and_labels_that_read_back(tmp_path):
+    npy_dir = str(tmp_path / "img_npy")
+    original = torch.randn(3, 3, 8, 4, dtype=torch.float64).to(memory_format=torch.channels_last)
+    protected = original.half()
+    pids, camids = torch.tensor([7, 7, 9]), np.array([1, 2, 1])
+    files = write_batch(npy_dir, "test", 2, original, protected, pids, camids)
+    assert sorted(os.listdir(npy_dir)) == sorted(os.path.basename(path) for path in files)
+    batch = read_batch(npy_dir, "test", 2)
+    assert batch.clean.dtype == np.float32 and batch.protected.dtype == np.float32
+    assert np.array_equal(batch.clean, original.float().numpy())
+    assert np.array_equal(batch.protected, protected.float().numpy())
+    assert batch.ids.tolist() == [7, 7, 9] and batch.camids.tolist() == [1, 2, 1]
+    assert [pair.index for pair in find_pairs(npy_dir, "test")] == [2]
+
+    write_batch(npy_dir, "train", 0, original.numpy(), original.numpy(), [1, 2, 3], camids)
+    train = read_batch(npy_dir, "train", 0)
+    assert train.camids is None and not os.path.exists(os.path.join(npy_dir,
+                                                                     "train-0-camids.npy"))
+    with pytest.raises(ValueError, match="the 'test' split's batches need camera ids"):
+        write_batch(npy_dir, "test", 3, original, protected, pids)
+
+
+def test_write_batch_failure_is_one_output_error_and_leaves_no_file(tmp_path):
+    (tmp_path / "img_npy").write_text("a file where the folder goes")
+    images = np.zeros((1, 3, 8, 4), np.float32)
+    with pytest.raises(OutputError, match="cannot write .*img_npy"):
+        write_batch(str(tmp_path / "img_npy"), "train", 0, images, images, [0])
+
+
+def test_read_batch_names_an_unreadable_file(tmp_path):
+    write_split(str(tmp_path), "test", 1)
+    os.remove(batch_files(str(tmp_path), "test", 0).camids)
+    with pytest.raises(DatasetError, match="cannot read .*test-0-camids.npy as a .npy array"):
+        read_batch(str(tmp_path), "test", 0)
+
+
+def test_run_store_save_pairs_writes_through_the_format_module(tmp_path):
+    """protect_image.py's PairWriter calls RunStore.save_pairs; recovery_attack.py reads them."""
+    original = torch.rand(2, 3, 16, 8)
+    store = RunStore(str(tmp_path))
+    store.save_pairs("test", 0, original, -original, torch.tensor([3, 4]), torch.tensor([1, 2]))
+    store.save_pairs("train", 0, original, original * 2, torch.tensor([5, 6]), torch.tensor([0, 0]))
+    npy_dir = resolve_npy_dir(str(tmp_path))
+    assert npy_dir == npy_dir_of(str(tmp_path))
+    test = read_batch(npy_dir, "test", 0)
+    assert np.array_equal(test.protected, -original.numpy()) and test.camids.tolist() == [1, 2]
+    assert read_batch(npy_dir, "train", 0).camids is None
+    assert PairDataset(npy_dir, "train").image_shape == (3, 16, 8)

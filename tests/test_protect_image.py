@@ -125,7 +125,11 @@ def test_results_hold_four_modes_png_storage_and_statistics(full_run):
     markdown = (full_run / "results.md").read_text()
     assert "| encry2clean |" in markdown and "8-bit PNG" in markdown
     rows = (full_run / "protection_stats_test.csv").read_text().splitlines()
-    assert rows[0] == "index,path,flipped,pid,camid,feature_mse,cosine,noise_share,closer_to_noise"
+    assert rows[0] == "index,path,flipped,pid,camid,feature_mse,cosine,noise_share,closer_to_noise,constraint_held"
+    held = torch.cat([r["constraint_held"] for r in records])
+    # Reference mode: one batch-level test per step, so every image of a batch shares its share of 2 steps.
+    assert set(held.tolist()) <= {0.0, 0.5, 1.0}
+    assert report["protection"]["test"]["constraint_held"] == pytest.approx(float(held.mean()))
     assert len(rows) == 11 and rows[1].split(",")[1].startswith("query" + os.sep)
     assert len(os.listdir(full_run / "png" / "test")) == 10
 

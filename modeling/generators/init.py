@@ -1,4 +1,4 @@
-"""pix2pix's 'normal' initialisation, which the reference attack uses for its generator."""
+"""pix2pix's 'normal' initialization, which the reference attack uses for its generator."""
 from torch import nn
 
 INIT_GAIN = 0.02

@@ -6,6 +6,7 @@ state dicts load unchanged. Reflection padding inside, as in pix2pix.
 from torch import nn
 
 from .padding import crop_padding, pad_to_multiple
+from .registry import GENERATORS
 
 NUM_DOWNSAMPLINGS = 2
 
@@ -62,3 +63,15 @@ class ResnetGenerator(nn.Module):
     def forward(self, images):
         padded, padding = pad_to_multiple(images, self.size_factor)
         return crop_padding(self.model(padded), padding)
+
+
+@GENERATORS.register("resnet_6blocks")
+def resnet_6blocks(**options):
+    """pix2pix's resnet_6blocks: 6 residual blocks between the down- and upsamplings."""
+    return ResnetGenerator(6, **options)
+
+
+@GENERATORS.register("resnet_9blocks")
+def resnet_9blocks(**options):
+    """pix2pix's resnet_9blocks: 9 residual blocks between the down- and upsamplings."""
+    return ResnetGenerator(9, **options)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .padding import crop_padding, pad_to_multiple
+from .registry import GENERATORS
 
 MIN_DOWNSAMPLINGS = 5
 
@@ -67,3 +68,15 @@ class UnetGenerator(nn.Module):
     def forward(self, images):
         padded, padding = pad_to_multiple(images, self.size_factor)
         return crop_padding(self.model(padded), padding)
+
+
+@GENERATORS.register("unet_128")
+def unet_128(**options):
+    """pix2pix's unet_128: 7 downsamplings (inputs padded to a multiple of 128)."""
+    return UnetGenerator(7, **options)
+
+
+@GENERATORS.register("unet_256")
+def unet_256(**options):
+    """pix2pix's unet_256: 8 downsamplings (inputs padded to a multiple of 256)."""
+    return UnetGenerator(8, **options)
