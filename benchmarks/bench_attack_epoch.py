@@ -10,21 +10,18 @@ one-off cost of opening the pairs (shape checks and the NaN/infinity scan of eve
 """
 import argparse
 import os
-import sys
 import tempfile
 import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from data.img_npy import find_pairs, read_batch, reference_file_order, write_batch  # noqa: E402
-from data.npy_pairs import PairDataset, SavedBatchOrder  # noqa: E402
-from engine.attack import (AttackSettings, build_optimizer, create_attack_trainer,  # noqa: E402
+from data.img_npy import find_pairs, read_batch, reference_file_order, write_batch
+from data.npy_pairs import PairDataset, SavedBatchOrder
+from engine.attack import (AttackSettings, build_optimizer, create_attack_trainer,
                            make_batch_loader)
-from ignite.engine import Events  # noqa: E402
-from modeling.generators import build_generator  # noqa: E402
+from ignite.engine import Events
+from modeling.generators import build_generator
 
 LOG_EVERY = 20
 

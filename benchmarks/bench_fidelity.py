@@ -19,11 +19,9 @@ run with results.json is not repeated) and resumes an interrupted one.
     python benchmarks/bench_fidelity.py --work /tmp/f --num-ids 6 --height 32 --width 16 --max-iter 2
 """
 import argparse
-import glob
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -32,11 +30,12 @@ import time
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import protect_image
+from data import img_npy
+from data.synthetic import make_market1501
+from utils.errors import PixelFadeError
 
-import protect_image  # noqa: E402
-from data.synthetic import make_market1501  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # the demo's (tools/demo.py) DEFAULT_SCALE ("demo") and SMALL_SCALE ("small"), kept equal by
 # tests/test_bench_fidelity.py; not imported, so this script needs nothing of the demo but its numbers.
@@ -59,7 +58,6 @@ SETTINGS_NAME = "bench_settings.json"
 TABLE_NAME = "fidelity.md"
 JSON_NAME = "fidelity.json"
 RUN_NOTE_NAME = "bench_run.json"
-NPY_PATTERN = re.compile(r"encry-test-(\d+)-images\.npy$")
 
 
 def build_parser():
@@ -205,14 +203,10 @@ def read_run_note(output):
 
 def protected_test_images(output):
     """{batch index: path} of the float32 protected test images."""
-    found = {}
-    for path in glob.glob(os.path.join(output, "img_npy", "encry-test-*-images.npy")):
-        match = NPY_PATTERN.search(os.path.basename(path))
-        if match:
-            found[int(match.group(1))] = path
-    if not found:
-        raise SystemExit(f"bench_fidelity.py: error: no img_npy/encry-test-*-images.npy in {output}")
-    return found
+    try:
+        return {pair.index: pair.protected for pair in img_npy.find_pairs(img_npy.npy_dir_of(output), "test")}
+    except PixelFadeError as err:
+        raise SystemExit(f"bench_fidelity.py: error: {err}") from None
 
 
 def image_difference(baseline_dir, variant_dir):

@@ -14,13 +14,13 @@ Layout (``<output>/``):
 import json
 import os
 
-import numpy as np
 import torch
 from torchvision.utils import make_grid
 
 from utils.errors import RunConflictError
 
-from utils.file_io import atomic_save_npy, atomic_torch_save, atomic_write_text
+from data import img_npy
+from utils.file_io import atomic_torch_save, atomic_write_text
 
 from .storage import write_png
 
@@ -33,7 +33,7 @@ class RunStore:
     def __init__(self, output_dir):
         self.output_dir = output_dir
         self.records_dir = os.path.join(output_dir, "records")
-        self.npy_dir = os.path.join(output_dir, "img_npy")
+        self.npy_dir = img_npy.npy_dir_of(output_dir)
         self.grid_dir = os.path.join(output_dir, "imgs")
 
     def path(self, *parts):
@@ -91,10 +91,9 @@ class RunStore:
                     self._remove_batch_files(split, batch_index)
 
     def _remove_batch_files(self, split, batch_index):
-        prefix = f"{split}-{batch_index}"
+        pairs = img_npy.batch_files(self.npy_dir, split, batch_index)
         paths = [self.record_path(split, batch_index), os.path.join(self.grid_dir, f"{split}_{batch_index}.png")]
-        paths += [os.path.join(self.npy_dir, name) for name in
-                  (f"clean-{prefix}-images.npy", f"encry-{prefix}-images.npy", f"{prefix}-ids.npy", f"{prefix}-camids.npy")]
+        paths += [path for path in pairs if path is not None]
         for path in paths:
             if os.path.exists(path):
                 os.remove(path)
@@ -107,8 +106,6 @@ class RunStore:
 
     def save_pairs(self, split, batch_index, original, protected, pids, camids):
         """The reference's ``img_npy`` files for one batch, written by ``data.img_npy``."""
-        from data import img_npy
-
         img_npy.write_batch(img_npy.npy_dir_of(self.output_dir), split, batch_index, original, protected, pids,
                             camids)
 

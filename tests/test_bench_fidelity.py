@@ -6,6 +6,8 @@ import os
 import numpy as np
 import pytest
 
+from data import img_npy
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -64,14 +66,13 @@ def test_variant_selection(bench):
 
 def test_image_difference_and_table(bench, tmp_path):
     rng = np.random.default_rng(0)
-    for name in ("default", "bf16"):
-        os.makedirs(tmp_path / name / "img_npy")
+    labels = np.zeros(3, dtype=np.int64)
     for index in range(2):
         images = rng.standard_normal((3, 3, 4, 2)).astype(np.float32)
-        np.save(tmp_path / "default" / "img_npy" / f"encry-test-{index}-images.npy", images)
         other = images.copy()
         other[0, 0, 0, 0] += 0.5
-        np.save(tmp_path / "bf16" / "img_npy" / f"encry-test-{index}-images.npy", other)
+        for name, protected in (("default", images), ("bf16", other)):
+            img_npy.write_batch(img_npy.npy_dir_of(str(tmp_path / name)), "test", index, images, protected, labels, labels)
     same = bench.image_difference(str(tmp_path / "default"), str(tmp_path / "default"))
     assert same == (0.0, 0.0, 2 * 72)
     max_diff, mean_diff, count = bench.image_difference(str(tmp_path / "default"), str(tmp_path / "bf16"))

@@ -14,6 +14,7 @@ from PIL import Image
 
 import protect_image
 from configs import load_config
+from data import img_npy
 from data.synthetic import make_market1501
 from engine.run_store import RunStore
 from modeling import build_authorization_model
@@ -83,18 +84,15 @@ def test_outputs_follow_the_reference_layout(full_run):
     assert sorted(n for n in names if n.startswith("encry-test-")) == [f"encry-test-{i}-images.npy" for i in range(3)]
     assert sorted(n for n in names if n.startswith("encry-train-")) == [f"encry-train-{i}-images.npy" for i in range(2)]
     for i, size in enumerate([4, 4, 2]):
-        clean = np.load(npy / f"clean-test-{i}-images.npy")
-        protected = np.load(npy / f"encry-test-{i}-images.npy")
-        ids = np.load(npy / f"test-{i}-ids.npy")
-        camids = np.load(npy / f"test-{i}-camids.npy")
+        clean, protected, ids, camids = img_npy.read_batch(str(npy), "test", i)
         assert clean.dtype == np.float32 and clean.shape == protected.shape == (size, 3, 32, 16)
         assert len(ids) == len(camids) == size
         # The reference clamps to the batch's value range, and the run replaced values with noise.
         assert protected.min() >= clean.min() and protected.max() <= clean.max()
         assert (protected != clean).mean() > 0.5
     for i in range(2):
-        assert len(set(np.load(npy / f"train-{i}-ids.npy").tolist())) == 1
-    assert not os.path.exists(npy / "train-0-camids.npy")
+        batch = img_npy.read_batch(str(npy), "train", i)
+        assert len(set(batch.ids.tolist())) == 1 and batch.camids is None
     assert sorted(os.listdir(full_run / "imgs")) == ["test_0.png", "train_0.png"]
     saved = load_config(str(full_run / "config.yaml"))
     assert saved.PIXELFADE.MAX_ITER == 2 and saved.PIXELFADE.SAVE_IMAGE_NPY
@@ -138,7 +136,7 @@ def test_scored_features_are_those_of_the_final_protected_images(full_run):
     """The reference scores the feature of the step before the last update; we score the stored image."""
     cfg = load_config("", TINY)
     model = build_authorization_model(cfg, "", "cpu")
-    protected = torch.from_numpy(np.load(full_run / "img_npy" / "encry-test-1-images.npy"))
+    protected = torch.from_numpy(img_npy.read_batch(str(full_run / "img_npy"), "test", 1).protected)
     record = RunStore(str(full_run)).load_batch("test", 1)
     with torch.no_grad():
         expected = model(protected)

@@ -16,6 +16,7 @@ from torchvision import transforms as T
 
 import protect_image
 from configs import load_config
+from data import img_npy
 from data.synthetic import make_market1501
 from engine.pixelfade import PixelFadeParams
 from modeling import build_authorization_model
@@ -69,8 +70,7 @@ def test_defaults_reproduce_the_literal_reference_loop_from_files(run_folder):
             batch = items[start:start + BATCH]
             data = torch.stack([reference_input(os.path.join(data_root, path), flipped) for path, flipped in batch])
             theirs = reference_protect(model, data, masks, params, full_batch=BATCH)
-            clean = np.load(npy / f"clean-{split}-{batch_index}-images.npy")
-            protected = np.load(npy / f"encry-{split}-{batch_index}-images.npy")
+            clean, protected, _, _ = img_npy.read_batch(str(npy), split, batch_index)
             assert np.array_equal(clean, data.numpy()), f"{split} batch {batch_index}: inputs differ"
             assert np.abs(protected - theirs.numpy()).max() == 0.0, f"{split} batch {batch_index}: protected images differ"
             compared[split].append(len(batch))
