@@ -1,7 +1,7 @@
 """Identity-balanced (PK) batches as the reference AGW ``RandomIdentitySampler`` forms them.
 
 Each batch holds ``P = ids_per_batch`` identities with ``K = num_instances`` images each
-(SPEC-2 section 9.5). One epoch is built like this:
+(the AGW recipe of mangye16/ReID-Survey). One epoch is built like this:
 
 1. For every identity, in increasing pid order: if it has at least K images, its indices
    (ascending) are shuffled with ``torch.randperm(n, generator)`` and cut into chunks of K,

@@ -52,7 +52,7 @@ class EvalTransform:
         return self.normalize(to_unit_tensor(image))
 
 
-def _to_normalised_tensor(cfg):
+def _to_normalized_tensor(cfg):
     return [to_unit_tensor, NormalizeImage(cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)]
 
 
@@ -75,7 +75,7 @@ def build_train_transform(cfg):
             v2.Pad(int(cfg.INPUT.PADDING)),
             v2.RandomCrop(size),
         ]
-        + _to_normalised_tensor(cfg)
+        + _to_normalized_tensor(cfg)
         + [
             v2.RandomErasing(p=float(cfg.INPUT.RE_PROB), scale=(0.02, 0.4), ratio=(0.3, 3.3)),
         ]

@@ -1,7 +1,7 @@
 """Sharding and gathering for multi-process protection with ``ignite.distributed``.
 
 Distributed samplers shuffle and pad a split by repeating samples, which corrupts a query/gallery
-evaluation (SPEC section 8). Protection therefore splits the list of batches into contiguous,
+evaluation. Protection therefore splits the list of batches into contiguous,
 unpadded shards, each rank keeps the global index of every image, and rank 0 orders the gathered
 rows by that index.
 """

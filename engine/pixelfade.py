@@ -259,7 +259,7 @@ def frozen_parameters(model):
 
 
 def protect_batch(model, original, masks, noise, params, per_image=False, autocast_dtype=None, channels_last=False):
-    """Protect one batch of normalised images [B, C, H, W] (SPEC section 2).
+    """Protect one batch of normalised images [B, C, H, W] (README, "The algorithm").
 
     Reference mode: ``masks`` is the run's BoolTensor [K, N >= B*C*H*W] (a smaller last batch
     uses the first entries), the value range [lo, hi] and the constraint test (batch-mean loss)
