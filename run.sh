@@ -7,6 +7,10 @@
 #   bash run.sh cuhk03      same for CUHK03 (new protocol, detected; beta_temp 0.02)
 #   bash run.sh msmt17      same for MSMT17
 #   bash run.sh all         market1501, cuhk03 and msmt17 in turn
+#   bash run.sh train_market1501|train_cuhk03|train_msmt17
+#                           train an AGW authorization model (train_reid.py, the ReID-Survey recipe);
+#                           IMAGENET_WEIGHTS=$CKPT_DIR/resnet50-19c8e357.pth (torchvision file, never
+#                           downloaded; missing = random init, logged)
 #
 # Variables (with defaults): DATA_ROOT=./datasets  CKPT_DIR=./ckpt  OUTPUT_ROOT=./log  VENV=./.venv
 # DEVICE=auto  NPROC=1 (processes, e.g. one per GPU)  EXTRA_ARGS="" (added to protect_image.py).
@@ -80,6 +84,20 @@ reproduce() {
         --device "$DEVICE" --attacker both
 }
 
+train() {
+    local dataset=$1
+    check_dataset "$dataset"
+    ensure_env
+    local weights=${IMAGENET_WEIGHTS:-$CKPT_DIR/resnet50-19c8e357.pth}
+    [ -f "$weights" ] || weights=""
+    local out="$OUTPUT_ROOT/${dataset}_train"
+    echo "== training AGW on $dataset -> $out"
+    # shellcheck disable=SC2086
+    "$PY" train_reid.py --config_file "configs/AGW_baseline_${dataset}.yml" --root "$DATA_ROOT" --output "$out" \
+        --device "$DEVICE" --nproc_per_node "$NPROC" $EXTRA_ARGS \
+        MODEL.PRETRAIN_PATH "$weights" MODEL.WEIGHT_REGULARIZED_TRIPLET on SOLVER.EVAL_PERIOD 40
+}
+
 target=${1:-demo}
 case "$target" in
     demo)
@@ -93,13 +111,16 @@ case "$target" in
     market1501|cuhk03|msmt17)
         reproduce "$target"
         ;;
+    train_market1501|train_cuhk03|train_msmt17)
+        train "${target#train_}"
+        ;;
     all)
         for dataset in market1501 cuhk03 msmt17; do
             reproduce "$dataset"
         done
         ;;
     *)
-        echo "usage: bash run.sh [demo|test|market1501|cuhk03|msmt17|all]" >&2
+        echo "usage: bash run.sh [demo|test|market1501|cuhk03|msmt17|all|train_market1501|train_cuhk03|train_msmt17]" >&2
         exit 2
         ;;
 esac

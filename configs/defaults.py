@@ -27,6 +27,9 @@ _C.MODEL.FACTORY = ""
 # fast-reid's stem max-pool, which its state dicts cannot tell: 'ceil' (3x3/2, ceil_mode, no
 # padding: fast-reid v1.0.0 and later) or 'pad' (3x3/2, padding 1: up to v0.1.1).
 _C.MODEL.FASTREID_MAXPOOL = "ceil"
+# Head pooling of MODEL.FORMAT fastreid: auto (learnable GeM if the file has heads.pool_layer.p,
+# else GeM p=3 for *_nl names, average otherwise), avg, gem, gem_p.
+_C.MODEL.FASTREID_POOL = "auto"
 # Backbone name in the registry of modeling/backbones (resnet50_nl, resnet50, resnet101, ...).
 _C.MODEL.NAME = "resnet50_nl"
 _C.MODEL.LAST_STRIDE = 1
@@ -103,6 +106,11 @@ _C.SOLVER.CHECKPOINT_PERIOD = 40
 _C.SOLVER.LOG_PERIOD = 20
 _C.SOLVER.EVAL_PERIOD = 60
 _C.SOLVER.IMS_PER_BATCH = 64
+# New (train_reid.py): seed of the training run - the sampler's batches, the augmentation and
+# the center initialisation derive from it, epoch by epoch, so a resumed run repeats the epochs.
+_C.SOLVER.SEED = 0
+# New (train_reid.py): mixed precision on CUDA, 'off' | 'fp16' | 'bf16' (ignored on the CPU).
+_C.SOLVER.AMP = "off"
 
 # ---------------------------------------------------------------------------------------------
 # Re-ID evaluation

@@ -4,6 +4,8 @@ The evaluation transform does the reference's arithmetic exactly (PIL bilinear r
 division by 255, ``Normalize``'s subtract-then-divide in float32): PixelFade's loop amplifies any
 rounding, so a protected image is reproduced bit for bit only from bit-identical inputs.
 """
+import math
+
 import numpy as np
 import torch
 from PIL import Image
@@ -61,25 +63,69 @@ def build_eval_transform(cfg):
     return EvalTransform(_size(cfg), cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)
 
 
-def build_train_transform(cfg):
-    """AGW training augmentation: flip, pad + random crop, normalise, random erasing.
+class RandomErasing:
+    """AGW's RandomErasing on a normalised (3, H, W) tensor (Zhong et al.; SPEC-2 section 9.5).
 
-    Erased boxes are filled with 0 in normalised space, i.e. the mean colour, the intent of
-    AGW's own RandomErasing (area 2-40 %, aspect 0.3-3.3).
+    With probability ``probability`` it tries up to 100 times: area ~ U(sl, sh) of the image,
+    aspect ~ U(r1, 1/r1), h = round(sqrt(area * aspect)), w = round(sqrt(area / aspect)); the first
+    box with h < H and w < W, at a uniform top-left corner, is filled channel by channel with
+    ``fill`` - the reference's RAW numbers (0.485, 0.456, 0.406), written into the already
+    normalised tensor. Random numbers come from torch's global generator.
+    """
+
+    def __init__(self, probability=0.5, sl=0.02, sh=0.4, r1=0.3, fill=(0.485, 0.456, 0.406), attempts=100):
+        self.probability = float(probability)
+        self.sl, self.sh, self.r1 = float(sl), float(sh), float(r1)
+        self.fill = [float(v) for v in fill]
+        self.attempts = int(attempts)
+
+    @staticmethod
+    def _uniform(low, high):
+        return low + (high - low) * float(torch.rand(()))
+
+    def __call__(self, image):
+        if float(torch.rand(())) >= self.probability:
+            return image
+        height, width = image.shape[-2:]
+        for _ in range(self.attempts):
+            area = height * width * self._uniform(self.sl, self.sh)
+            aspect = self._uniform(self.r1, 1.0 / self.r1)
+            h = int(round(math.sqrt(area * aspect)))
+            w = int(round(math.sqrt(area / aspect)))
+            if h < height and w < width:
+                top = int(torch.randint(0, height - h + 1, ()))
+                left = int(torch.randint(0, width - w + 1, ()))
+                image = image.clone()
+                for channel in range(image.shape[0]):
+                    image[channel, top:top + h, left:left + w] = self.fill[channel % len(self.fill)]
+                return image
+        return image
+
+
+# The reference fills erased boxes with these raw numbers after normalisation (SPEC-2 section 9.5).
+RANDOM_ERASING_FILL = (0.485, 0.456, 0.406)
+
+
+def build_train_transform(cfg):
+    """The AGW train transform, in the reference's order.
+
+    PIL bilinear Resize(INPUT.IMG_SIZE) -> RandomHorizontalFlip(INPUT.PROB) -> Pad(INPUT.PADDING,
+    zero fill) -> RandomCrop(IMG_SIZE) -> ToTensor (division by 255) -> Normalize ->
+    RandomErasing(INPUT.RE_PROB, area 2-40 %, aspect 0.3-3.33, filled with the raw 0.485/0.456/0.406
+    after normalisation). All random draws use torch's global generator.
     """
     size = _size(cfg)
-    return v2.Compose(
-        [
-            v2.Resize(size, antialias=True),
-            v2.RandomHorizontalFlip(p=float(cfg.INPUT.PROB)),
-            v2.Pad(int(cfg.INPUT.PADDING)),
-            v2.RandomCrop(size),
-        ]
-        + _to_normalized_tensor(cfg)
-        + [
-            v2.RandomErasing(p=float(cfg.INPUT.RE_PROB), scale=(0.02, 0.4), ratio=(0.3, 3.3)),
-        ]
-    )
+    padding = int(cfg.INPUT.PADDING)
+    steps = [
+        v2.Resize(size, interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
+        v2.RandomHorizontalFlip(p=float(cfg.INPUT.PROB)),
+    ]
+    if padding > 0:
+        steps.append(v2.Pad(padding, fill=0, padding_mode="constant"))
+    steps.append(v2.RandomCrop(size))
+    steps += [to_unit_tensor, NormalizeImage(cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)]
+    steps.append(RandomErasing(probability=float(cfg.INPUT.RE_PROB), fill=RANDOM_ERASING_FILL))
+    return v2.Compose(steps)
 
 
 def _channel_stats(images, mean, std):

@@ -11,6 +11,7 @@ from .checkpoint import (
     state_dict_from,
 )
 from .errors import CheckpointError
+from . import fastreid, torchreid  # noqa: F401  (register their formats)
 
 __all__ = [
     "Baseline",

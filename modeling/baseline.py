@@ -10,6 +10,10 @@ class Baseline(nn.Module):
     Eval mode returns the BNNeck feature (B, in_planes), the feature PixelFade constrains and
     Re-ID ranks with. Train mode returns (classifier logits, pooled feature) as the AGW recipe
     trains it, and therefore needs ``num_classes > 0``.
+
+    A backbone returning a feature map (B, C, H, W) is pooled by ``global_pool``; one returning
+    an already pooled (B, C) tensor (mobilenet) goes straight to the BNNeck, as in the paper's
+    code, while ``global_pool`` (and its ``p``) stays in the model and its state dict.
     """
 
     def __init__(self, backbone, num_classes=0, generalized_mean_pool=True, in_planes=2048):
@@ -26,8 +30,14 @@ class Baseline(nn.Module):
             self.classifier = nn.Linear(in_planes, num_classes, bias=False)
             nn.init.normal_(self.classifier.weight, std=0.001)
 
+    @property
+    def feature_dim(self):
+        """Length of the eval-mode feature: the BNNeck size (``in_planes``)."""
+        return self.bottleneck.num_features
+
     def forward(self, x):
-        pooled = self.global_pool(self.base(x)).flatten(1)
+        trunk = self.base(x)
+        pooled = trunk if trunk.dim() == 2 else self.global_pool(trunk).flatten(1)
         feature = self.bottleneck(pooled)
         if not self.training:
             return feature

@@ -19,7 +19,7 @@ from .safe_unpickle import ModuleRecord, load_untrusted, module_record_state_dic
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 NESTED_STATE_ENTRIES = ("state_dict", "model")
 REID_IGNORED_PREFIXES = ("classifier.", "base.fc.")
-IMAGENET_IGNORED_PREFIXES = ("fc.",)
+IMAGENET_IGNORED_PREFIXES = ("fc.", "last_linear.", "classifier.")
 IMAGENET_ABSENT_PREFIXES = ("NL_",)
 
 __all__ = [

@@ -6,9 +6,9 @@ MAX_SHAPE_EXAMPLES = 5
 
 
 def key_group(key):
-    """'base.layer3.0.conv1.weight' -> 'base.layer3'; 'bottleneck.weight' -> 'bottleneck'."""
+    """'base.layer3.0.conv1.weight' -> 'base.layer3' (likewise 'backbone.'); 'bottleneck.weight' -> 'bottleneck'."""
     parts = key.split(".")
-    if parts[0] == "base" and len(parts) > 2:
+    if parts[0] in ("base", "backbone") and len(parts) > 2:
         return ".".join(parts[:2])
     return parts[0]
 

@@ -179,3 +179,28 @@ def test_the_feature_scale_command_reports_the_equivalent_bounds(folder, scripte
     assert report["feature_mean_square"] == pytest.approx(scale, rel=1e-4)
     assert report["relative_epsilon_equal_to_absolute"] == pytest.approx(0.02 / scale, rel=1e-4)
     assert 0.0 <= report["share_of_steps_constraint_held"] <= 1.0
+
+
+@pytest.mark.parametrize("fmt, name, save", [
+    ("fastreid", "resnet50_nl", lambda state: {"model": {f"backbone.{k[9:]}" if k.startswith("backbone.") else k: v
+                                                          for k, v in state.items()}}),
+    ("torchreid", "osnet_x0_25", lambda state: state),
+])
+def test_other_ecosystems_files_protect_through_the_cli_with_their_own_features(folder, tmp_path, fmt, name, save):
+    """The file is written the way its ecosystem writes it; features.pt's originals are the source model's."""
+    from modeling.formats import MODEL_FORMATS
+
+    cfg = load_config("", TINY + ["MODEL.FORMAT", fmt, "MODEL.NAME", name, "MODEL.INIT_SEED", "3"])
+    torch.manual_seed(3)
+    source = MODEL_FORMATS.get(fmt).build(cfg).eval()
+    state = dict(source.state_dict())
+    state["classifier.weight" if fmt == "torchreid" else "heads.weight"] = torch.randn(751, source.feature_dim)
+    if fmt == "torchreid":
+        state["classifier.bias"] = torch.zeros(751)
+    path = tmp_path / f"{fmt}.pth"
+    torch.save(save(state), path)
+    output = tmp_path / "out"
+    assert protect_folder(folder, output, "--reid_ckpt_path", str(path), "MODEL.NAME", name) == 0
+    assert f"MODEL.FORMAT auto -> {fmt}" in (output / "log.txt").read_text()
+    features = torch.load(output / "features" / "features.pt", weights_only=True)
+    assert (features["original"] - own_features(source, folder)).abs().max() < 1e-5

@@ -1,0 +1,216 @@
+"""train_reid.py / engine.reid_trainer: schedule, sampler, augmentation, learning, resume, CLI errors."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from configs import get_default_config
+from data.synthetic import make_market1501
+from data.samplers import IdentityBatchSampler
+from data.transforms import RandomErasing, build_train_transform
+from engine import reid_trainer
+from engine.lr_schedule import WarmupMultiStepLR, lr_at_epoch
+from modeling import build_authorization_model, build_model
+from modeling.backbones import BACKBONES, register_backbone
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = "tiny_test_cnn"
+
+
+class TinyBackbone(nn.Module):
+    """Two strided convs: a 32-channel feature map, fast enough for whole training runs in a test."""
+
+    out_channels = 32
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(),
+                                  nn.Conv2d(16, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU())
+
+    def forward(self, x):
+        return self.body(x)
+
+
+if TINY not in BACKBONES:
+    register_backbone(TINY)(lambda last_stride: TinyBackbone())
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    make_market1501(root, num_ids=16, num_cams=4, images_per_id_cam=3, height=64, width=32)
+    return str(root)
+
+
+def train_cfg(root, output, epochs=3, **solver):
+    cfg = get_default_config()
+    cfg.MODEL.NAME = TINY
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHT_REGULARIZED_TRIPLET = "on"
+    cfg.INPUT.IMG_SIZE = [32, 16]
+    cfg.INPUT.PADDING = 2
+    cfg.DATASETS.ROOT_DIR = root
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.SOLVER.IMS_PER_BATCH = 16
+    cfg.SOLVER.MAX_EPOCHS = epochs
+    cfg.SOLVER.BASE_LR = 3.5e-3
+    cfg.SOLVER.WARMUP_ITERS = 0
+    cfg.SOLVER.STEPS = (100,)
+    cfg.SOLVER.CHECKPOINT_PERIOD = 1
+    cfg.SOLVER.EVAL_PERIOD = epochs
+    for key, value in solver.items():
+        setattr(cfg.SOLVER, key, value)
+    cfg.OUTPUT_DIR = str(output)
+    cfg.freeze()
+    return cfg
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")
+def test_lr_schedule_per_epoch_matches_reference():
+    cfg = get_default_config()
+    expected = {1: 3.5e-4 * 0.109, 9: 3.5e-4 * (0.01 * 0.1 + 0.9), 10: 3.5e-4, 39: 3.5e-4, 40: 3.5e-5, 69: 3.5e-5,
+                70: 3.5e-6, 120: 3.5e-6}
+    for epoch, lr in expected.items():
+        assert lr_at_epoch(cfg, epoch) == pytest.approx(lr, rel=1e-12)
+    assert f"{lr_at_epoch(cfg, 1):.1e}" == "3.8e-05"
+    optimizer = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=cfg.SOLVER.BASE_LR)
+    scheduler = WarmupMultiStepLR.from_config(optimizer, cfg)
+    seen = {}
+    for epoch in range(1, 121):  # stepped on EPOCH_STARTED, as the trainer does
+        scheduler.step()
+        seen[epoch] = optimizer.param_groups[0]["lr"]
+    for epoch, lr in expected.items():
+        assert seen[epoch] == pytest.approx(lr, rel=1e-12)
+
+
+def test_optimizer_one_group_per_parameter_with_decay_everywhere():
+    cfg = get_default_config()
+    cfg.MODEL.NAME = TINY
+    model = build_model(cfg, 5)
+    optimizer = reid_trainer.build_optimizer(cfg, model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert isinstance(optimizer, torch.optim.Adam) and len(optimizer.param_groups) == len(trainable)
+    assert all(g["weight_decay"] == 5e-4 and g["lr"] == 3.5e-4 for g in optimizer.param_groups)
+    assert not model.bottleneck.bias.requires_grad
+    assert all(g["params"][0] is not model.bottleneck.bias for g in optimizer.param_groups)
+    assert model.classifier.weight.std().item() == pytest.approx(0.001, rel=0.2)
+
+
+def test_sampler_batches_as_the_trainer_uses_them():
+    pids = [p for p in range(10) for _ in range(5 + p % 4)]
+    for world_size in (1, 2):
+        slices = [reid_trainer.RankSlicedBatches(IdentityBatchSampler(pids, 4, 4, seed=3), 4, world_size, rank)
+                  for rank in range(world_size)]
+        for s in slices:
+            s.set_epoch(2)
+        per_rank = [s.batches() for s in slices]
+        assert len({len(b) for b in per_rank}) == 1 and per_rank[0]
+        for step in zip(*per_rank):
+            ids = []
+            for batch in step:
+                assert len(batch) == 16 // world_size
+                batch_ids = [pids[i] for i in batch]
+                for start in range(0, len(batch), 4):  # K consecutive images of one identity
+                    assert len(set(batch_ids[start:start + 4])) == 1
+                ids += batch_ids[::4]
+            assert len(ids) == len(set(ids)) == 4  # P identities per step, none twice, none on two ranks
+
+
+def test_random_erasing_fills_raw_values_after_normalisation():
+    cfg = get_default_config()
+    cfg.INPUT.IMG_SIZE = [32, 16]
+    cfg.INPUT.PROB, cfg.INPUT.RE_PROB, cfg.INPUT.PADDING = 0.0, 1.0, 0
+    from PIL import Image
+
+    image = Image.new("RGB", (16, 32), (0, 0, 0))
+    torch.manual_seed(0)
+    erased = build_train_transform(cfg)(image)
+    normalised_black = [(0 - m) / s for m, s in zip(cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)]
+    for channel, raw in enumerate((0.485, 0.456, 0.406)):
+        values = erased[channel]
+        assert (values == raw).sum() >= 0.02 * 32 * 16
+        assert torch.all((values == raw) | torch.isclose(values, torch.tensor(normalised_black[channel])))
+    untouched = RandomErasing(probability=0.0)(torch.zeros(3, 8, 4))
+    assert torch.equal(untouched, torch.zeros(3, 8, 4))
+
+
+def test_training_raises_map_well_above_untrained(data_root, tmp_path):
+    cfg = train_cfg(data_root, tmp_path / "run", epochs=6)
+    dataset = reid_trainer.load_train_dataset(cfg)
+    model = build_model(cfg, dataset.num_train_pids)
+    records, num_query = reid_trainer.eval_records(dataset)
+    loader = reid_trainer.build_loader(records, reid_trainer.build_eval_transform(cfg), 128)
+    before = reid_trainer.evaluate(model, loader, records, num_query, cfg, "cpu")
+    results = reid_trainer.run(cfg, reid_trainer.TrainOptions(show_progress=False))
+    after = results["final"]
+    assert after["epoch"] == 6 and after["mAP"] > before["mAP"] + 0.10, (before, after)
+    files = set(os.listdir(cfg.OUTPUT_DIR))
+    assert {"results.json", "results.md", "training_curves.png", "config.yaml", f"{TINY}_model_6.pth"} <= files
+    assert [row["epoch"] for row in results["epochs"]] == list(range(1, 7))
+
+
+def _interrupt_at(epoch):
+    def attach(trainer):
+        @trainer.on(reid_trainer.Events.ITERATION_COMPLETED)
+        def _boom(engine):
+            if engine.state.epoch == epoch:
+                raise KeyboardInterrupt("simulated interruption")
+    return attach
+
+
+def test_interrupted_run_resumes_to_identical_weights(data_root, tmp_path):
+    full = train_cfg(data_root, tmp_path / "full", epochs=3)
+    reid_trainer.run(full, reid_trainer.TrainOptions(show_progress=False))
+    broken = train_cfg(data_root, tmp_path / "broken", epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        reid_trainer.run(broken, reid_trainer.TrainOptions(show_progress=False, on_trainer=_interrupt_at(2)))
+    assert sorted(f for f in os.listdir(broken.OUTPUT_DIR) if f.endswith(".pth")) == [f"{TINY}_model_1.pth"]
+    reid_trainer.run(broken, reid_trainer.TrainOptions(show_progress=False))
+    for name in (f"{TINY}_model_2.pth", f"{TINY}_model_3.pth"):
+        a = torch.load(os.path.join(full.OUTPUT_DIR, name), weights_only=True)
+        b = torch.load(os.path.join(broken.OUTPUT_DIR, name), weights_only=True)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    ca = torch.load(os.path.join(full.OUTPUT_DIR, "training_checkpoint_3.pt"), weights_only=True)
+    cb = torch.load(os.path.join(broken.OUTPUT_DIR, "training_checkpoint_3.pt"), weights_only=True)
+    assert all(torch.equal(ca["center_param"][k], cb["center_param"][k]) for k in ca["center_param"])
+    assert all(torch.equal(x, y) for x, y in zip(ca["optimizer"]["state"][0].values(),
+                                                 cb["optimizer"]["state"][0].values()))
+    assert not [f for f in os.listdir(broken.OUTPUT_DIR) if f.startswith("training_checkpoint_")
+                and f != "training_checkpoint_3.pt"]
+
+
+def test_checkpoint_loads_through_protect_image_path(data_root, tmp_path):
+    cfg = train_cfg(data_root, tmp_path / "ckpt", epochs=1)
+    reid_trainer.run(cfg, reid_trainer.TrainOptions(show_progress=False))
+    path = os.path.join(cfg.OUTPUT_DIR, f"{TINY}_model_1.pth")
+    state = torch.load(path, weights_only=True)
+    assert any(k.startswith("classifier.") for k in state) and "bottleneck.bias" in state
+    loaded = build_authorization_model(cfg, path, "cpu")
+    trained = build_model(cfg, 8)
+    trained.load_state_dict(state)
+    trained.eval()
+    images = torch.randn(3, 3, 32, 16)
+    with torch.no_grad():
+        assert torch.allclose(loaded(images), trained(images))
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, os.path.join(REPO, "train_reid.py"), *args], capture_output=True,
+                          text=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(data_root, tmp_path):
+    out = tmp_path / "nothing"
+    missing = _cli("--output", str(out), "--root", str(tmp_path / "no_such_root"), "--no_progress")
+    bad_solver = _cli("--output", str(out), "--root", data_root, "SOLVER.OPTIMIZER_NAME", "Adamax")
+    bad_lr = _cli("--output", str(out), "--root", data_root, "SOLVER.BASE_LR", "-0.1")
+    bad_batch = _cli("--output", str(out), "--root", data_root, "SOLVER.IMS_PER_BATCH", "30")
+    for result in (missing, bad_solver, bad_lr, bad_batch):
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("train_reid.py: error:"), result.stderr
+    assert "SOLVER.OPTIMIZER_NAME" in bad_solver.stderr and "SOLVER.BASE_LR" in bad_lr.stderr
+    assert not out.exists()

@@ -1,0 +1,1 @@
+"""Small commands, and the demo's code (tools.demo, run by demo.py)."""
