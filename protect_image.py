@@ -8,6 +8,7 @@ Rerunning the same command on the same --output resumes after the last finished 
 Several processes: ``--nproc_per_node N`` (spawned here) or ``torchrun --nproc_per_node=N protect_image.py ...``.
 Arguments are parsed before torch is imported, so ``--help`` and argument errors are instant.
 """
+
 import argparse
 import sys
 
@@ -28,11 +29,34 @@ FLAGS = (
     ("beta_temp", "PIXELFADE.BETA_TEMP", float, None, "step size while it does not (0.02 for CUHK03)"),
     ("epsilon", "PIXELFADE.EPSILON", float, None, "bound on the feature MSE"),
     ("seed", "PIXELFADE.SEED", int, None, "random stream of masks and noise"),
-    ("mode", "PIXELFADE.MODE", str, ("reference", "per_image"), "batch-level (reference) or per-image constraint and seeds"),
-    ("precision", "PIXELFADE.PRECISION", str, ("none", "bf16", "fp16"), "autocast of the model in the loop (opt-in speed; changes numbers)"),
-    ("channels_last", "PIXELFADE.CHANNELS_LAST", bool, None, "channels_last memory layout (opt-in speed; changes numbers)"),
-    ("train_order", "PIXELFADE.TRAIN_ORDER", str, ("identity_balanced", "every_image"),
-     "train split with --save_image_npy: the reference's PK batches with random flips, or every image once"),
+    (
+        "mode",
+        "PIXELFADE.MODE",
+        str,
+        ("reference", "per_image"),
+        "batch-level (reference) or per-image constraint and seeds",
+    ),
+    (
+        "precision",
+        "PIXELFADE.PRECISION",
+        str,
+        ("none", "bf16", "fp16"),
+        "autocast of the model in the loop (opt-in speed; changes numbers)",
+    ),
+    (
+        "channels_last",
+        "PIXELFADE.CHANNELS_LAST",
+        bool,
+        None,
+        "channels_last memory layout (opt-in speed; changes numbers)",
+    ),
+    (
+        "train_order",
+        "PIXELFADE.TRAIN_ORDER",
+        str,
+        ("identity_balanced", "every_image"),
+        "train split with --save_image_npy: the reference's PK batches with random flips, or every image once",
+    ),
     ("method", "PIXELFADE.METHOD", str, ("pixelfade", "blur", "mosaic", "noise"), "protection method"),
     ("blur_sigma", "PIXELFADE.BLUR_SIGMA", float, None, "blur strength"),
     ("mosaic_block", "PIXELFADE.MOSAIC_BLOCK", int, None, "mosaic cell size in pixels"),
@@ -65,20 +89,39 @@ def build_parser():
     defaults = get_default_config()
     parser = argparse.ArgumentParser(description="PixelFade: protect Re-ID images")
     parser.add_argument("--config_file", default="", help="yacs YAML file (configs/*.yml) merged over the defaults")
-    parser.add_argument("--random_init", action="store_true", help="no checkpoint: an untrained AGW seeded by MODEL.INIT_SEED (demo only)")
+    parser.add_argument(
+        "--random_init",
+        action="store_true",
+        help="no checkpoint: an untrained AGW seeded by MODEL.INIT_SEED (demo only)",
+    )
     parser.add_argument("--image_folder", help="protect a plain folder of images (no labels, no metrics)")
-    parser.add_argument("--save_image_npy", action="store_true", help="also protect the train split; save original/protected pairs in img_npy/ (PIXELFADE.SAVE_IMAGE_NPY)")
-    parser.add_argument("--save_png", action="store_true", help="store protected images as 8-bit PNG and score Re-ID on them too (PIXELFADE.SAVE_PNG)")
+    parser.add_argument(
+        "--save_image_npy",
+        action="store_true",
+        help="also protect the train split; save original/protected pairs in img_npy/ (PIXELFADE.SAVE_IMAGE_NPY)",
+    )
+    parser.add_argument(
+        "--save_png",
+        action="store_true",
+        help="store protected images as 8-bit PNG and score Re-ID on them too (PIXELFADE.SAVE_PNG)",
+    )
     parser.add_argument("--num_iter", type=int, help="accepted for the reference's commands; unused there and here")
     parser.add_argument("--nproc_per_node", type=int, help="spawn this many processes (ignite.distributed)")
-    parser.add_argument("--backend", choices=["gloo", "nccl"], help="distributed backend (default: nccl on CUDA, else gloo)")
+    parser.add_argument(
+        "--backend", choices=["gloo", "nccl"], help="distributed backend (default: nccl on CUDA, else gloo)"
+    )
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     group = parser.add_argument_group("settings (each sets a config key; default shown is configs/defaults.py's)")
     for flag, key, kind, choices, text in FLAGS:
         default = _default(defaults, key)
         shown = default if default != "" else "empty"
-        group.add_argument(f"--{flag}", type=_parse_bool if kind is bool else kind, choices=choices, metavar=None if choices else key.split(".")[-1],
-                           help=f"{text} [{key}, default: {shown}]")
+        group.add_argument(
+            f"--{flag}",
+            type=_parse_bool if kind is bool else kind,
+            choices=choices,
+            metavar=None if choices else key.split(".")[-1],
+            help=f"{text} [{key}, default: {shown}]",
+        )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="trailing config overrides: KEY VALUE ...")
     return parser
 

@@ -1,4 +1,4 @@
-"""Train an AGW authorization Re-ID model with the ReID-Survey recipe (SPEC-2 section 9).
+"""Train an AGW authorization Re-ID model with the ReID-Survey recipe (README, "Training an authorization model").
 
     python train_reid.py --config_file configs/AGW_baseline_market1501.yml --output log/train_market1501 \
         MODEL.PRETRAIN_PATH ckpt/resnet50-19c8e357.pth MODEL.WEIGHT_REGULARIZED_TRIPLET on [KEY VALUE ...]
@@ -10,6 +10,7 @@ Writes ``<MODEL.NAME>_model_<epoch>.pth`` (a plain state dict that ``protect_ima
 last checkpoint. Several processes: ``--nproc_per_node N`` or ``torchrun --nproc_per_node=N train_reid.py ...``.
 Arguments are parsed before torch is imported, so ``--help`` and argument errors are instant.
 """
+
 import argparse
 import os
 import sys
@@ -40,30 +41,31 @@ def build_parser():
     parser = argparse.ArgumentParser(description="PixelFade: train an AGW authorization Re-ID model")
     parser.add_argument("--config_file", default="", help="yacs YAML file (configs/*.yml) merged over the defaults")
     parser.add_argument("--nproc_per_node", type=int, help="spawn this many processes (ignite.distributed)")
-    parser.add_argument("--backend", choices=["gloo", "nccl"], help="distributed backend (default: nccl on CUDA, else gloo)")
+    parser.add_argument(
+        "--backend", choices=["gloo", "nccl"], help="distributed backend (default: nccl on CUDA, else gloo)"
+    )
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     group = parser.add_argument_group("settings (each sets a config key; default shown is configs/defaults.py's)")
     for flag, key, kind, text in FLAGS:
         default = _default(defaults, key)
-        group.add_argument(f"--{flag}", type=kind, metavar=key.split(".")[-1],
-                           help=f"{text} [{key}, default: {default if default != '' else 'empty'}]")
+        group.add_argument(
+            f"--{flag}",
+            type=kind,
+            metavar=key.split(".")[-1],
+            help=f"{text} [{key}, default: {default if default != '' else 'empty'}]",
+        )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="trailing config overrides: KEY VALUE ...")
     return parser
 
 
 def build_train_config(config_file, opts, flag_values):
     """Defaults < --config_file < trailing KEY VALUE overrides < flags; validated and frozen."""
-    from configs import load_config
+    from configs import load_config, set_values
     from engine.reid_trainer import validate_train_config
 
     cfg = load_config(config_file, opts)
     cfg.defrost()
-    for key, value in flag_values.items():
-        *parents, name = key.split(".")
-        node = cfg
-        for part in parents:
-            node = node[part]
-        node[name] = value
+    set_values(cfg, flag_values)
     if not cfg.OUTPUT_DIR:
         cfg.OUTPUT_DIR = os.path.join("log", f"{cfg.DATASETS.NAMES}_train")
     cfg.freeze()

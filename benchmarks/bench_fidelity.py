@@ -18,6 +18,7 @@ run with results.json is not repeated) and resumes an interrupted one.
     python benchmarks/bench_fidelity.py --work /tmp/pixelfade_fidelity
     python benchmarks/bench_fidelity.py --work /tmp/f --num-ids 6 --height 32 --width 16 --max-iter 2
 """
+
 import argparse
 import json
 import os
@@ -40,10 +41,30 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the demo's (tools/demo.py) DEFAULT_SCALE ("demo") and SMALL_SCALE ("small"), kept equal by
 # tests/test_bench_fidelity.py; not imported, so this script needs nothing of the demo but its numbers.
 SCALES = {
-    "demo": {"num_ids": 16, "num_cams": 3, "images_per_id_cam": 2, "height": 128, "width": 64,
-             "batch_size": 16, "max_iter": 40, "beta": 0.005, "beta_temp": 0.005, "epsilon": 0.1},
-    "small": {"num_ids": 10, "num_cams": 2, "images_per_id_cam": 2, "height": 64, "width": 32,
-              "batch_size": 8, "max_iter": 30, "beta": 0.005, "beta_temp": 0.005, "epsilon": 0.1},
+    "demo": {
+        "num_ids": 16,
+        "num_cams": 3,
+        "images_per_id_cam": 2,
+        "height": 128,
+        "width": 64,
+        "batch_size": 16,
+        "max_iter": 40,
+        "beta": 0.005,
+        "beta_temp": 0.005,
+        "epsilon": 0.1,
+    },
+    "small": {
+        "num_ids": 10,
+        "num_cams": 2,
+        "images_per_id_cam": 2,
+        "height": 64,
+        "width": 32,
+        "batch_size": 8,
+        "max_iter": 30,
+        "beta": 0.005,
+        "beta_temp": 0.005,
+        "epsilon": 0.1,
+    },
 }
 BASELINE = "default"
 # Variant name -> its protect_image.py flags (the baseline pins the reference settings explicitly).
@@ -63,13 +84,21 @@ RUN_NOTE_NAME = "bench_run.json"
 def build_parser():
     parser = argparse.ArgumentParser(
         description="Measure what --channels_last and --precision bf16/fp16 change against the default (fp32) "
-                    "protection: image difference, Re-ID mAP, feature MSE, time.")
-    parser.add_argument("--work", default=os.path.join("log", "bench_fidelity"),
-                        help="work folder: data/, one run folder per variant, fidelity.md and fidelity.json "
-                             "(reused by a rerun) [default: %(default)s]")
-    parser.add_argument("--scale", choices=list(SCALES), default="demo",
-                        help="preset: the demo's (tools/demo.py) DEFAULT_SCALE (demo) or SMALL_SCALE (small); the options "
-                             "below override single values [default: %(default)s]")
+        "protection: image difference, Re-ID mAP, feature MSE, time."
+    )
+    parser.add_argument(
+        "--work",
+        default=os.path.join("log", "bench_fidelity"),
+        help="work folder: data/, one run folder per variant, fidelity.md and fidelity.json "
+        "(reused by a rerun) [default: %(default)s]",
+    )
+    parser.add_argument(
+        "--scale",
+        choices=list(SCALES),
+        default="demo",
+        help="preset: the demo's (tools/demo.py) DEFAULT_SCALE (demo) or SMALL_SCALE (small); the options "
+        "below override single values [default: %(default)s]",
+    )
     group = parser.add_argument_group("synthetic data (data.synthetic.make_market1501; default: the preset's)")
     group.add_argument("--num-ids", type=int, help="identities (half train, half test)")
     group.add_argument("--num-cams", type=int, help="cameras")
@@ -84,13 +113,20 @@ def build_parser():
     group.add_argument("--beta-temp", type=float, help="PIXELFADE.BETA_TEMP")
     group.add_argument("--epsilon", type=float, help="PIXELFADE.EPSILON")
     group = parser.add_argument_group("variants and machine")
-    group.add_argument("--variants", nargs="+", choices=list(VARIANTS) + list(FP16_VARIANTS),
-                       help=f"subset to run ({BASELINE!r} is always run, first) [default: {' '.join(VARIANTS)}]")
+    group.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS) + list(FP16_VARIANTS),
+        help=f"subset to run ({BASELINE!r} is always run, first) [default: {' '.join(VARIANTS)}]",
+    )
     group.add_argument("--with-fp16", action="store_true", help="also run --precision fp16")
     group.add_argument("--threads", type=int, help="torch threads of each run (default: torch's choice)")
-    group.add_argument("--in-process", action="store_true",
-                       help="call protect_image.main in this process instead of one fresh process per variant "
-                            "(faster to start; a later variant then runs on warm caches, so its seconds are lower)")
+    group.add_argument(
+        "--in-process",
+        action="store_true",
+        help="call protect_image.main in this process instead of one fresh process per variant "
+        "(faster to start; a later variant then runs on warm caches, so its seconds are lower)",
+    )
     return parser
 
 
@@ -115,10 +151,21 @@ def selected_variants(args):
 def run_settings(args):
     """Everything that decides a run's numbers; a --work may only be reused with the same."""
     return {
-        "data": {"num_ids": args.num_ids, "num_cams": args.num_cams, "images_per_id_cam": args.images_per_id_cam,
-                 "height": args.height, "width": args.width, "seed": args.data_seed},
-        "protection": {"batch_size": args.batch_size, "max_iter": args.max_iter, "beta": args.beta,
-                       "beta_temp": args.beta_temp, "epsilon": args.epsilon},
+        "data": {
+            "num_ids": args.num_ids,
+            "num_cams": args.num_cams,
+            "images_per_id_cam": args.images_per_id_cam,
+            "height": args.height,
+            "width": args.width,
+            "seed": args.data_seed,
+        },
+        "protection": {
+            "batch_size": args.batch_size,
+            "max_iter": args.max_iter,
+            "beta": args.beta,
+            "beta_temp": args.beta_temp,
+            "epsilon": args.epsilon,
+        },
     }
 
 
@@ -129,8 +176,10 @@ def check_work(work, settings):
         with open(path) as handle:
             previous = json.load(handle)
         if previous != settings:
-            raise SystemExit(f"bench_fidelity.py: error: {work} holds runs with other settings "
-                             f"({previous} there, {settings} now); use another --work or delete it")
+            raise SystemExit(
+                f"bench_fidelity.py: error: {work} holds runs with other settings "
+                f"({previous} there, {settings} now); use another --work or delete it"
+            )
     else:
         with open(path, "w") as handle:
             json.dump(settings, handle, indent=2)
@@ -142,23 +191,49 @@ def ensure_data(work, data):
     if not os.path.isdir(root):
         partial = root + ".partial"
         shutil.rmtree(partial, ignore_errors=True)
-        make_market1501(partial, num_ids=data["num_ids"], num_cams=data["num_cams"],
-                        images_per_id_cam=data["images_per_id_cam"], height=data["height"],
-                        width=data["width"], seed=data["seed"])
+        make_market1501(
+            partial,
+            num_ids=data["num_ids"],
+            num_cams=data["num_cams"],
+            images_per_id_cam=data["images_per_id_cam"],
+            height=data["height"],
+            width=data["width"],
+            seed=data["seed"],
+        )
         os.replace(partial, root)
     return root
 
 
 def protect_argv(args, root, output, variant):
     return [
-        "--random_init", "--root", root, "--output", output, "--device", "cpu", "--no_progress",
-        "--save_image_npy", "--dataset", "market1501",
-        "--batch_size", str(args.batch_size), "--max_iter", str(args.max_iter),
-        "--beta", str(args.beta), "--beta_temp", str(args.beta_temp), "--epsilon", str(args.epsilon),
+        "--random_init",
+        "--root",
+        root,
+        "--output",
+        output,
+        "--device",
+        "cpu",
+        "--no_progress",
+        "--save_image_npy",
+        "--dataset",
+        "market1501",
+        "--batch_size",
+        str(args.batch_size),
+        "--max_iter",
+        str(args.max_iter),
+        "--beta",
+        str(args.beta),
+        "--beta_temp",
+        str(args.beta_temp),
+        "--epsilon",
+        str(args.epsilon),
         *VARIANTS.get(variant, FP16_VARIANTS.get(variant)),
-        "DATALOADER.NUM_WORKERS", "0",
-        "INPUT.IMG_SIZE", f"[{args.height}, {args.width}]",
-        "PIXELFADE.NUM_GRIDS", "1",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "INPUT.IMG_SIZE",
+        f"[{args.height}, {args.width}]",
+        "PIXELFADE.NUM_GRIDS",
+        "1",
     ]
 
 
@@ -179,16 +254,26 @@ def run_variant(args, root, work, variant):
             env = dict(os.environ)
             if args.threads:
                 env["OMP_NUM_THREADS"] = str(args.threads)
-            code = subprocess.run([sys.executable, os.path.join(ROOT, "protect_image.py"), *argv],
-                                  cwd=ROOT, env=env, check=False).returncode
+            code = subprocess.run(
+                [sys.executable, os.path.join(ROOT, "protect_image.py"), *argv], cwd=ROOT, env=env, check=False
+            ).returncode
         if code:
             raise SystemExit(f"bench_fidelity.py: error: protect_image.py failed for {variant} (exit {code})")
         wall = time.perf_counter() - started
         print(f"[bench_fidelity] {variant}: {wall:.1f} s", flush=True)
         # The machine's load when the run ended: timings on a shared machine mean little without it.
         with open(os.path.join(output, RUN_NOTE_NAME), "w") as handle:
-            json.dump({"wall_seconds": round(wall, 2), "how": how, "load_average_1_5_15min":
-                       [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}, handle, indent=2)
+            json.dump(
+                {
+                    "wall_seconds": round(wall, 2),
+                    "how": how,
+                    "load_average_1_5_15min": [round(x, 2) for x in os.getloadavg()]
+                    if hasattr(os, "getloadavg")
+                    else None,
+                },
+                handle,
+                indent=2,
+            )
     with open(results_path) as handle:
         return json.load(handle), how
 
@@ -229,10 +314,16 @@ def image_difference(baseline_dir, variant_dir):
 def source_revision():
     """The git commit of the code measured, '+changes' when the tree differs from it; None outside git."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
     return head + ("+changes" if dirty else "")
@@ -253,42 +344,50 @@ def machine():
 
 
 def markdown_table(rows):
-    lines = ["| variant | max abs diff vs fp32 | mean abs diff | encry2clean mAP | encry2encry mAP | feature MSE | seconds |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| variant | max abs diff vs fp32 | mean abs diff | encry2clean mAP | encry2encry mAP "
+        "| feature MSE | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         seconds = f"{row['seconds']:.1f}" + ("" if row["how"] in ("fresh", "reused") else f" ({row['how']})")
-        lines.append(f"| {row['variant']} | {row['max_abs_diff']:.3g} | {row['mean_abs_diff']:.3g} "
-                     f"| {row['encry2clean_mAP']:.4f} | {row['encry2encry_mAP']:.4f} "
-                     f"| {row['feature_mse']:.4f} | {seconds} |")
+        lines.append(
+            f"| {row['variant']} | {row['max_abs_diff']:.3g} | {row['mean_abs_diff']:.3g} "
+            f"| {row['encry2clean_mAP']:.4f} | {row['encry2encry_mAP']:.4f} "
+            f"| {row['feature_mse']:.4f} | {seconds} |"
+        )
     return "\n".join(lines)
 
 
 def report(rows, settings, info, command):
     clean = rows[0]["clean2clean_mAP"]
     data, prot = settings["data"], settings["protection"]
-    return "\n".join([
-        "# PixelFade fidelity of the speed options",
-        "",
-        f"Command: `{command}`",
-        "",
-        f"Code: {info['source']}. Machine: {info['cpu_count']} CPUs ({info['affinity_cpus']} usable), torch {info['torch']}, "
-        f"{info['torch_threads']} torch threads, Python {info['python']}, {info['platform']}; "
-        f"load average now {info['load_average_1_5_15min']} "
-        "(1/5/15 min; each run's own is in fidelity.json, run_note).",
-        "",
-        f"Data: synthetic Market-1501, {data['num_ids']} ids, {data['num_cams']} cams, "
-        f"{data['images_per_id_cam']} images per id and camera, {data['height']}x{data['width']}; "
-        f"untrained AGW (--random_init), BATCH_SIZE {prot['batch_size']}, MAX_ITER {prot['max_iter']}, "
-        f"BETA {prot['beta']}, BETA_TEMP {prot['beta_temp']}, EPSILON {prot['epsilon']}, device cpu.",
-        "",
-        markdown_table(rows),
-        "",
-        f"Differences are over all {rows[0]['elements']} elements of the float32 protected test images "
-        f"(normalised space) against the default run; clean2clean mAP (unprotected) = {clean:.4f}. "
-        "Feature MSE: mean final feature MSE of the test split. Seconds: run.seconds_this_run of the "
-        "variant's pipeline run (a resumed run counts only its own part).",
-        "",
-    ])
+    return "\n".join(
+        [
+            "# PixelFade fidelity of the speed options",
+            "",
+            f"Command: `{command}`",
+            "",
+            f"Code: {info['source']}. Machine: {info['cpu_count']} CPUs ({info['affinity_cpus']} usable), "
+            f"torch {info['torch']}, "
+            f"{info['torch_threads']} torch threads, Python {info['python']}, {info['platform']}; "
+            f"load average now {info['load_average_1_5_15min']} "
+            "(1/5/15 min; each run's own is in fidelity.json, run_note).",
+            "",
+            f"Data: synthetic Market-1501, {data['num_ids']} ids, {data['num_cams']} cams, "
+            f"{data['images_per_id_cam']} images per id and camera, {data['height']}x{data['width']}; "
+            f"untrained AGW (--random_init), BATCH_SIZE {prot['batch_size']}, MAX_ITER {prot['max_iter']}, "
+            f"BETA {prot['beta']}, BETA_TEMP {prot['beta_temp']}, EPSILON {prot['epsilon']}, device cpu.",
+            "",
+            markdown_table(rows),
+            "",
+            f"Differences are over all {rows[0]['elements']} elements of the float32 protected test images "
+            f"(normalised space) against the default run; clean2clean mAP (unprotected) = {clean:.4f}. "
+            "Feature MSE: mean final feature MSE of the test split. Seconds: run.seconds_this_run of the "
+            "variant's pipeline run (a resumed run counts only its own part).",
+            "",
+        ]
+    )
 
 
 def main(argv=None):
@@ -306,18 +405,26 @@ def main(argv=None):
         result, how = results[name]
         max_diff, mean_diff, count = image_difference(os.path.join(work, BASELINE), os.path.join(work, name))
         reid = result["reid"]
-        rows.append({
-            "variant": name, "flags": " ".join(VARIANTS.get(name, FP16_VARIANTS.get(name))),
-            "max_abs_diff": max_diff, "mean_abs_diff": mean_diff, "elements": count,
-            "encry2clean_mAP": float(reid["encry2clean"]["mAP"]), "encry2encry_mAP": float(reid["encry2encry"]["mAP"]),
-            "clean2clean_mAP": float(reid["clean2clean"]["mAP"]),
-            "feature_mse": float(result["protection"]["test"]["feature_mse"]),
-            "seconds": float(result["run"]["seconds_this_run"]), "how": how,
-            "run_note": read_run_note(os.path.join(work, name)),
-        })
+        rows.append(
+            {
+                "variant": name,
+                "flags": " ".join(VARIANTS.get(name, FP16_VARIANTS.get(name))),
+                "max_abs_diff": max_diff,
+                "mean_abs_diff": mean_diff,
+                "elements": count,
+                "encry2clean_mAP": float(reid["encry2clean"]["mAP"]),
+                "encry2encry_mAP": float(reid["encry2encry"]["mAP"]),
+                "clean2clean_mAP": float(reid["clean2clean"]["mAP"]),
+                "feature_mse": float(result["protection"]["test"]["feature_mse"]),
+                "seconds": float(result["run"]["seconds_this_run"]),
+                "how": how,
+                "run_note": read_run_note(os.path.join(work, name)),
+            }
+        )
     info = machine()
-    command = "python benchmarks/bench_fidelity.py" + ("" if argv is None and len(sys.argv) < 2 else " " + " ".join(
-        sys.argv[1:] if argv is None else argv))
+    command = "python benchmarks/bench_fidelity.py" + (
+        "" if argv is None and len(sys.argv) < 2 else " " + " ".join(sys.argv[1:] if argv is None else argv)
+    )
     text = report(rows, settings, info, command)
     with open(os.path.join(work, TABLE_NAME), "w") as handle:
         handle.write(text)

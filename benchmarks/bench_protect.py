@@ -13,6 +13,7 @@ fresh process so its peak RSS (and CUDA peak) is its own. Per-step time of (a) a
 
     python benchmarks/bench_protect.py --steps 3 --batch-sizes 4 20 --device cpu
 """
+
 import argparse
 import concurrent.futures
 import multiprocessing
@@ -100,14 +101,24 @@ def measure(job):
         per_step, fixed = total / job["steps"], 0.0
     else:
         if job["variant"] == "a":
+
             def run(params):
                 return protect_batch(
-                    model, data, masks, noise, params,
-                    autocast_dtype=autocast_dtype, channels_last=job["channels_last"],
+                    model,
+                    data,
+                    masks,
+                    noise,
+                    params,
+                    autocast_dtype=autocast_dtype,
+                    channels_last=job["channels_last"],
                 )
         else:
+
             def run(params):
-                return reference_protect(model, data, list(masks), params, batch, noise=noise, autocast_dtype=autocast_dtype)
+                return reference_protect(
+                    model, data, list(masks), params, batch, noise=noise, autocast_dtype=autocast_dtype
+                )
+
         one = _best_of(job["repeats"], lambda: run(PixelFadeParams(max_iter=1)), device)
         total = _best_of(job["repeats"], lambda: run(params_full), device)
         per_step = (total - one) / (job["steps"] - 1)
@@ -174,19 +185,27 @@ def main(argv=None):
     for batch in args.batch_sizes:
         for variant in args.variants:
             job = dict(
-                variant=variant, batch=batch, device=args.device, steps=args.steps,
-                precision=args.precision, channels_last=args.channels_last, threads=args.threads,
+                variant=variant,
+                batch=batch,
+                device=args.device,
+                steps=args.steps,
+                precision=args.precision,
+                channels_last=args.channels_last,
+                threads=args.threads,
                 repeats=args.repeats,
             )
             result = run_isolated(job)
             print(
                 f"# {args.device} batch {batch} ({variant}): {1000 * result['per_step']:.1f} ms/step",
-                file=sys.stderr, flush=True,
+                file=sys.stderr,
+                flush=True,
             )
             results.append(result)
     threads = args.threads or torch.get_num_threads()
-    print(f"AGW resnet50_nl (random weights), 256x128, {args.steps} timed steps (best of {args.repeats}), "
-          f"torch {torch.__version__}, {threads} CPU threads\n")
+    print(
+        f"AGW resnet50_nl (random weights), 256x128, {args.steps} timed steps (best of {args.repeats}), "
+        f"torch {torch.__version__}, {threads} CPU threads\n"
+    )
     print(markdown_table(results))
 
 

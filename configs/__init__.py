@@ -36,6 +36,19 @@ def load_config(config_file="", opts=()):
     return cfg
 
 
+def set_values(cfg, values):
+    """Set ``{"SECTION.KEY": value}`` on a defrosted ``cfg``; an int given for a float key becomes a float."""
+    for key, value in values.items():
+        *parents, name = key.split(".")
+        node = cfg
+        for part in parents:
+            node = node[part]
+        if isinstance(node[name], float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        node[name] = value
+    return cfg
+
+
 def save_config(cfg, output_dir, filename=CONFIG_FILENAME):
     """Write the merged config into ``output_dir`` so the run can be described and repeated."""
     return atomic_write_text(cfg.dump(), os.path.join(output_dir, filename))

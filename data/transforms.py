@@ -64,7 +64,7 @@ def build_eval_transform(cfg):
 
 
 class RandomErasing:
-    """AGW's RandomErasing on a normalised (3, H, W) tensor (Zhong et al.; SPEC-2 section 9.5).
+    """AGW's RandomErasing on a normalised (3, H, W) tensor (Zhong et al., as ReID-Survey implements it).
 
     With probability ``probability`` it tries up to 100 times: area ~ U(sl, sh) of the image,
     aspect ~ U(r1, 1/r1), h = round(sqrt(area * aspect)), w = round(sqrt(area / aspect)); the first
@@ -102,7 +102,7 @@ class RandomErasing:
         return image
 
 
-# The reference fills erased boxes with these raw numbers after normalisation (SPEC-2 section 9.5).
+# The reference fills erased boxes with these raw numbers after normalisation (ReID-Survey's data/transforms).
 RANDOM_ERASING_FILL = (0.485, 0.456, 0.406)
 
 

@@ -6,6 +6,7 @@ images, the mean square of the model's features, the relative EPSILON equal to a
 one, and, after a short protection of the sample, how often the constraint held and where the
 final feature error ends against the bound (README, "Choosing EPSILON").
 """
+
 import torch
 
 from data.loaders import read_image
@@ -52,10 +53,12 @@ def format_report(report):
     lines = [
         f"{report['images']} images, {report['feature_dim']}-d features, mean square of a feature element "
         f"{report['feature_mean_square']:.4g}",
-        f"EPSILON {report['epsilon']:g} ({report['epsilon_mode']}) = absolute {report['absolute_epsilon_equal_to_relative']:.4g}"
+        f"EPSILON {report['epsilon']:g} ({report['epsilon_mode']}) = absolute "
+        f"{report['absolute_epsilon_equal_to_relative']:.4g}"
         f" = relative {report['relative_epsilon_equal_to_absolute']:.4g}",
-        f"trial, {report['trial_steps']} steps: the constraint held in {report['share_of_steps_constraint_held']:.1%} of "
-        f"the steps; final feature MSE {report['final_feature_mse_mean']:.4g} = {report['final_error_over_bound_mean']:.2f}x "
+        f"trial, {report['trial_steps']} steps: the constraint held in "
+        f"{report['share_of_steps_constraint_held']:.1%} of the steps; final feature MSE "
+        f"{report['final_feature_mse_mean']:.4g} = {report['final_error_over_bound_mean']:.2f}x "
         f"the bound; {report['share_of_images_above_bound']:.1%} of the images end above it",
     ]
     return "\n".join(lines)

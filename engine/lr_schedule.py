@@ -1,4 +1,4 @@
-"""The AGW warm-up multi-step learning rate (SPEC-2 section 9.4), stepped once per epoch.
+"""The AGW warm-up multi-step learning rate (ReID-Survey's WarmupMultiStepLR), stepped once per epoch.
 
 lr(e) = base * w(e) * gamma ** bisect_right(milestones, e), with w(e) = factor * (1 - e/W) + e/W
 ('linear') or factor ('constant') for e < W = WARMUP_ITERS, and 1 afterwards. The scheduler is

@@ -10,6 +10,7 @@ PixelFade in reference mode keeps the reference code's stream: after seeding, th
 are drawn first (for a full batch), then each batch's noise, in batch order. Per-image mode
 derives each image's noise and masks from (seed, image index) instead.
 """
+
 from dataclasses import dataclass
 from typing import Optional
 
@@ -85,13 +86,17 @@ class PixelFade(ProtectionMethod):
         if not self.per_image:
             channels, height, width = self.image_shape
             num_elements = pf.BATCH_SIZE * channels * height * width
-            self.masks = build_fade_masks(num_elements, self.params.fade_num_iter, generator=self.generator).to(self.device)
+            self.masks = build_fade_masks(num_elements, self.params.fade_num_iter, generator=self.generator).to(
+                self.device
+            )
         self._stream_ready()
 
     def __call__(self, original, indices):
         if self.per_image:
             pairs = [
-                per_image_noise_and_masks(self.seed, int(index), self.image_shape, self.params.fade_num_iter, self.device)
+                per_image_noise_and_masks(
+                    self.seed, int(index), self.image_shape, self.params.fade_num_iter, self.device
+                )
                 for index in indices
             ]
             noise = torch.stack([pair[0] for pair in pairs])
@@ -100,8 +105,14 @@ class PixelFade(ProtectionMethod):
             noise = torch.randn(original.shape, generator=self.generator).to(self.device)
             masks = self.masks
         output = protect_batch(
-            self.model, original, masks, noise, self.params, per_image=self.per_image,
-            autocast_dtype=self.autocast_dtype, channels_last=self.channels_last,
+            self.model,
+            original,
+            masks,
+            noise,
+            self.params,
+            per_image=self.per_image,
+            autocast_dtype=self.autocast_dtype,
+            channels_last=self.channels_last,
         )
         features = output.features if self.autocast_dtype is None else None
         held = output.steps_constraint_held.float() / self.params.max_iter

@@ -4,6 +4,7 @@ Numbers match the reference code (iSEE-Laboratory/PixelFade) in reference mode; 
 faster by construction: only the input gradient is computed (frozen model, no weight gradients,
 no retained graph) and the constraint test stays on the device (no host sync per step).
 """
+
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, fields
 from typing import NamedTuple
@@ -65,8 +66,10 @@ class PixelFadeParams:
         }
         minimum = {"max_iter": 1, "fade_num_iter": 1, "warmup_iter": 0, "tail_iters": 0}
         if self.epsilon_mode not in EPSILON_MODES:
-            raise ConfigError(f"epsilon_mode (PIXELFADE.EPSILON_MODE) must be one of {', '.join(EPSILON_MODES)}, "
-                              f"got {self.epsilon_mode!r}")
+            raise ConfigError(
+                f"epsilon_mode (PIXELFADE.EPSILON_MODE) must be one of {', '.join(EPSILON_MODES)}, "
+                f"got {self.epsilon_mode!r}"
+            )
         for field in fields(self):
             if field.name == "epsilon_mode":
                 continue
@@ -123,7 +126,9 @@ def build_fade_masks(num_elements, num_stages, generator=None):
     With ``generator=None`` the global CPU generator is used, as the reference does.
     """
     if num_elements < 1 or num_stages < 1:
-        raise ValueError(f"build_fade_masks needs num_elements >= 1 and num_stages >= 1, got {num_elements}, {num_stages}")
+        raise ValueError(
+            f"build_fade_masks needs num_elements >= 1 and num_stages >= 1, got {num_elements}, {num_stages}"
+        )
     pick = fade_pick_size(num_elements, num_stages)
     masks = torch.zeros(num_stages, num_elements, dtype=torch.bool)
     remaining = torch.arange(num_elements)
@@ -232,7 +237,8 @@ def constraint_bound(target, params, per_sample):
 def constraint_update(protected, momentum_buf, grad, loss, step, params, lo, hi, bound=None):
     """One constraint step: momentum of the normalised gradient, step size by the constraint test.
 
-    ``condition = (loss < bound) & (step < max_iter - tail_iters)`` (``bound``: ``constraint_bound``) keeps ``loss``'s shape
+    ``condition = (loss < bound) & (step < max_iter - tail_iters)`` (``bound``: ``constraint_bound``)
+    keeps ``loss``'s shape
     (scalar for the batch, [B] per sample); the step is ``beta`` where it holds, ``beta_temp``
     elsewhere; the result is clamped to [lo, hi] (tensors: one bound for the batch or one per
     sample; max-then-min equals clamp and is faster on CPU). Everything stays on the device.
@@ -328,9 +334,7 @@ def _mask_like(stage_mask, protected):
         return stage_mask
     flat = stage_mask.reshape(-1)
     if flat.numel() < protected.numel():
-        raise ValueError(
-            f"stage mask has {flat.numel()} entries, fewer than the batch's {protected.numel()} elements"
-        )
+        raise ValueError(f"stage mask has {flat.numel()} entries, fewer than the batch's {protected.numel()} elements")
     return flat[: protected.numel()].view(protected.shape)
 
 

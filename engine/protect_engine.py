@@ -7,6 +7,7 @@ protected features. What happens to a protected batch (statistics, the non-finit
 dropped without touching the step. A batch is the reference's batch: items ``i*B .. i*B+B-1`` of
 the split.
 """
+
 import time
 
 import ignite.distributed as idist
@@ -64,12 +65,15 @@ def create_protect_engine(method, model, device, batch_size, feature_chunk):
     return Engine(protect_step)
 
 
-def attach_outputs(engine, *, split, method, model, store, schedule, cfg, item_keys, png_paths, save_png, show_progress,
-                   eval_models=()):
+def attach_outputs(
+    engine, *, split, method, model, store, schedule, cfg, item_keys, png_paths, save_png, show_progress, eval_models=()
+):
     """Attach the run's outputs to ``engine`` as handlers, in the order they must run."""
     codec = PixelCodec(tuple(cfg.INPUT.PIXEL_MEAN), tuple(cfg.INPUT.PIXEL_STD))
     pf = cfg.PIXELFADE
-    engine.add_event_handler(Events.ITERATION_STARTED, RandomStreamRestorer(split, method, store, schedule, pf.BATCH_SIZE))
+    engine.add_event_handler(
+        Events.ITERATION_STARTED, RandomStreamRestorer(split, method, store, schedule, pf.BATCH_SIZE)
+    )
     handlers = [StatisticsHandler(), NonFiniteCheck(split)]
     if eval_models:
         handlers.append(EvalModelFeatures(list(eval_models), cfg.TEST.IMS_PER_BATCH))
@@ -84,7 +88,11 @@ def attach_outputs(engine, *, split, method, model, store, schedule, cfg, item_k
         engine.add_event_handler(Events.ITERATION_COMPLETED, handler)
     if show_progress and idist.get_rank() == 0:
         ProgressBar(persist=True, desc=f"protect {split}").attach(
-            engine, output_transform=lambda out: {"feature MSE": out["feature_mse"], "img/s": len(out["indices"]) / max(out["seconds"], 1e-9)}
+            engine,
+            output_transform=lambda out: {
+                "feature MSE": out["feature_mse"],
+                "img/s": len(out["indices"]) / max(out["seconds"], 1e-9),
+            },
         )
 
 

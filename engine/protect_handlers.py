@@ -4,6 +4,7 @@ Each handler is called with the engine and reads ``engine.state.output`` (the st
 add to it (statistics, stored-image features) for the handlers after them. The record writer runs
 last: a record on disk means every other output of its batch is already written.
 """
+
 import math
 from dataclasses import dataclass, field
 
@@ -54,8 +55,9 @@ class StatisticsHandler(OutputHandler):
     steps in which the feature constraint held (0 for methods without one)."""
 
     def handle(self, out):
-        out["stats"] = protection_statistics(out["original"], out["protected"], out["noise"],
-                                             out["original_features"], out["protected_features"])
+        out["stats"] = protection_statistics(
+            out["original"], out["protected"], out["noise"], out["original_features"], out["protected_features"]
+        )
         held = out["constraint_held"]
         out["stats"]["constraint_held"] = torch.zeros_like(out["stats"]["feature_mse"]) if held is None else held
         out["feature_mse"] = float(out["stats"]["feature_mse"].mean())
@@ -71,7 +73,8 @@ class NonFiniteCheck(OutputHandler):
         if not math.isfinite(out["feature_mse"]):
             raise NonFiniteError(
                 f"non-finite feature loss in {self.split} batch {out['batch_index']}; the batches finished before "
-                "it are kept. Retry with a lower --beta/--beta_temp or --precision none (a new run: use another --output)."
+                "it are kept. Retry with a lower --beta/--beta_temp or --precision none "
+                "(a new run: use another --output)."
             )
 
 
@@ -113,7 +116,9 @@ class PairWriter(OutputHandler):
     split: str
 
     def handle(self, out):
-        self.store.save_pairs(self.split, out["batch_index"], out["original"], out["protected"], out["pids"], out["camids"])
+        self.store.save_pairs(
+            self.split, out["batch_index"], out["original"], out["protected"], out["pids"], out["camids"]
+        )
 
 
 @dataclass
@@ -127,8 +132,12 @@ class GridWriter(OutputHandler):
 
     def handle(self, out):
         if out["batch_index"] < self.num_grids:
-            self.store.save_grid(self.split, out["batch_index"], self.codec.to_pixels(out["original"]),
-                                 self.codec.to_pixels(out["protected"]))
+            self.store.save_grid(
+                self.split,
+                out["batch_index"],
+                self.codec.to_pixels(out["original"]),
+                self.codec.to_pixels(out["protected"]),
+            )
 
 
 @dataclass

@@ -1,4 +1,5 @@
 """What a protection run reports: gathered features, statistics, Re-ID scores, and the files they go to."""
+
 import csv
 import io
 import json
@@ -49,8 +50,11 @@ def warn_above_epsilon(cfg, split, stats):
     if cfg.PIXELFADE.METHOD == "pixelfade" and share > 0:
         logger.warning(
             "%s: %.1f%% of the images end with a feature MSE above EPSILON = %g (mean %.4g): the constraint "
-            "was not met for them; lower --beta/--beta_temp or raise --max_iter", split, 100 * share,
-            cfg.PIXELFADE.EPSILON, stats["feature_mse"],
+            "was not met for them; lower --beta/--beta_temp or raise --max_iter",
+            split,
+            100 * share,
+            cfg.PIXELFADE.EPSILON,
+            stats["feature_mse"],
         )
 
 
@@ -59,16 +63,30 @@ def write_statistics_csv(store, split, plan, root, gathered):
     writer = csv.writer(buffer)
     writer.writerow(["index", "path", "flipped", "pid", "camid", *RECORD_STATS])
     for index, (record, flip) in enumerate(zip(plan.records, plan.flips)):
-        writer.writerow([index, os.path.relpath(record.path, root), int(flip), record.pid, record.camid,
-                         *(f"{float(gathered[n][index]):.6g}" for n in RECORD_STATS)])
+        writer.writerow(
+            [
+                index,
+                os.path.relpath(record.path, root),
+                int(flip),
+                record.pid,
+                record.camid,
+                *(f"{float(gathered[n][index]):.6g}" for n in RECORD_STATS),
+            ]
+        )
     store.write_text(f"protection_stats_{split}.csv", buffer.getvalue())
 
 
 def write_folder_features(store, plan, root, gathered):
     """``features/features.pt`` of a protected folder: paths and original/protected/stored features."""
-    atomic_torch_save({"paths": [os.path.relpath(r.path, root) for r in plan.records],
-                       "original": gathered["original_features"], "protected": gathered["protected_features"],
-                       "stored": gathered["stored_features"]}, store.path("features", "features.pt"))
+    atomic_torch_save(
+        {
+            "paths": [os.path.relpath(r.path, root) for r in plan.records],
+            "original": gathered["original_features"],
+            "protected": gathered["protected_features"],
+            "stored": gathered["stored_features"],
+        },
+        store.path("features", "features.pt"),
+    )
 
 
 def score(cfg, gathered, plan, protected_key, original_key="original_features"):
@@ -88,24 +106,48 @@ def score(cfg, gathered, plan, protected_key, original_key="original_features"):
 def results_markdown(cfg, results):
     lines = [f"# Protection results ({cfg.PIXELFADE.METHOD}, {cfg.DATASETS.NAMES})", ""]
     if "reid" in results:
-        lines += ["Re-ID, features of the final protected images (float, normalised space):", "",
-                  format_results_table(results["reid"]), ""]
+        lines += [
+            "Re-ID, features of the final protected images (float, normalised space):",
+            "",
+            format_results_table(results["reid"]),
+            "",
+        ]
     if "reid_stored_png" in results:
-        lines += ["Re-ID, protected images stored as 8-bit PNG and read back:", "",
-                  format_results_table(results["reid_stored_png"]), ""]
+        lines += [
+            "Re-ID, protected images stored as 8-bit PNG and read back:",
+            "",
+            format_results_table(results["reid_stored_png"]),
+            "",
+        ]
     for label, table in results.get("eval_models", {}).items():
-        lines += [f"Re-ID scored by the extra model {label} (TEST.EVAL_MODELS): do protected images work with it?", "",
-                  format_results_table(table), ""]
-    lines += ["| split | feature MSE | cosine to original | values equal to noise | values nearer noise than original "
-              "| steps the constraint held | images above EPSILON |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"Re-ID scored by the extra model {label} (TEST.EVAL_MODELS): do protected images work with it?",
+            "",
+            format_results_table(table),
+            "",
+        ]
+    lines += [
+        "| split | feature MSE | cosine to original | values equal to noise | values nearer noise than original "
+        "| steps the constraint held | images above EPSILON |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for split, stats in results["protection"].items():
-        lines.append(f"| {split} | {stats['feature_mse']:.4f} | {stats['cosine']:.4f} | {stats['noise_share']:.1%} "
-                     f"| {stats['closer_to_noise']:.1%} | {stats['constraint_held']:.1%} | {stats['share_above_epsilon']:.1%} |")
-    bound = "EPSILON" if cfg.PIXELFADE.EPSILON_MODE == "absolute" else "EPSILON times the image's mean squared original feature"
-    lines += ["", "Feature MSE and cosine compare each protected image's feature with its original's (raw "
-              "features, authorization model); 'steps the constraint held' is the mean share of the loop's steps "
-              f"whose feature test passed; 'images above EPSILON' is the share whose final feature MSE exceeds {bound} "
-              f"(EPSILON = {cfg.PIXELFADE.EPSILON}, PIXELFADE.EPSILON_MODE {cfg.PIXELFADE.EPSILON_MODE})."]
+        lines.append(
+            f"| {split} | {stats['feature_mse']:.4f} | {stats['cosine']:.4f} | {stats['noise_share']:.1%} "
+            f"| {stats['closer_to_noise']:.1%} | {stats['constraint_held']:.1%} | {stats['share_above_epsilon']:.1%} |"
+        )
+    bound = (
+        "EPSILON"
+        if cfg.PIXELFADE.EPSILON_MODE == "absolute"
+        else "EPSILON times the image's mean squared original feature"
+    )
+    lines += [
+        "",
+        "Feature MSE and cosine compare each protected image's feature with its original's (raw "
+        "features, authorization model); 'steps the constraint held' is the mean share of the loop's steps "
+        f"whose feature test passed; 'images above EPSILON' is the share whose final feature MSE exceeds {bound} "
+        f"(EPSILON = {cfg.PIXELFADE.EPSILON}, PIXELFADE.EPSILON_MODE {cfg.PIXELFADE.EPSILON_MODE}).",
+    ]
     return "\n".join(lines) + "\n"
 
 

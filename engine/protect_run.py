@@ -7,6 +7,7 @@ spawned by ``ignite.distributed.Parallel``). Each split goes through the protect
 then query + gallery as "test". Rank 0 gathers the features by image index, scores the four
 protected/original modes and writes the results.
 """
+
 import hashlib
 import logging
 import logging.handlers
@@ -18,7 +19,7 @@ import ignite.distributed as idist
 import torch
 from ignite.utils import setup_logger
 
-from configs import load_config, save_config
+from configs import load_config, save_config, set_values
 from data.datasets.image_folder import describe_skipped, protected_relative_name
 from data.loaders import ImageDataset
 from data.splits import plan_splits
@@ -27,6 +28,7 @@ from modeling import build_authorization_model, feature_dim, resolve_device
 from modeling.authorization import build_eval_models
 from utils.errors import CheckpointError, ConfigError
 from utils.file_io import FolderLock
+from utils.logs import close_log_handlers
 
 from .methods import build_method
 from .protect_engine import BatchSchedule, attach_outputs, create_protect_engine
@@ -47,15 +49,44 @@ logger = logging.getLogger("pixelfade.protect")
 
 # Keys whose value changes what a finished batch holds; a resumed run must match all of them.
 RESULT_KEYS = (
-    "PIXELFADE.METHOD", "PIXELFADE.MODE", "PIXELFADE.BATCH_SIZE", "PIXELFADE.MAX_ITER",
-    "PIXELFADE.FADE_NUM_ITER", "PIXELFADE.WARMUP_ITER", "PIXELFADE.MOMENTUM", "PIXELFADE.BETA",
-    "PIXELFADE.BETA_TEMP", "PIXELFADE.EPSILON", "PIXELFADE.TAIL_ITERS", "PIXELFADE.SEED",
-    "PIXELFADE.PRECISION", "PIXELFADE.CHANNELS_LAST", "PIXELFADE.BLUR_SIGMA", "PIXELFADE.MOSAIC_BLOCK",
-    "PIXELFADE.NOISE_STD", "PIXELFADE.SAVE_IMAGE_NPY", "PIXELFADE.SAVE_PNG", "PIXELFADE.TRAIN_ORDER",
-    "MODEL.NAME", "MODEL.LAST_STRIDE", "MODEL.GENERALIZED_MEAN_POOL", "INPUT.IMG_SIZE",
-    "INPUT.PIXEL_MEAN", "INPUT.PIXEL_STD", "INPUT.PROB", "DATALOADER.NUM_INSTANCE", "DATASETS.NAMES",
-    "DATASETS.CUHK03_LABELED", "MODEL.FORMAT", "MODEL.FACTORY", "MODEL.FASTREID_MAXPOOL", "MODEL.FASTREID_POOL",
-    "INPUT.MODEL_INPUT", "INPUT.PIXEL_RANGE", "PIXELFADE.EPSILON_MODE", "TEST.EVAL_MODELS",
+    "PIXELFADE.METHOD",
+    "PIXELFADE.MODE",
+    "PIXELFADE.BATCH_SIZE",
+    "PIXELFADE.MAX_ITER",
+    "PIXELFADE.FADE_NUM_ITER",
+    "PIXELFADE.WARMUP_ITER",
+    "PIXELFADE.MOMENTUM",
+    "PIXELFADE.BETA",
+    "PIXELFADE.BETA_TEMP",
+    "PIXELFADE.EPSILON",
+    "PIXELFADE.TAIL_ITERS",
+    "PIXELFADE.SEED",
+    "PIXELFADE.PRECISION",
+    "PIXELFADE.CHANNELS_LAST",
+    "PIXELFADE.BLUR_SIGMA",
+    "PIXELFADE.MOSAIC_BLOCK",
+    "PIXELFADE.NOISE_STD",
+    "PIXELFADE.SAVE_IMAGE_NPY",
+    "PIXELFADE.SAVE_PNG",
+    "PIXELFADE.TRAIN_ORDER",
+    "MODEL.NAME",
+    "MODEL.LAST_STRIDE",
+    "MODEL.GENERALIZED_MEAN_POOL",
+    "INPUT.IMG_SIZE",
+    "INPUT.PIXEL_MEAN",
+    "INPUT.PIXEL_STD",
+    "INPUT.PROB",
+    "DATALOADER.NUM_INSTANCE",
+    "DATASETS.NAMES",
+    "DATASETS.CUHK03_LABELED",
+    "MODEL.FORMAT",
+    "MODEL.FACTORY",
+    "MODEL.FASTREID_MAXPOOL",
+    "MODEL.FASTREID_POOL",
+    "INPUT.MODEL_INPUT",
+    "INPUT.PIXEL_RANGE",
+    "PIXELFADE.EPSILON_MODE",
+    "TEST.EVAL_MODELS",
 )
 
 
@@ -71,14 +102,7 @@ def build_protect_config(config_file, opts, flag_values, flag_of_key=None):
     """Defaults < --config_file < trailing KEY VALUE overrides < flags; validated and frozen."""
     cfg = load_config(config_file, opts)
     cfg.defrost()
-    for key, value in flag_values.items():
-        *parents, name = key.split(".")
-        node = cfg
-        for part in parents:
-            node = node[part]
-        if isinstance(node[name], float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        node[name] = value
+    set_values(cfg, flag_values)
     if not cfg.OUTPUT_DIR:
         cfg.OUTPUT_DIR = os.path.join("log", f"{cfg.DATASETS.NAMES}_protect")
     cfg.freeze()
@@ -125,7 +149,9 @@ def checkpoint_identity(cfg, random_init):
         return f"{os.path.basename(cfg.TEST.WEIGHT)} sha256={file_digest(cfg.TEST.WEIGHT)[:16]}"
     if random_init:
         return f"UNTRAINED {cfg.MODEL.NAME}, random weights from MODEL.INIT_SEED={cfg.MODEL.INIT_SEED}"
-    raise ConfigError("no Re-ID checkpoint given: pass --reid_ckpt_path (TEST.WEIGHT), or --random_init for an untrained model")
+    raise ConfigError(
+        "no Re-ID checkpoint given: pass --reid_ckpt_path (TEST.WEIGHT), or --random_init for an untrained model"
+    )
 
 
 def load_authorization_model(cfg, device):
@@ -140,19 +166,13 @@ def png_names(split, plan, dataset_root, plain_folder):
     names = {}
     for index, record in enumerate(plan.records):
         if plain_folder:
-            names[index] = os.path.join("protected", protected_relative_name(os.path.relpath(record.path, dataset_root)))
+            names[index] = os.path.join(
+                "protected", protected_relative_name(os.path.relpath(record.path, dataset_root))
+            )
         else:
             stem = os.path.splitext(os.path.basename(record.path))[0]
             names[index] = os.path.join("png", split, f"{index:06d}_{stem}.png")
     return names
-
-
-def close_log_handlers():
-    """Detach the run's log handlers, so the log file is closed and a later run starts clean."""
-    log = logging.getLogger("pixelfade")
-    for handler in list(log.handlers):
-        handler.close()
-        log.removeHandler(handler)
 
 
 def run(cfg, options, nproc_per_node=None, backend=None):
@@ -200,8 +220,14 @@ def run_protection(local_rank, cfg, options, plan):
             early_records.setTarget(next(h for h in log.handlers if isinstance(h, logging.FileHandler)))
             early_records.close()
             save_config(cfg, cfg.OUTPUT_DIR)
-            logger.info("%s run in %s on %s, %d process(es)\n%s", "new" if fresh else "resumed", cfg.OUTPUT_DIR,
-                        device, idist.get_world_size(), plan.summary)
+            logger.info(
+                "%s run in %s on %s, %d process(es)\n%s",
+                "new" if fresh else "resumed",
+                cfg.OUTPUT_DIR,
+                device,
+                idist.get_world_size(),
+                plan.summary,
+            )
             if plan.skipped:
                 logger.warning("%s", describe_skipped(plan.skipped))
         idist.barrier()
@@ -212,8 +238,12 @@ def run_protection(local_rank, cfg, options, plan):
         results = collect_results(cfg, plan, model, store, shards, eval_models, device)
         if rank == 0:
             results["run"] = {
-                "method": cfg.PIXELFADE.METHOD, "mode": cfg.PIXELFADE.MODE, "dataset": cfg.DATASETS.NAMES,
-                "checkpoint": checkpoint_digest, "device": str(device), "processes": idist.get_world_size(),
+                "method": cfg.PIXELFADE.METHOD,
+                "mode": cfg.PIXELFADE.MODE,
+                "dataset": cfg.DATASETS.NAMES,
+                "checkpoint": checkpoint_digest,
+                "device": str(device),
+                "processes": idist.get_world_size(),
                 "seconds_this_run": round(time.perf_counter() - started, 2),
                 "features": "extracted from the final protected images (the reference scores the previous step's)",
             }
@@ -230,7 +260,9 @@ def protect_splits(cfg, options, plan, model, store, device, eval_models=()):
     rank = idist.get_rank()
     method = build_method(cfg, model, device, rank)
     schedule = BatchSchedule()
-    shards = {split: schedule.add_split(split, len(sp.records), cfg.PIXELFADE.BATCH_SIZE) for split, sp in plan.splits.items()}
+    shards = {
+        split: schedule.add_split(split, len(sp.records), cfg.PIXELFADE.BATCH_SIZE) for split, sp in plan.splits.items()
+    }
     plain_folder = cfg.DATASETS.NAMES == "image_folder"
     transform = build_eval_transform(cfg)
     for split, split_plan in plan.splits.items():
@@ -247,10 +279,20 @@ def protect_splits(cfg, options, plan, model, store, device, eval_models=()):
         engine = create_protect_engine(method, model, device, cfg.PIXELFADE.BATCH_SIZE, cfg.TEST.IMS_PER_BATCH)
         # A failing step reaches the caller as its exception; ignite's own error log would repeat it.
         engine.logger.setLevel(logging.CRITICAL)
-        attach_outputs(engine, split=split, method=method, model=model, store=store, schedule=schedule, cfg=cfg,
-                       item_keys=split_plan.keys, png_paths=png_names(split, split_plan, plan.root, plain_folder),
-                       save_png=cfg.PIXELFADE.SAVE_PNG or plain_folder, show_progress=options.show_progress,
-                       eval_models=eval_models if split == "test" else ())
+        attach_outputs(
+            engine,
+            split=split,
+            method=method,
+            model=model,
+            store=store,
+            schedule=schedule,
+            cfg=cfg,
+            item_keys=split_plan.keys,
+            png_paths=png_names(split, split_plan, plan.root, plain_folder),
+            save_png=cfg.PIXELFADE.SAVE_PNG or plain_folder,
+            show_progress=options.show_progress,
+            eval_models=eval_models if split == "test" else (),
+        )
         engine.run(loader, max_epochs=1)
         logger.info("%s: protected %d batches on rank %d", split, len(pending), rank)
     idist.barrier()
@@ -271,7 +313,9 @@ def pending_batches(store, split, plan, spans, shard):
         if state == "stale":
             logger.info("%s batch %d holds other images than before; protecting it again", split, batch_index)
     if len(pending) < len(shard):
-        logger.info("%s: %d of %d batches of this process already done, resuming", split, len(shard) - len(pending), len(shard))
+        logger.info(
+            "%s: %d of %d batches of this process already done, resuming", split, len(shard) - len(pending), len(shard)
+        )
     return pending
 
 
@@ -288,7 +332,9 @@ def collect_results(cfg, plan, model, store, shards, eval_models, device):
         if split == "test":
             for k, extra in enumerate(eval_models.values()):
                 extra_dim = feature_dim(extra, cfg, device)
-                row_shapes.update({f"eval{k}_original_features": (extra_dim,), f"eval{k}_protected_features": (extra_dim,)})
+                row_shapes.update(
+                    {f"eval{k}_original_features": (extra_dim,), f"eval{k}_protected_features": (extra_dim,)}
+                )
         gathered = gather_split(store, split, shards[split][1], len(split_plan.records), row_shapes)
         if idist.get_rank() != 0:
             continue

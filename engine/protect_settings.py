@@ -4,6 +4,7 @@ A run that starts writing and then trips over a bad value leaves a folder that r
 corrected rerun; so the whole config is checked first and a bad value is reported with its config
 key and, where one exists, the command-line flag that sets it.
 """
+
 import math
 
 from utils.errors import ConfigError
@@ -110,7 +111,9 @@ def validate_protect_config(cfg, flag_of_key=None):
         check.fail("INPUT.IMG_SIZE", "[height, width] of two positive integers")
     if len(check.value("INPUT.PIXEL_MEAN")) != 3 or not all(_is_number(v) for v in check.value("INPUT.PIXEL_MEAN")):
         check.fail("INPUT.PIXEL_MEAN", "three numbers")
-    if len(check.value("INPUT.PIXEL_STD")) != 3 or not all(_is_number(v) and v > 0 for v in check.value("INPUT.PIXEL_STD")):
+    if len(check.value("INPUT.PIXEL_STD")) != 3 or not all(
+        _is_number(v) and v > 0 for v in check.value("INPUT.PIXEL_STD")
+    ):
         check.fail("INPUT.PIXEL_STD", "three positive numbers")
     probability = check.value("INPUT.PROB")
     if not _is_number(probability) or not 0.0 <= probability <= 1.0:

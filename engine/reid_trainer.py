@@ -1,4 +1,4 @@
-"""Training an AGW authorization model (SPEC-2 section 9) with an ignite trainer.
+"""Training an AGW authorization model (README, "Training an authorization model") with an ignite trainer.
 
 ``run`` checks the settings, the data set and any checkpoint to resume before anything is
 written, then trains in one process, under torchrun, or in ``nproc_per_node`` spawned processes
@@ -21,6 +21,7 @@ Every epoch re-seeds torch, numpy and random from (SOLVER.SEED, epoch, rank) and
 from (SOLVER.SEED, epoch), so a run resumed from the checkpoint of epoch e repeats epochs e+1...
 exactly as an uninterrupted run (CPU; the RNG states are saved in the checkpoint too).
 """
+
 import json
 import logging
 import math
@@ -52,6 +53,7 @@ from modeling.backbones import BACKBONES
 from modeling.losses import AGWCriterion
 from utils.errors import CheckpointError, ConfigError, DatasetError, NonFiniteError, RunConflictError
 from utils.file_io import FolderLock, atomic_write, atomic_write_json, atomic_write_text
+from utils.logs import close_log_handlers
 
 from .attack import AtomicCheckpointSaver
 from .lr_schedule import WarmupMultiStepLR, lr_at_epoch
@@ -66,8 +68,17 @@ SWITCHES = ("on", "off")
 AMP_MODES = ("off", "fp16", "bf16")
 METRIC_KEYS = ("rank1", "rank5", "rank10", "mAP", "mINP")
 # Keys that do not change the weights a run produces; everything else must match to resume.
-FREE_KEYS = ("SOLVER.MAX_EPOCHS", "SOLVER.CHECKPOINT_PERIOD", "SOLVER.EVAL_PERIOD", "SOLVER.LOG_PERIOD",
-             "OUTPUT_DIR", "DATASETS.ROOT_DIR", "DATALOADER.NUM_WORKERS", "MODEL.DEVICE", "TEST")
+FREE_KEYS = (
+    "SOLVER.MAX_EPOCHS",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "SOLVER.EVAL_PERIOD",
+    "SOLVER.LOG_PERIOD",
+    "OUTPUT_DIR",
+    "DATASETS.ROOT_DIR",
+    "DATALOADER.NUM_WORKERS",
+    "MODEL.DEVICE",
+    "TEST",
+)
 
 
 @dataclass
@@ -93,18 +104,33 @@ def validate_train_config(cfg, flag_of_key=None):
     momentum = check.value("SOLVER.MOMENTUM")
     if not isinstance(momentum, (int, float)) or isinstance(momentum, bool) or not 0 <= momentum < 1:
         check.fail("SOLVER.MOMENTUM", "a number in [0, 1)")
-    for key, minimum in (("SOLVER.MAX_EPOCHS", 1), ("SOLVER.IMS_PER_BATCH", 1), ("SOLVER.WARMUP_ITERS", 0),
-                         ("SOLVER.CHECKPOINT_PERIOD", 1), ("SOLVER.EVAL_PERIOD", 1), ("SOLVER.LOG_PERIOD", 1),
-                         ("SOLVER.SEED", 0), ("DATALOADER.NUM_INSTANCE", 1), ("DATALOADER.NUM_WORKERS", 0),
-                         ("TEST.IMS_PER_BATCH", 1), ("INPUT.PADDING", 0), ("MODEL.INIT_SEED", 0)):
+    for key, minimum in (
+        ("SOLVER.MAX_EPOCHS", 1),
+        ("SOLVER.IMS_PER_BATCH", 1),
+        ("SOLVER.WARMUP_ITERS", 0),
+        ("SOLVER.CHECKPOINT_PERIOD", 1),
+        ("SOLVER.EVAL_PERIOD", 1),
+        ("SOLVER.LOG_PERIOD", 1),
+        ("SOLVER.SEED", 0),
+        ("DATALOADER.NUM_INSTANCE", 1),
+        ("DATALOADER.NUM_WORKERS", 0),
+        ("TEST.IMS_PER_BATCH", 1),
+        ("INPUT.PADDING", 0),
+        ("MODEL.INIT_SEED", 0),
+    ):
         check.integer(key, minimum)
     steps = list(check.value("SOLVER.STEPS"))
     if not all(_is_int(v) and v >= 0 for v in steps) or steps != sorted(steps):
         check.fail("SOLVER.STEPS", "increasing whole numbers of epochs")
     check.choice("SOLVER.WARMUP_METHOD", ("linear", "constant"))
     check.choice("SOLVER.AMP", AMP_MODES)
-    for key in ("MODEL.CENTER_LOSS", "MODEL.WEIGHT_REGULARIZED_TRIPLET", "MODEL.GENERALIZED_MEAN_POOL",
-                "TEST.FEAT_NORM", "TEST.RE_RANKING"):
+    for key in (
+        "MODEL.CENTER_LOSS",
+        "MODEL.WEIGHT_REGULARIZED_TRIPLET",
+        "MODEL.GENERALIZED_MEAN_POOL",
+        "TEST.FEAT_NORM",
+        "TEST.RE_RANKING",
+    ):
         check.choice(key, SWITCHES)
     if cfg.MODEL.CENTER_LOSS == "on":
         check.positive("SOLVER.CENTER_LOSS_WEIGHT")
@@ -126,8 +152,10 @@ def validate_train_config(cfg, flag_of_key=None):
     if len(cfg.INPUT.PIXEL_STD) != 3 or not all(v > 0 for v in cfg.INPUT.PIXEL_STD) or len(cfg.INPUT.PIXEL_MEAN) != 3:
         check.fail("INPUT.PIXEL_STD", "three positive numbers (and INPUT.PIXEL_MEAN three numbers)")
     if cfg.SOLVER.IMS_PER_BATCH % cfg.DATALOADER.NUM_INSTANCE:
-        raise ConfigError(f"SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) must be a multiple of "
-                          f"DATALOADER.NUM_INSTANCE ({cfg.DATALOADER.NUM_INSTANCE}): P identities x K images")
+        raise ConfigError(
+            f"SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) must be a multiple of "
+            f"DATALOADER.NUM_INSTANCE ({cfg.DATALOADER.NUM_INSTANCE}): P identities x K images"
+        )
     if not isinstance(cfg.OUTPUT_DIR, str) or not cfg.OUTPUT_DIR:
         check.fail("OUTPUT_DIR", "a folder path")
     if cfg.DATASETS.NAMES == "image_folder":
@@ -138,8 +166,10 @@ def ids_per_rank(cfg, world_size):
     """P / W identities per process; ConfigError unless W divides P."""
     ids = cfg.SOLVER.IMS_PER_BATCH // cfg.DATALOADER.NUM_INSTANCE
     if ids % world_size:
-        raise ConfigError(f"SOLVER.IMS_PER_BATCH / DATALOADER.NUM_INSTANCE = {ids} identities per batch must be "
-                          f"divisible by the {world_size} processes (each process takes an equal share)")
+        raise ConfigError(
+            f"SOLVER.IMS_PER_BATCH / DATALOADER.NUM_INSTANCE = {ids} identities per batch must be "
+            f"divisible by the {world_size} processes (each process takes an equal share)"
+        )
     return ids // world_size
 
 
@@ -149,8 +179,10 @@ def load_train_dataset(cfg):
     dataset = build_dataset(cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR, **options)
     ids = cfg.SOLVER.IMS_PER_BATCH // cfg.DATALOADER.NUM_INSTANCE
     if dataset.num_train_pids < ids:
-        raise DatasetError(f"{dataset.root}: {dataset.num_train_pids} train identities, fewer than the {ids} "
-                           "identities of one batch (SOLVER.IMS_PER_BATCH / DATALOADER.NUM_INSTANCE)")
+        raise DatasetError(
+            f"{dataset.root}: {dataset.num_train_pids} train identities, fewer than the {ids} "
+            "identities of one batch (SOLVER.IMS_PER_BATCH / DATALOADER.NUM_INSTANCE)"
+        )
     if not dataset.query or not dataset.gallery:
         raise DatasetError(f"{dataset.root}: the query or gallery split is empty; training evaluates on them")
     return dataset
@@ -194,8 +226,10 @@ def read_training_checkpoint(path):
         epoch = int(saved["progress"]["epoch"])
     except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
         reason = " ".join(str(err).split())[:200]
-        raise CheckpointError(f"cannot read the training checkpoint {path} ({reason}); delete it to train "
-                              "afresh, or pass another --output") from None
+        raise CheckpointError(
+            f"cannot read the training checkpoint {path} ({reason}); delete it to train "
+            "afresh, or pass another --output"
+        ) from None
     return saved, identity, epoch
 
 
@@ -208,8 +242,10 @@ def check_resumable(cfg, identity):
     changed = sorted(k for k in set(saved_identity) | set(identity) if saved_identity.get(k) != identity.get(k))
     if changed:
         details = ", ".join(f"{k}: {saved_identity.get(k)!r} -> {identity.get(k)!r}" for k in changed[:6])
-        raise RunConflictError(f"{path} was written by a different training run ({details}); pass the same "
-                               "settings to resume it, or another --output to start afresh")
+        raise RunConflictError(
+            f"{path} was written by a different training run ({details}); pass the same "
+            "settings to resume it, or another --output to start afresh"
+        )
     return path, epoch
 
 
@@ -217,21 +253,23 @@ def check_resumable(cfg, identity):
 # Pieces of the recipe
 # ------------------------------------------------------------------------------------------------
 def epoch_seed(seed, epoch, rank=0):
-    return ((int(seed) * 1_000_003 + int(epoch)) * 1009 + int(rank)) % (2 ** 63)
+    return ((int(seed) * 1_000_003 + int(epoch)) * 1009 + int(rank)) % (2**63)
 
 
 def seed_everything(seed):
     torch.manual_seed(seed)
     random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
+    np.random.seed(seed % (2**32))
 
 
 def rng_states():
     """torch, numpy and random states in types a weights-only ``torch.load`` accepts."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
-            "python": list(random.getstate())}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "python": list(random.getstate()),
+    }
 
 
 def set_rng_states(states):
@@ -244,8 +282,11 @@ def set_rng_states(states):
 
 def build_optimizer(cfg, model):
     """One param group per trainable parameter, all with BASE_LR and WEIGHT_DECAY (the reference)."""
-    groups = [{"params": [p], "lr": cfg.SOLVER.BASE_LR, "weight_decay": cfg.SOLVER.WEIGHT_DECAY}
-              for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p], "lr": cfg.SOLVER.BASE_LR, "weight_decay": cfg.SOLVER.WEIGHT_DECAY}
+        for p in model.parameters()
+        if p.requires_grad
+    ]
     if cfg.SOLVER.OPTIMIZER_NAME == "SGD":
         return torch.optim.SGD(groups, momentum=cfg.SOLVER.MOMENTUM)
     return torch.optim.Adam(groups)
@@ -283,7 +324,7 @@ class RankSlicedBatches:
         self.sampler.set_epoch(epoch)
 
     def batches(self):
-        return [batch[self.rank * self.width:(self.rank + 1) * self.width] for batch in self.sampler.batches()]
+        return [batch[self.rank * self.width : (self.rank + 1) * self.width] for batch in self.sampler.batches()]
 
     def __iter__(self):
         return iter(self.batches())
@@ -306,9 +347,14 @@ class EpochData:
 
     def __iter__(self):
         def generate():
-            loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.batches.batches(),
-                                                 num_workers=self.num_workers, pin_memory=self.pin_memory)
+            loader = torch.utils.data.DataLoader(
+                self.dataset,
+                batch_sampler=self.batches.batches(),
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+            )
             yield from loader
+
         return generate()
 
 
@@ -336,9 +382,17 @@ def evaluate(model, loader, records, num_query, cfg, device):
     features = extract_features(model, loader, device)
     pids = np.array([r.pid for r in records])
     camids = np.array([r.camid for r in records])
-    scores = evaluate_reid(features[:num_query], features[num_query:], pids[:num_query], pids[num_query:],
-                           camids[:num_query], camids[num_query:], metric=cfg.TEST.DISTANCE,
-                           feat_norm=cfg.TEST.FEAT_NORM == "on", rerank=cfg.TEST.RE_RANKING == "on")
+    scores = evaluate_reid(
+        features[:num_query],
+        features[num_query:],
+        pids[:num_query],
+        pids[num_query:],
+        camids[:num_query],
+        camids[num_query:],
+        metric=cfg.TEST.DISTANCE,
+        feat_norm=cfg.TEST.FEAT_NORM == "on",
+        rerank=cfg.TEST.RE_RANKING == "on",
+    )
     model.train(was_training)
     return {key: float(scores[key]) for key in METRIC_KEYS}
 
@@ -354,10 +408,14 @@ class TrainProgress:
         self.evaluations = {}
 
     def state_dict(self):
-        return {"identity": self.identity, "epoch": self.epoch, "steps": self.steps,
-                "epochs": {str(k): v for k, v in self.epochs.items()},
-                "evaluations": {str(k): v for k, v in self.evaluations.items()},
-                "rng": rng_states()}
+        return {
+            "identity": self.identity,
+            "epoch": self.epoch,
+            "steps": self.steps,
+            "epochs": {str(k): v for k, v in self.epochs.items()},
+            "evaluations": {str(k): v for k, v in self.evaluations.items()},
+            "rng": rng_states(),
+        }
 
     def load_state_dict(self, state):
         self.epoch = int(state["epoch"])
@@ -381,16 +439,25 @@ def plain_state_dict(model):
 # Results
 # ------------------------------------------------------------------------------------------------
 def results_markdown(results):
-    lines = [f"# AGW training: {results['run']['model']} on {results['run']['dataset']}", "",
-             "| epoch | Rank-1 | Rank-5 | Rank-10 | mAP | mINP |", "|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# AGW training: {results['run']['model']} on {results['run']['dataset']}",
+        "",
+        "| epoch | Rank-1 | Rank-5 | Rank-10 | mAP | mINP |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for row in results["evaluations"]:
         lines.append(f"| {row['epoch']} | " + " | ".join(f"{100 * row[k]:.2f}" for k in METRIC_KEYS) + " |")
-    lines += ["", "| epoch | lr | loss | id | triplet | center | images/s | seconds |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "| epoch | lr | loss | id | triplet | center | images/s | seconds |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for row in results["epochs"]:
         center = f"{row['center']:.4f}" if "center" in row else "-"
-        lines.append(f"| {row['epoch']} | {row['lr']:.3g} | {row['loss']:.4f} | {row['id']:.4f} | "
-                     f"{row['triplet']:.4f} | {center} | {row['images_per_s']:.1f} | {row['seconds']:.1f} |")
+        lines.append(
+            f"| {row['epoch']} | {row['lr']:.3g} | {row['loss']:.4f} | {row['id']:.4f} | "
+            f"{row['triplet']:.4f} | {center} | {row['images_per_s']:.1f} | {row['seconds']:.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -401,9 +468,14 @@ def draw_curves(results, path):
     width, height, pad = 900, 360, 50
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
-    panels = [("training loss", [("loss", (200, 30, 30)), ("id", (30, 120, 200)), ("triplet", (30, 160, 60))],
-               results["epochs"]),
-              ("mAP / Rank-1 (%)", [("mAP", (200, 30, 30)), ("rank1", (30, 120, 200))], results["evaluations"])]
+    panels = [
+        (
+            "training loss",
+            [("loss", (200, 30, 30)), ("id", (30, 120, 200)), ("triplet", (30, 160, 60))],
+            results["epochs"],
+        ),
+        ("mAP / Rank-1 (%)", [("mAP", (200, 30, 30)), ("rank1", (30, 120, 200))], results["evaluations"]),
+    ]
     panel_width = width // 2
     for index, (title, series, rows) in enumerate(panels):
         left, right = index * panel_width + pad, (index + 1) * panel_width - 20
@@ -454,12 +526,6 @@ def write_results(cfg, progress, run_info):
 # ------------------------------------------------------------------------------------------------
 # The run
 # ------------------------------------------------------------------------------------------------
-def close_log_handlers():
-    log = logging.getLogger("pixelfade")
-    for handler in list(log.handlers):
-        handler.close()
-        log.removeHandler(handler)
-
 
 def run(cfg, options=None, nproc_per_node=None, backend=None):
     """Check everything, then train in one process, under torchrun, or in spawned ones."""
@@ -491,8 +557,9 @@ def train_process(local_rank, cfg, options, dataset):
         lock.acquire()
     try:
         if rank == 0:
-            setup_logger("pixelfade", filepath=os.path.join(cfg.OUTPUT_DIR, "log.txt"), distributed_rank=rank,
-                         reset=True)
+            setup_logger(
+                "pixelfade", filepath=os.path.join(cfg.OUTPUT_DIR, "log.txt"), distributed_rank=rank, reset=True
+            )
             save_config(cfg, cfg.OUTPUT_DIR)
         return _train(cfg, options, dataset, device, rank, world_size)
     finally:
@@ -516,12 +583,18 @@ def _train(cfg, options, dataset, device, rank, world_size):
     build_cfg.MODEL.PRETRAIN_CHOICE = "imagenet"  # 'self' in the PixelFade ymls is the protection side's
     model = build_model(build_cfg, num_classes)
     if not cfg.MODEL.PRETRAIN_PATH and rank == 0:
-        logger.warning("MODEL.PRETRAIN_PATH is empty: the backbone starts from random weights "
-                       "(MODEL.INIT_SEED=%d), not ImageNet; expect far lower accuracy than the reference", cfg.MODEL.INIT_SEED)
+        logger.warning(
+            "MODEL.PRETRAIN_PATH is empty: the backbone starts from random weights "
+            "(MODEL.INIT_SEED=%d), not ImageNet; expect far lower accuracy than the reference",
+            cfg.MODEL.INIT_SEED,
+        )
     feat_dim = model.in_planes
     if cfg.MODEL.CENTER_LOSS == "on" and feat_dim != cfg.MODEL.CENTER_FEAT_DIM and rank == 0:
-        logger.info("center loss on %d-d features (the backbone's), not MODEL.CENTER_FEAT_DIM=%d",
-                    feat_dim, cfg.MODEL.CENTER_FEAT_DIM)
+        logger.info(
+            "center loss on %d-d features (the backbone's), not MODEL.CENTER_FEAT_DIM=%d",
+            feat_dim,
+            cfg.MODEL.CENTER_FEAT_DIM,
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.SOLVER.SEED)
         criterion = AGWCriterion.from_config(cfg, num_classes, feat_dim)
@@ -538,12 +611,12 @@ def _train(cfg, options, dataset, device, rank, world_size):
 
     batches = RankSlicedBatches(IdentityBatchSampler(pids, P, K, seed=cfg.SOLVER.SEED), K, world_size, rank)
     pin = torch.device(device).type == "cuda"
-    train_data = EpochData(ImageDataset(train_records, build_train_transform(cfg)), batches,
-                           cfg.DATALOADER.NUM_WORKERS, pin)
+    train_data = EpochData(
+        ImageDataset(train_records, build_train_transform(cfg)), batches, cfg.DATALOADER.NUM_WORKERS, pin
+    )
     epoch_length = max_batches_per_epoch(pids, P, K)
     eval_recs, num_query = eval_records(dataset)
-    eval_loader = build_loader(eval_recs, build_eval_transform(cfg), cfg.TEST.IMS_PER_BATCH,
-                               cfg.DATALOADER.NUM_WORKERS)
+    eval_loader = build_loader(eval_recs, build_eval_transform(cfg), cfg.TEST.IMS_PER_BATCH, cfg.DATALOADER.NUM_WORKERS)
     center_weight = float(cfg.SOLVER.CENTER_LOSS_WEIGHT)
     timer = {"last": time.perf_counter()}
 
@@ -595,16 +668,23 @@ def _train(cfg, options, dataset, device, rank, world_size):
     def _count(engine):
         output = engine.state.output
         if not math.isfinite(output["loss"]):
-            raise NonFiniteError(f"the training loss is {output['loss']} at epoch {engine.state.epoch}: training "
-                                 f"diverged; try a lower SOLVER.BASE_LR (now {cfg.SOLVER.BASE_LR})")
+            raise NonFiniteError(
+                f"the training loss is {output['loss']} at epoch {engine.state.epoch}: training "
+                f"diverged; try a lower SOLVER.BASE_LR (now {cfg.SOLVER.BASE_LR})"
+            )
         epoch_state["count"] += 1
         epoch_state["images"] += engine.state.batch["image"].shape[0] * world_size
         for key in loss_names:
             epoch_state["sums"][key] = epoch_state["sums"].get(key, 0.0) + output[key]
         progress.steps += 1
         if rank == 0 and progress.steps % cfg.SOLVER.LOG_PERIOD == 0:
-            logger.info("epoch %d iteration %d/%d: %s", engine.state.epoch, epoch_state["count"],
-                        epoch_state["total"], ", ".join(f"{k} {output[k]:.4f}" for k in loss_names))
+            logger.info(
+                "epoch %d iteration %d/%d: %s",
+                engine.state.epoch,
+                epoch_state["count"],
+                epoch_state["total"],
+                ", ".join(f"{k} {output[k]:.4f}" for k in loss_names),
+            )
         if epoch_state["count"] >= epoch_state["total"]:
             engine.terminate_epoch()
 
@@ -619,14 +699,25 @@ def _train(cfg, options, dataset, device, rank, world_size):
         seconds = time.perf_counter() - epoch_state["started"]
         count = max(1, epoch_state["count"])
         record = {key: epoch_state["sums"][key] / count for key in loss_names}
-        record.update(lr=lr_at_epoch(cfg, epoch), batches=epoch_state["count"], seconds=round(seconds, 3),
-                      images_per_s=epoch_state["images"] / max(seconds, 1e-9))
+        record.update(
+            lr=lr_at_epoch(cfg, epoch),
+            batches=epoch_state["count"],
+            seconds=round(seconds, 3),
+            images_per_s=epoch_state["images"] / max(seconds, 1e-9),
+        )
         progress.epochs[epoch] = record
         progress.epoch = epoch
         if rank == 0:
-            logger.info("epoch %d/%d: lr %.3g, %s, %d batches, %.1f s, %.1f images/s", epoch, cfg.SOLVER.MAX_EPOCHS,
-                        record["lr"], ", ".join(f"{k} {record[k]:.4f}" for k in loss_names), record["batches"],
-                        seconds, record["images_per_s"])
+            logger.info(
+                "epoch %d/%d: lr %.3g, %s, %d batches, %.1f s, %.1f images/s",
+                epoch,
+                cfg.SOLVER.MAX_EPOCHS,
+                record["lr"],
+                ", ".join(f"{k} {record[k]:.4f}" for k in loss_names),
+                record["batches"],
+                seconds,
+                record["images_per_s"],
+            )
 
     def should_evaluate(engine, epoch):
         return epoch % cfg.SOLVER.EVAL_PERIOD == 0 or epoch == cfg.SOLVER.MAX_EPOCHS
@@ -638,8 +729,11 @@ def _train(cfg, options, dataset, device, rank, world_size):
             with torch.random.fork_rng(devices=[]):
                 scores = evaluate(module, eval_loader, eval_recs, num_query, cfg, device)
             progress.evaluations[engine.state.epoch] = scores
-            logger.info("epoch %d evaluation: Rank-1 %.2f%%, Rank-5 %.2f%%, Rank-10 %.2f%%, mAP %.2f%%, mINP %.2f%%",
-                        engine.state.epoch, *(100 * scores[k] for k in METRIC_KEYS))
+            logger.info(
+                "epoch %d evaluation: Rank-1 %.2f%%, Rank-5 %.2f%%, Rank-10 %.2f%%, mAP %.2f%%, mINP %.2f%%",
+                engine.state.epoch,
+                *(100 * scores[k] for k in METRIC_KEYS),
+            )
         idist.barrier()
 
     def should_save(engine, epoch):
@@ -658,9 +752,14 @@ def _train(cfg, options, dataset, device, rank, world_size):
         to_save.update(center_param=criterion.center, optimizer_center=center_optimizer)
     if scaler.is_enabled():
         to_save["scaler"] = scaler
-    checkpointer = Checkpoint(to_save, AtomicCheckpointSaver(cfg.OUTPUT_DIR) if rank == 0 else _NoSave(),
-                              filename_prefix=CHECKPOINT_PREFIX, n_saved=1, include_self=True,
-                              global_step_transform=lambda engine, _: engine.state.epoch)
+    checkpointer = Checkpoint(
+        to_save,
+        AtomicCheckpointSaver(cfg.OUTPUT_DIR) if rank == 0 else _NoSave(),
+        filename_prefix=CHECKPOINT_PREFIX,
+        n_saved=1,
+        include_self=True,
+        global_step_transform=lambda engine, _: engine.state.epoch,
+    )
     trainer.add_event_handler(Events.EPOCH_COMPLETED(event_filter=should_save), checkpointer)
 
     @trainer.on(Events.EPOCH_COMPLETED(event_filter=should_save))
@@ -678,16 +777,25 @@ def _train(cfg, options, dataset, device, rank, world_size):
             logger.info("resuming from %s after epoch %d", resume_path, done)
         if done >= cfg.SOLVER.MAX_EPOCHS:
             if rank == 0:
-                logger.info("training already finished at epoch %d (SOLVER.MAX_EPOCHS %d)", done,
-                            cfg.SOLVER.MAX_EPOCHS)
+                logger.info("training already finished at epoch %d (SOLVER.MAX_EPOCHS %d)", done, cfg.SOLVER.MAX_EPOCHS)
                 return write_results(cfg, progress, run_info(cfg, dataset, device, world_size))
             return None
         trainer.load_state_dict({"epoch": done, "epoch_length": epoch_length, "max_epochs": cfg.SOLVER.MAX_EPOCHS})
     if rank == 0:
-        logger.info("training %s (%d classes, %d-d features) for %d epochs on %s: %d processes x %d ids x %d images "
-                    "(effective batch %d), %s", cfg.MODEL.NAME, num_classes, feat_dim, cfg.SOLVER.MAX_EPOCHS, device,
-                    world_size, P // world_size, K, P * K,
-                    "WRT" if cfg.MODEL.WEIGHT_REGULARIZED_TRIPLET == "on" else f"hard triplet (margin {cfg.SOLVER.MARGIN})")
+        logger.info(
+            "training %s (%d classes, %d-d features) for %d epochs on %s: %d processes x %d ids x %d images "
+            "(effective batch %d), %s",
+            cfg.MODEL.NAME,
+            num_classes,
+            feat_dim,
+            cfg.SOLVER.MAX_EPOCHS,
+            device,
+            world_size,
+            P // world_size,
+            K,
+            P * K,
+            "WRT" if cfg.MODEL.WEIGHT_REGULARIZED_TRIPLET == "on" else f"hard triplet (margin {cfg.SOLVER.MARGIN})",
+        )
     trainer.run(train_data, max_epochs=cfg.SOLVER.MAX_EPOCHS, epoch_length=epoch_length)
     if rank == 0:
         return write_results(cfg, progress, run_info(cfg, dataset, device, world_size))
@@ -705,12 +813,20 @@ class _NoSave(BaseSaveHandler):
 
 
 def run_info(cfg, dataset, device, world_size):
-    return {"model": cfg.MODEL.NAME, "dataset": cfg.DATASETS.NAMES, "train_ids": dataset.num_train_pids,
-            "train_images": len(dataset.train), "device": str(device), "processes": world_size,
-            "effective_batch": cfg.SOLVER.IMS_PER_BATCH, "max_epochs": cfg.SOLVER.MAX_EPOCHS,
-            "triplet": "WRT" if cfg.MODEL.WEIGHT_REGULARIZED_TRIPLET == "on" else "hard",
-            "center_loss": cfg.MODEL.CENTER_LOSS, "pretrain_path": cfg.MODEL.PRETRAIN_PATH,
-            "model_files": sorted(f for f in os.listdir(cfg.OUTPUT_DIR) if f.endswith(".pth"))}
+    return {
+        "model": cfg.MODEL.NAME,
+        "dataset": cfg.DATASETS.NAMES,
+        "train_ids": dataset.num_train_pids,
+        "train_images": len(dataset.train),
+        "device": str(device),
+        "processes": world_size,
+        "effective_batch": cfg.SOLVER.IMS_PER_BATCH,
+        "max_epochs": cfg.SOLVER.MAX_EPOCHS,
+        "triplet": "WRT" if cfg.MODEL.WEIGHT_REGULARIZED_TRIPLET == "on" else "hard",
+        "center_loss": cfg.MODEL.CENTER_LOSS,
+        "pretrain_path": cfg.MODEL.PRETRAIN_PATH,
+        "model_files": sorted(f for f in os.listdir(cfg.OUTPUT_DIR) if f.endswith(".pth")),
+    }
 
 
 def results_json(output_dir):

@@ -11,6 +11,7 @@ toolkit's normalised space (ImageNet mean/std of ``INPUT.PIXEL_MEAN``/``PIXEL_ST
 always optimises there. A model that expects raw pixels instead (``INPUT.MODEL_INPUT pixels``,
 values in [0, ``INPUT.PIXEL_RANGE``], normalising inside itself) is wrapped so it receives them.
 """
+
 import importlib
 import logging
 import os
@@ -104,7 +105,9 @@ def _from_torchscript(checkpoint_path, logger):
     try:
         model = torch.jit.load(checkpoint_path, map_location="cpu")
     except (RuntimeError, ValueError) as err:
-        raise CheckpointError(f"{checkpoint_path}: not a loadable TorchScript archive ({str(err).splitlines()[0]})") from None
+        raise CheckpointError(
+            f"{checkpoint_path}: not a loadable TorchScript archive ({str(err).splitlines()[0]})"
+        ) from None
     logger.info("%s: TorchScript archive loaded", checkpoint_path)
     return model
 
@@ -158,8 +161,12 @@ def build_authorization_model(cfg, checkpoint_path, device, logger=None):
             MODEL_FORMATS.get(fmt)
             raise ConfigError(f"MODEL.FORMAT {fmt!r} is not one of auto, agw, torchreid, fastreid, torchscript, module")
     if not checkpoint_path:
-        logger.warning("no Re-ID checkpoint given: the authorization model %s (%s) is not Re-ID trained "
-                       "(MODEL.INIT_SEED=%d)", cfg.MODEL.NAME, fmt, cfg.MODEL.INIT_SEED)
+        logger.warning(
+            "no Re-ID checkpoint given: the authorization model %s (%s) is not Re-ID trained (MODEL.INIT_SEED=%d)",
+            cfg.MODEL.NAME,
+            fmt,
+            cfg.MODEL.INIT_SEED,
+        )
     if cfg.INPUT.MODEL_INPUT == "pixels":
         model = PixelInput(model, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD, cfg.INPUT.PIXEL_RANGE)
     model.eval()

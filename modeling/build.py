@@ -1,4 +1,8 @@
-"""The AGW model family (the toolkit's and the paper's ``Baseline``): built randomly or from ImageNet; the ``agw`` format."""
+"""The AGW model family (the toolkit's and the paper's ``Baseline``), built randomly or from ImageNet.
+
+It is registered as the ``agw`` checkpoint format.
+"""
+
 import logging
 import os
 
@@ -47,9 +51,7 @@ def resolve_device(device):
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ConfigError(
-            f"MODEL.DEVICE: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
-        ) from None
+        raise ConfigError(f"MODEL.DEVICE: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"MODEL.DEVICE is {device!r} but CUDA is not available on this machine")
     return resolved
@@ -89,7 +91,13 @@ def _looks_like_agw(state):
     return any(key.startswith("base.") for key in state) and any(key.startswith("bottleneck.") for key in state)
 
 
-MODEL_FORMATS.register("agw")(ModelFormat(
-    name="agw", architectures=(), build=_build_agw, load=_load_agw, detect=_looks_like_agw,
-    feature_doc="BNNeck output (BatchNorm1d after GeM or average pooling), the paper's authorization feature",
-))
+MODEL_FORMATS.register("agw")(
+    ModelFormat(
+        name="agw",
+        architectures=(),
+        build=_build_agw,
+        load=_load_agw,
+        detect=_looks_like_agw,
+        feature_doc="BNNeck output (BatchNorm1d after GeM or average pooling), the paper's authorization feature",
+    )
+)

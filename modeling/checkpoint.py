@@ -124,6 +124,17 @@ def _apply(module, state, report, logger, architecture="the model"):
     return report
 
 
+def read_state(state_or_path, source=None):
+    """``(state dict, source)`` from a checkpoint path or a mapping; ``source`` names it in errors."""
+    if isinstance(state_or_path, (str, os.PathLike)):
+        source = os.fspath(state_or_path)
+        return read_checkpoint(source), source
+    if isinstance(state_or_path, Mapping):
+        source = source or "state dict"
+        return state_dict_from(state_or_path, source), source
+    raise TypeError(f"expected a checkpoint path or a state dict, got {type(state_or_path).__name__}")
+
+
 def load_reid_weights(model, state_or_path, logger=None, source=None, architecture="the model"):
     """Copy a Re-ID checkpoint (path or mapping) into ``model``; returns the LoadReport.
 
@@ -132,14 +143,7 @@ def load_reid_weights(model, state_or_path, logger=None, source=None, architectu
     an unexpected ``base.NL_*`` or ``global_pool.p`` means MODEL.NAME or GENERALIZED_MEAN_POOL
     differ from the checkpoint's training and the features would silently be wrong.
     """
-    if isinstance(state_or_path, (str, os.PathLike)):
-        source = os.fspath(state_or_path)
-        state = read_checkpoint(source)
-    elif isinstance(state_or_path, Mapping):
-        source = source or "state dict"
-        state = state_dict_from(state_or_path, source)
-    else:
-        raise TypeError(f"expected a checkpoint path or a state dict, got {type(state_or_path).__name__}")
+    state, source = read_state(state_or_path, source)
     report = _compare(model.state_dict(), state, source, REID_IGNORED_PREFIXES)
     return _apply(model, state, report, logger, architecture)
 

@@ -1,4 +1,4 @@
-"""Losses of the AGW training recipe (SPEC-2 section 9.3), device-agnostic.
+"""Losses of the AGW training recipe (ReID-Survey's modeling/layer), device-agnostic.
 
 * ``CrossEntropyLabelSmooth``: q = (1 - eps) * onehot + eps / K, loss = mean_i sum_k -q_k log p_k.
 * ``WeightedRegularizedTriplet`` (WRT): softmax-weighted furthest positive / closest negative on

@@ -1,5 +1,6 @@
 """Any Re-ID model as the authorization model: TorchScript, a factory, the input contract, the
 relative EPSILON, extra scoring models and the feature-scale command."""
+
 import json
 import os
 import subprocess
@@ -38,8 +39,21 @@ def scripted(tmp_path_factory):
 
 
 def protect_folder(folder, output, *extra):
-    argv = ["--image_folder", folder, "--output", str(output), "--batch_size", "2", "--max_iter", "3",
-            "--device", "cpu", "--no_progress", *extra, *TINY]
+    argv = [
+        "--image_folder",
+        folder,
+        "--output",
+        str(output),
+        "--batch_size",
+        "2",
+        "--max_iter",
+        "3",
+        "--device",
+        "cpu",
+        "--no_progress",
+        *extra,
+        *TINY,
+    ]
     return protect_image.main(argv)
 
 
@@ -80,8 +94,12 @@ def test_a_model_that_normalizes_itself_gets_pixels(folder, tmp_path):
     path = tmp_path / "pixels.pt"
     torch.jit.save(torch.jit.script(NormalizingReID()), str(path))
     output = tmp_path / "out"
-    assert protect_folder(folder, output, "--reid_ckpt_path", str(path), "INPUT.MODEL_INPUT", "pixels",
-                          "INPUT.PIXEL_RANGE", "255.0") == 0
+    assert (
+        protect_folder(
+            folder, output, "--reid_ckpt_path", str(path), "INPUT.MODEL_INPUT", "pixels", "INPUT.PIXEL_RANGE", "255.0"
+        )
+        == 0
+    )
     features = torch.load(output / "features" / "features.pt", weights_only=True)
     assert (features["original"] - own_features(NormalizingReID(), folder, pixels=True)).abs().max() < 1e-4
 
@@ -93,18 +111,33 @@ def test_a_python_factory_builds_the_model_and_loads_its_weights(folder, tmp_pat
         source.fc.weight.mul_(2.0)
     torch.save({"state_dict": source.state_dict(), "epoch": 3}, weights)
     output = tmp_path / "out"
-    assert protect_folder(folder, output, "--reid_ckpt_path", str(weights), "MODEL.FORMAT", "module",
-                          "MODEL.FACTORY", "model_factories:tiny_reid") == 0
+    assert (
+        protect_folder(
+            folder,
+            output,
+            "--reid_ckpt_path",
+            str(weights),
+            "MODEL.FORMAT",
+            "module",
+            "MODEL.FACTORY",
+            "model_factories:tiny_reid",
+        )
+        == 0
+    )
     features = torch.load(output / "features" / "features.pt", weights_only=True)
     assert (features["original"] - own_features(source, folder)).abs().max() < 1e-5
 
 
 def test_bad_model_sources_are_one_line_errors(folder, scripted, tmp_path, capsys):
     cases = [
-        (["--reid_ckpt_path", scripted, "MODEL.FORMAT", "module", "MODEL.FACTORY", "nowhere"],
-         "MODEL.FACTORY must be 'package.module:function' with MODEL.FORMAT module, got 'nowhere'"),
-        (["--random_init", "MODEL.FORMAT", "module", "MODEL.FACTORY", "model_factories:missing"],
-         "MODEL.FACTORY: model_factories has no function missing"),
+        (
+            ["--reid_ckpt_path", scripted, "MODEL.FORMAT", "module", "MODEL.FACTORY", "nowhere"],
+            "MODEL.FACTORY must be 'package.module:function' with MODEL.FORMAT module, got 'nowhere'",
+        ),
+        (
+            ["--random_init", "MODEL.FORMAT", "module", "MODEL.FACTORY", "model_factories:missing"],
+            "MODEL.FACTORY: model_factories has no function missing",
+        ),
         (["--random_init", "MODEL.FORMAT", "caffe"], "MODEL.FORMAT must be one of auto, agw"),
         (["--random_init", "TEST.EVAL_MODELS", "['agw:resnet50']"], "TEST.EVAL_MODELS entry 'agw:resnet50' must be"),
     ]
@@ -148,7 +181,9 @@ def test_relative_epsilon_does_not_depend_on_the_feature_scale():
     held = {}
     for mode, epsilon in (("relative", 0.02), ("absolute", 0.02)):
         params = PixelFadeParams(max_iter=12, epsilon=epsilon, epsilon_mode=mode)
-        held[mode] = [int(protect_batch(m, data, masks, noise, params).steps_constraint_held[0]) for m in (small, large)]
+        held[mode] = [
+            int(protect_batch(m, data, masks, noise, params).steps_constraint_held[0]) for m in (small, large)
+        ]
     assert held["relative"][0] == held["relative"][1] and 0 < held["relative"][0] < 7
     assert held["absolute"][0] != held["absolute"][1]
 
@@ -157,8 +192,23 @@ def test_extra_models_score_the_same_test_split(tmp_path, scripted):
     root = tmp_path / "data"
     make_market1501(str(root), num_ids=4, num_cams=2, images_per_id_cam=2, height=32, width=16, seed=3)
     output = tmp_path / "out"
-    argv = ["--random_init", "--root", str(root), "--output", str(output), "--batch_size", "4", "--max_iter", "2",
-            "--device", "cpu", "--no_progress", *TINY, "TEST.EVAL_MODELS", f"['torchscript::{scripted}']"]
+    argv = [
+        "--random_init",
+        "--root",
+        str(root),
+        "--output",
+        str(output),
+        "--batch_size",
+        "4",
+        "--max_iter",
+        "2",
+        "--device",
+        "cpu",
+        "--no_progress",
+        *TINY,
+        "TEST.EVAL_MODELS",
+        f"['torchscript::{scripted}']",
+    ]
     assert protect_image.main(argv) == 0
     report = json.loads((output / "results.json").read_text())
     table = report["eval_models"]["torchscript:tiny.pt"]
@@ -169,9 +219,27 @@ def test_extra_models_score_the_same_test_split(tmp_path, scripted):
 
 def test_the_feature_scale_command_reports_the_equivalent_bounds(folder, scripted):
     done = subprocess.run(
-        [sys.executable, "tools/feature_scale.py", "--reid_ckpt_path", scripted, "--image_folder", folder,
-         "--num_images", "3", "--max_iter", "4", "--epsilon", "0.02", "--json", *TINY],
-        capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), check=True)
+        [
+            sys.executable,
+            "tools/feature_scale.py",
+            "--reid_ckpt_path",
+            scripted,
+            "--image_folder",
+            folder,
+            "--num_images",
+            "3",
+            "--max_iter",
+            "4",
+            "--epsilon",
+            "0.02",
+            "--json",
+            *TINY,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        check=True,
+    )
     report = json.loads(done.stdout)
     expected = own_features(TinyReID(), folder)[:3]
     scale = float(expected.pow(2).mean())
@@ -181,11 +249,19 @@ def test_the_feature_scale_command_reports_the_equivalent_bounds(folder, scripte
     assert 0.0 <= report["share_of_steps_constraint_held"] <= 1.0
 
 
-@pytest.mark.parametrize("fmt, name, save", [
-    ("fastreid", "resnet50_nl", lambda state: {"model": {f"backbone.{k[9:]}" if k.startswith("backbone.") else k: v
-                                                          for k, v in state.items()}}),
-    ("torchreid", "osnet_x0_25", lambda state: state),
-])
+@pytest.mark.parametrize(
+    "fmt, name, save",
+    [
+        (
+            "fastreid",
+            "resnet50_nl",
+            lambda state: {
+                "model": {f"backbone.{k[9:]}" if k.startswith("backbone.") else k: v for k, v in state.items()}
+            },
+        ),
+        ("torchreid", "osnet_x0_25", lambda state: state),
+    ],
+)
 def test_other_ecosystems_files_protect_through_the_cli_with_their_own_features(folder, tmp_path, fmt, name, save):
     """The file is written the way its ecosystem writes it; features.pt's originals are the source model's."""
     from modeling.formats import MODEL_FORMATS

@@ -1,4 +1,5 @@
 """benchmarks/bench_fidelity.py without running the pipeline (a real run takes minutes on a CPU)."""
+
 import importlib.util
 import json
 import os
@@ -13,7 +14,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_fidelity", os.path.join(ROOT, "benchmarks", "bench_fidelity.py"))
+    spec = importlib.util.spec_from_file_location(
+        "bench_fidelity", os.path.join(ROOT, "benchmarks", "bench_fidelity.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -72,13 +75,23 @@ def test_image_difference_and_table(bench, tmp_path):
         other = images.copy()
         other[0, 0, 0, 0] += 0.5
         for name, protected in (("default", images), ("bf16", other)):
-            img_npy.write_batch(img_npy.npy_dir_of(str(tmp_path / name)), "test", index, images, protected, labels, labels)
+            img_npy.write_batch(
+                img_npy.npy_dir_of(str(tmp_path / name)), "test", index, images, protected, labels, labels
+            )
     same = bench.image_difference(str(tmp_path / "default"), str(tmp_path / "default"))
     assert same == (0.0, 0.0, 2 * 72)
     max_diff, mean_diff, count = bench.image_difference(str(tmp_path / "default"), str(tmp_path / "bf16"))
     assert max_diff == pytest.approx(0.5, abs=1e-6) and mean_diff == pytest.approx(1.0 / 144, abs=1e-7)
-    row = {"variant": "default", "max_abs_diff": 0.0, "mean_abs_diff": 0.0, "encry2clean_mAP": 0.5,
-           "encry2encry_mAP": 0.6, "feature_mse": 0.05, "seconds": 12.0, "how": "fresh"}
+    row = {
+        "variant": "default",
+        "max_abs_diff": 0.0,
+        "mean_abs_diff": 0.0,
+        "encry2clean_mAP": 0.5,
+        "encry2encry_mAP": 0.6,
+        "feature_mse": 0.05,
+        "seconds": 12.0,
+        "how": "fresh",
+    }
     table = bench.markdown_table([row])
     assert table.splitlines()[2] == "| default | 0 | 0 | 0.5000 | 0.6000 | 0.0500 | 12.0 |"
 

@@ -5,6 +5,7 @@ here is written the way torchreid's zoo files are (a plain state dict with a 751
 a "training checkpoint" the way ``torchreid.utils.save_checkpoint`` writes one
 (``{'state_dict', 'epoch', 'rank1', 'optimizer'}`` with DataParallel ``module.`` prefixes).
 """
+
 import logging
 from collections import OrderedDict
 
@@ -24,8 +25,17 @@ from utils.errors import CheckpointError, ConfigError
 
 FMT = MODEL_FORMATS.get("torchreid")
 ARCHS = (
-    "osnet_ain_x0_25", "osnet_ain_x0_5", "osnet_ain_x0_75", "osnet_ain_x1_0", "osnet_ibn_x1_0",
-    "osnet_x0_25", "osnet_x0_5", "osnet_x0_75", "osnet_x1_0", "resnet50", "resnet50_fc512",
+    "osnet_ain_x0_25",
+    "osnet_ain_x0_5",
+    "osnet_ain_x0_75",
+    "osnet_ain_x1_0",
+    "osnet_ibn_x1_0",
+    "osnet_x0_25",
+    "osnet_x0_5",
+    "osnet_x0_75",
+    "osnet_x1_0",
+    "resnet50",
+    "resnet50_fc512",
 )
 FEATURE_DIMS = {name: 512 for name in ARCHS} | {"resnet50": 2048}
 MARKET_IDS = 751
@@ -98,6 +108,7 @@ def osnet_x0_25_file(tmp_path_factory):
 
 # --- registration and building ---------------------------------------------------------------------
 
+
 def test_format_is_registered_with_every_architecture():
     assert FMT.name == "torchreid"
     assert tuple(sorted(FMT.architectures)) == ARCHS
@@ -143,6 +154,7 @@ def test_init_follows_init_seed_and_leaves_the_global_rng_alone():
 
 # --- exact structure ---------------------------------------------------------------------------------
 
+
 def osnet_counts(channels, ibn=False):
     """(parameters, state-dict keys) of torchreid OSNet without classifier, from the architecture text."""
     c0, c1, c2, c3 = channels
@@ -171,8 +183,17 @@ def osnet_counts(channels, ibn=False):
     trans = lambda c: (c * c + bn_params * c, 1 + bn_keys)  # noqa: E731
     head = (c3 * 512 + 512 + bn_params * 512, 2 + bn_keys)
     return add(
-        stem, block(c0, c1, ibn), block(c1, c1, ibn), trans(c1), block(c1, c2), block(c2, c2), trans(c2),
-        block(c2, c3), block(c3, c3), trans(c3), head,
+        stem,
+        block(c0, c1, ibn),
+        block(c1, c1, ibn),
+        trans(c1),
+        block(c1, c2),
+        block(c2, c2),
+        trans(c2),
+        block(c2, c3),
+        block(c3, c3),
+        trans(c3),
+        head,
     )
 
 
@@ -198,15 +219,35 @@ def test_parameter_and_key_counts(name, params, keys):
 def test_osnet_keys_are_torchreids():
     keys = set(build("osnet_x1_0").state_dict())
     for key in (
-        "conv1.conv.weight", "conv1.bn.running_mean", "conv2.0.conv1.conv.weight", "conv2.0.conv2a.conv1.weight",
-        "conv2.0.conv2a.conv2.weight", "conv2.0.conv2a.bn.weight", "conv2.0.conv2b.1.bn.running_var",
-        "conv2.0.conv2c.2.conv1.weight", "conv2.0.conv2d.3.conv2.weight", "conv2.0.gate.fc1.weight",
-        "conv2.0.gate.fc2.bias", "conv2.0.conv3.bn.weight", "conv2.0.downsample.conv.weight",
-        "conv2.2.0.conv.weight", "conv2.2.0.bn.num_batches_tracked", "conv3.2.0.bn.weight",
-        "conv4.1.conv3.conv.weight", "conv5.conv.weight", "conv5.bn.bias", "fc.0.weight", "fc.1.running_var",
+        "conv1.conv.weight",
+        "conv1.bn.running_mean",
+        "conv2.0.conv1.conv.weight",
+        "conv2.0.conv2a.conv1.weight",
+        "conv2.0.conv2a.conv2.weight",
+        "conv2.0.conv2a.bn.weight",
+        "conv2.0.conv2b.1.bn.running_var",
+        "conv2.0.conv2c.2.conv1.weight",
+        "conv2.0.conv2d.3.conv2.weight",
+        "conv2.0.gate.fc1.weight",
+        "conv2.0.gate.fc2.bias",
+        "conv2.0.conv3.bn.weight",
+        "conv2.0.downsample.conv.weight",
+        "conv2.2.0.conv.weight",
+        "conv2.2.0.bn.num_batches_tracked",
+        "conv3.2.0.bn.weight",
+        "conv4.1.conv3.conv.weight",
+        "conv5.conv.weight",
+        "conv5.bn.bias",
+        "fc.0.weight",
+        "fc.1.running_var",
     ):
         assert key in keys, key
-    absent = ("conv2.1.downsample.conv.weight", "conv4.2.0.conv.weight", "conv2.0.IN.weight", "conv2.0.conv2a.0.conv1.weight")
+    absent = (
+        "conv2.1.downsample.conv.weight",
+        "conv4.2.0.conv.weight",
+        "conv2.0.IN.weight",
+        "conv2.0.conv2a.0.conv1.weight",
+    )
     for key in absent:
         assert key not in keys, key
     ibn = set(build("osnet_ibn_x1_0").state_dict())
@@ -217,15 +258,30 @@ def test_osnet_keys_are_torchreids():
 def test_osnet_ain_keys_are_torchreids():
     state = build("osnet_ain_x1_0").state_dict()
     for key in (
-        "conv1.bn.weight", "conv2.0.conv2.0.layers.0.conv1.weight", "conv2.0.conv2.3.layers.3.bn.running_mean",
-        "conv2.0.conv3.conv.weight", "conv2.0.IN.weight", "conv2.1.IN.bias", "pool2.0.conv.weight",
-        "pool3.0.bn.weight", "conv3.0.conv3.bn.weight", "conv3.1.IN.weight", "conv4.0.IN.weight",
-        "conv4.1.conv3.bn.weight", "conv5.conv.weight", "fc.1.weight",
+        "conv1.bn.weight",
+        "conv2.0.conv2.0.layers.0.conv1.weight",
+        "conv2.0.conv2.3.layers.3.bn.running_mean",
+        "conv2.0.conv3.conv.weight",
+        "conv2.0.IN.weight",
+        "conv2.1.IN.bias",
+        "pool2.0.conv.weight",
+        "pool3.0.bn.weight",
+        "conv3.0.conv3.bn.weight",
+        "conv3.1.IN.weight",
+        "conv4.0.IN.weight",
+        "conv4.1.conv3.bn.weight",
+        "conv5.conv.weight",
+        "fc.1.weight",
     ):
         assert key in state, key
     for key in (
-        "conv1.bn.running_mean", "conv2.0.conv3.bn.weight", "conv3.0.IN.weight", "conv4.1.IN.weight",
-        "conv2.2.0.conv.weight", "conv2.0.conv2a.conv1.weight", "conv2.0.conv2.4.layers.0.conv1.weight",
+        "conv1.bn.running_mean",
+        "conv2.0.conv3.bn.weight",
+        "conv3.0.IN.weight",
+        "conv4.1.IN.weight",
+        "conv2.2.0.conv.weight",
+        "conv2.0.conv2a.conv1.weight",
+        "conv2.0.conv2.4.layers.0.conv1.weight",
     ):
         assert key not in state, key
     assert state["conv2.0.gate.fc1.weight"].shape == (4, 64, 1, 1)  # mid 256/4, reduction 16
@@ -255,6 +311,7 @@ def test_feature_map_grid_at_256x128(name, grid):
 
 
 # --- eval behaviour against independent definitions --------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["resnet50", "resnet50_fc512"])
 def test_resnet_features_equal_torchvision_with_torchreid_head(name):
@@ -296,8 +353,10 @@ def reference_osnet(sd, x, ain):
         return x * torch.sigmoid(F.conv2d(g, sd[p + ".fc2.weight"], sd[p + ".fc2.bias"]))
 
     def stream(x, p, t):
-        names = [f"{p}.conv2.{t}.layers.{k}" for k in range(t + 1)] if ain else (
-            [f"{p}.conv2a"] if t == 0 else [f"{p}.conv2{'abcd'[t]}.{k}" for k in range(t + 1)]
+        names = (
+            [f"{p}.conv2.{t}.layers.{k}" for k in range(t + 1)]
+            if ain
+            else ([f"{p}.conv2a"] if t == 0 else [f"{p}.conv2{'abcd'[t]}.{k}" for k in range(t + 1)])
         )
         for name in names:
             x = light(x, name)
@@ -343,6 +402,7 @@ def test_osnet_eval_forward_matches_the_architecture_description(name):
 
 # --- loading -----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "name, kind",
     [
@@ -359,7 +419,9 @@ def test_file_loads_exactly(tmp_path, name, kind):
     source = trained_looking(build(name, seed=1))
     path = tmp_path / f"{name}.pth"
     content = {
-        "zoo": zoo_state, "training": training_checkpoint, "state_dict_entry": lambda m: {"state_dict": zoo_state(m)}
+        "zoo": zoo_state,
+        "training": training_checkpoint,
+        "state_dict_entry": lambda m: {"state_dict": zoo_state(m)},
     }[kind](source)
     torch.save(content, path)
     fresh = build(name, seed=2)
@@ -425,6 +487,7 @@ def test_resnet50_file_as_fc512_and_a_truncated_file(tmp_path):
 
 # --- detect ------------------------------------------------------------------------------------------
 
+
 def _keys(*names):
     return OrderedDict((name, torch.zeros(1)) for name in names)
 
@@ -449,20 +512,29 @@ def test_detect_accepts_torchreid_and_refuses_other_ecosystems():
 
 # --- the AGW-family osnet_x1_0 backbone (PixelFade's `osnet`) ----------------------------------------
 
+
 def test_agw_osnet_backbone_is_torchreid_osnet_cut_at_conv5():
     backbone = build_backbone("osnet_x1_0", 1)
     model = Baseline(backbone, num_classes=0, generalized_mean_pool=True, in_planes=backbone.out_channels).eval()
     keys = set(model.state_dict())
     for key in (
-        "base.conv1.conv.weight", "base.conv1.bn.running_var", "base.conv2.0.conv2a.conv1.weight",
-        "base.conv2.1.conv2d.3.bn.weight", "base.conv2.0.gate.fc2.bias", "base.conv2.0.downsample.conv.weight",
-        "base.conv2.2.0.conv.weight", "base.conv3.2.0.bn.weight", "base.conv4.1.conv3.bn.weight",
-        "base.conv5.conv.weight", "global_pool.p", "bottleneck.weight",
+        "base.conv1.conv.weight",
+        "base.conv1.bn.running_var",
+        "base.conv2.0.conv2a.conv1.weight",
+        "base.conv2.1.conv2d.3.bn.weight",
+        "base.conv2.0.gate.fc2.bias",
+        "base.conv2.0.downsample.conv.weight",
+        "base.conv2.2.0.conv.weight",
+        "base.conv3.2.0.bn.weight",
+        "base.conv4.1.conv3.bn.weight",
+        "base.conv5.conv.weight",
+        "global_pool.p",
+        "bottleneck.weight",
     ):
         assert key in keys, key
     assert not any(key.startswith(("base.fc", "base.classifier", "classifier")) for key in keys)
     torchreid_trunk = {key for key in build("osnet_x1_0").state_dict() if not key.startswith("fc.")}
-    assert {key[len("base."):] for key in keys if key.startswith("base.")} == torchreid_trunk
+    assert {key[len("base.") :] for key in keys if key.startswith("base.")} == torchreid_trunk
     assert model.in_planes == 512
     x = image_batch()
     with torch.no_grad():

@@ -1,4 +1,5 @@
 """Protection methods: the registry, one interface, and each method's output against its function."""
+
 import pytest
 import torch
 from torch import nn
@@ -35,7 +36,9 @@ def test_baseline_methods_equal_their_functions():
     assert torch.equal(blur(data, torch.arange(2)).protected, gaussian_blur(data, 1.5))
     block = build_method(config("PIXELFADE.METHOD", "'mosaic'", "PIXELFADE.MOSAIC_BLOCK", "4"), tiny_model(), "cpu")
     assert torch.equal(block(data, torch.arange(2)).protected, mosaic(data, 4))
-    noise = build_method(config("PIXELFADE.METHOD", "'noise'", "PIXELFADE.NOISE_STD", "0.25", "PIXELFADE.SEED", "5"), tiny_model(), "cpu")
+    noise = build_method(
+        config("PIXELFADE.METHOD", "'noise'", "PIXELFADE.NOISE_STD", "0.25", "PIXELFADE.SEED", "5"), tiny_model(), "cpu"
+    )
     first = noise(data, torch.arange(2))
     assert torch.equal(first.protected, additive_noise(data, 0.25, generator=torch.Generator().manual_seed(5)))
     assert first.noise is None and first.features is None

@@ -1,4 +1,5 @@
 """protect_image.py end to end on a tiny synthetic Market-1501: outputs, resume, errors, processes."""
+
 import errno
 import json
 import os
@@ -32,9 +33,27 @@ def data_root(tmp_path_factory):
 
 
 def protect(data_root, output, *extra, opts=()):
-    argv = ["--random_init", "--root", data_root, "--output", str(output), "--batch_size", "4",
-            "--max_iter", "2", "--warmup_iter", "1", "--fade_num_iter", "2", "--device", "cpu",
-            "--no_progress", *extra, *TINY, *opts]
+    argv = [
+        "--random_init",
+        "--root",
+        data_root,
+        "--output",
+        str(output),
+        "--batch_size",
+        "4",
+        "--max_iter",
+        "2",
+        "--warmup_iter",
+        "1",
+        "--fade_num_iter",
+        "2",
+        "--device",
+        "cpu",
+        "--no_progress",
+        *extra,
+        *TINY,
+        *opts,
+    ]
     return protect_image.main(argv)
 
 
@@ -63,9 +82,12 @@ def independent_map(features, pids, camids, num_query):
     query, gallery = features[:num_query], features[num_query:]
     aps = []
     for q in range(num_query):
-        distances = torch.cdist(query[q:q + 1], gallery)[0].tolist()
-        entries = [(d, g) for g, d in enumerate(distances)
-                   if not (pids[num_query + g] == pids[q] and camids[num_query + g] == camids[q])]
+        distances = torch.cdist(query[q : q + 1], gallery)[0].tolist()
+        entries = [
+            (d, g)
+            for g, d in enumerate(distances)
+            if not (pids[num_query + g] == pids[q] and camids[num_query + g] == camids[q])
+        ]
         entries.sort(key=lambda entry: (entry[0], entry[1]))
         hits, precisions = 0, []
         for rank, (_, g) in enumerate(entries, start=1):
@@ -107,10 +129,12 @@ def test_results_hold_four_modes_png_storage_and_statistics(full_run):
     protected = torch.cat([r["protected_features"] for r in records])
     pids = torch.cat([r["pids"] for r in records]).tolist()
     camids = torch.cat([r["camids"] for r in records]).tolist()
-    expected = {"clean2clean": independent_map(original, pids, camids, 4),
-                "encry2encry": independent_map(protected, pids, camids, 4),
-                "encry2clean": independent_map(torch.cat([protected[:4], original[4:]]), pids, camids, 4),
-                "clean2encry": independent_map(torch.cat([original[:4], protected[4:]]), pids, camids, 4)}
+    expected = {
+        "clean2clean": independent_map(original, pids, camids, 4),
+        "encry2encry": independent_map(protected, pids, camids, 4),
+        "encry2clean": independent_map(torch.cat([protected[:4], original[4:]]), pids, camids, 4),
+        "clean2encry": independent_map(torch.cat([original[:4], protected[4:]]), pids, camids, 4),
+    }
     for mode, value in expected.items():
         assert report["reid"][mode]["mAP"] == pytest.approx(value, abs=1e-6), mode
     assert list(report["reid_stored_png"]) == ["encry2encry", "clean2clean", "encry2clean", "clean2encry"]
@@ -163,11 +187,16 @@ def crash_when_saving(monkeypatch, crash_at):
     return real_save, saved
 
 
-@pytest.mark.parametrize("crash_at, finished", [
-    (("train", 1), ["train-0.pt"]),
-    (("test", 1), ["test-0.pt", "train-0.pt", "train-1.pt"]),
-])
-def test_a_run_interrupted_inside_a_split_resumes_to_the_same_results(data_root, full_run, tmp_path, monkeypatch, crash_at, finished):
+@pytest.mark.parametrize(
+    "crash_at, finished",
+    [
+        (("train", 1), ["train-0.pt"]),
+        (("test", 1), ["test-0.pt", "train-0.pt", "train-1.pt"]),
+    ],
+)
+def test_a_run_interrupted_inside_a_split_resumes_to_the_same_results(
+    data_root, full_run, tmp_path, monkeypatch, crash_at, finished
+):
     output = tmp_path / "interrupted"
     real_save, _ = crash_when_saving(monkeypatch, crash_at)
     with pytest.raises(KeyboardInterrupt):
@@ -209,7 +238,16 @@ def test_a_moved_data_set_resumes_without_protecting_again(data_root, full_run, 
 
 
 def test_missing_checkpoint_and_missing_data_are_clear_errors(data_root, tmp_path, capsys):
-    argv = ["--root", data_root, "--output", str(tmp_path / "a"), "--reid_ckpt_path", str(tmp_path / "none.pth"), "--no_progress", *TINY]
+    argv = [
+        "--root",
+        data_root,
+        "--output",
+        str(tmp_path / "a"),
+        "--reid_ckpt_path",
+        str(tmp_path / "none.pth"),
+        "--no_progress",
+        *TINY,
+    ]
     assert protect_image.main(argv) == 2
     assert f"Re-ID checkpoint not found: {tmp_path / 'none.pth'}" in capsys.readouterr().err
     assert protect_image.main(["--root", data_root, "--output", str(tmp_path / "b"), "--no_progress", *TINY]) == 2
@@ -259,7 +297,10 @@ def test_bad_settings_are_refused_before_anything_is_written(data_root, tmp_path
         (["--momentum_w", "1.5"], "PIXELFADE.MOMENTUM (--momentum_w) must be a number in [0, 1), got 1.5"),
         (["--num_workers", "-1"], "DATALOADER.NUM_WORKERS (--num_workers) must be an integer >= 0, got -1"),
         (["--mosaic_block", "0"], "PIXELFADE.MOSAIC_BLOCK (--mosaic_block) must be an integer >= 1, got 0"),
-        (["PIXELFADE.TRAIN_ORDER", "shuffled"], "PIXELFADE.TRAIN_ORDER (--train_order) must be one of identity_balanced, every_image"),
+        (
+            ["PIXELFADE.TRAIN_ORDER", "shuffled"],
+            "PIXELFADE.TRAIN_ORDER (--train_order) must be one of identity_balanced, every_image",
+        ),
         (["TEST.DISTANCE", "manhattan"], "TEST.DISTANCE must be one of euclidean, cosine, got 'manhattan'"),
     ]
     for arguments, message in cases:
@@ -279,7 +320,9 @@ def test_a_locked_output_folder_is_refused_naming_the_holder(data_root, tmp_path
 
 
 @pytest.mark.parametrize("code, words", [(errno.ENOSPC, "the disk is full"), (errno.EACCES, "permission denied")])
-def test_os_errors_are_one_line_naming_the_file_and_leave_no_temporary_file(data_root, tmp_path, monkeypatch, capsys, code, words):
+def test_os_errors_are_one_line_naming_the_file_and_leave_no_temporary_file(
+    data_root, tmp_path, monkeypatch, capsys, code, words
+):
     real_replace = os.replace
 
     def failing_replace(src, dst):
@@ -290,7 +333,10 @@ def test_os_errors_are_one_line_naming_the_file_and_leave_no_temporary_file(data
     monkeypatch.setattr(file_io.os, "replace", failing_replace)
     output = tmp_path / "out"
     assert protect(data_root, output) == 2
-    assert error_line(capsys.readouterr()) == f"protect_image.py: error: cannot write {output / 'records' / 'test-1.pt'}: {words}"
+    assert (
+        error_line(capsys.readouterr())
+        == f"protect_image.py: error: cannot write {output / 'records' / 'test-1.pt'}: {words}"
+    )
     assert sorted(os.listdir(output / "records")) == ["test-0.pt"]
 
 
@@ -322,11 +368,28 @@ def test_a_plain_image_folder_gets_one_protected_png_per_input_and_reports_skipp
         image.save(folder / "frame.webp")
     (folder / "notes.txt").write_text("not an image")
     output = tmp_path / "out"
-    argv = ["--random_init", "--image_folder", str(tmp_path / "gallery"), "--output", str(output),
-            "--batch_size", "3", "--max_iter", "2", "--device", "cpu", "--no_progress", *TINY]
+    argv = [
+        "--random_init",
+        "--image_folder",
+        str(tmp_path / "gallery"),
+        "--output",
+        str(output),
+        "--batch_size",
+        "3",
+        "--max_iter",
+        "2",
+        "--device",
+        "cpu",
+        "--no_progress",
+        *TINY,
+    ]
     assert protect_image.main(argv) == 0
     assert sorted(os.listdir(output / "protected" / "cam1")) == [
-        "frame.PNG.png", "frame.bmp.png", "frame.jpg.png", "frame.webp.png"]
+        "frame.PNG.png",
+        "frame.bmp.png",
+        "frame.jpg.png",
+        "frame.webp.png",
+    ]
     features = torch.load(output / "features" / "features.pt", weights_only=True)
     assert features["paths"] == ["cam1/frame.PNG", "cam1/frame.bmp", "cam1/frame.jpg", "cam1/frame.webp"]
     assert features["protected"].shape == (4, 2048)
@@ -344,7 +407,17 @@ def test_names_that_would_overwrite_each_other_are_refused_up_front(data_root, t
     # As on a case-insensitive file system (macOS, Windows, exFAT), where a.jpg and a.JPG are one file.
     monkeypatch.setattr("data.splits.folder_is_case_sensitive", lambda folder: False)
     output = tmp_path / "out"
-    argv = ["--random_init", "--image_folder", str(folder), "--output", str(output), "--device", "cpu", "--no_progress", *TINY]
+    argv = [
+        "--random_init",
+        "--image_folder",
+        str(folder),
+        "--output",
+        str(output),
+        "--device",
+        "cpu",
+        "--no_progress",
+        *TINY,
+    ]
     assert protect_image.main(argv) == 2
     assert "1 protected name(s) would overwrite each other" in error_line(capsys.readouterr())
     assert not os.path.exists(output)
@@ -364,7 +437,9 @@ def test_two_gloo_processes_equal_one_process_in_per_image_mode(data_root, tmp_p
         assert torch.equal(one["protected_features"], two["protected_features"])
 
 
-def test_a_diverging_batch_stops_the_run_with_a_clear_error_and_keeps_earlier_batches(data_root, tmp_path, monkeypatch, capsys):
+def test_a_diverging_batch_stops_the_run_with_a_clear_error_and_keeps_earlier_batches(
+    data_root, tmp_path, monkeypatch, capsys
+):
     from engine.methods import PixelFade, ProtectedBatch
 
     real_call = PixelFade.__call__
@@ -414,7 +489,9 @@ def config_from(argv):
     from engine.protect_run import build_protect_config
 
     args = protect_image.build_parser().parse_args(argv)
-    return build_protect_config(args.config_file, list(args.opts), protect_image.flag_values(args), protect_image.FLAG_OF_KEY)
+    return build_protect_config(
+        args.config_file, list(args.opts), protect_image.flag_values(args), protect_image.FLAG_OF_KEY
+    )
 
 
 def test_every_flag_sets_its_own_config_key_and_wins_over_overrides():
@@ -443,14 +520,25 @@ def test_image_folder_sets_the_data_set_and_refuses_pairs(tmp_path, capsys):
 
 
 def test_help_shows_the_config_defaults_and_needs_no_torch():
-    code = ("import sys, protect_image; text = protect_image.build_parser().format_help(); "
-            "print('torch' in sys.modules); print(text)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    code = (
+        "import sys, protect_image; text = protect_image.build_parser().format_help(); "
+        "print('torch' in sys.modules); print(text)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     first, help_text = done.stdout.split("\n", 1)
     assert first == "False"
     flat = " ".join(help_text.split())
     assert "default: None" not in flat
-    for text in ("[PIXELFADE.BATCH_SIZE, default: 20]", "[PIXELFADE.EPSILON, default: 0.03]",
-                 "[PIXELFADE.BETA_TEMP, default: 0.04]", "[PIXELFADE.CHANNELS_LAST, default: False]"):
+    for text in (
+        "[PIXELFADE.BATCH_SIZE, default: 20]",
+        "[PIXELFADE.EPSILON, default: 0.03]",
+        "[PIXELFADE.BETA_TEMP, default: 0.04]",
+        "[PIXELFADE.CHANNELS_LAST, default: False]",
+    ):
         assert text in flat, text

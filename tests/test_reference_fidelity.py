@@ -1,10 +1,12 @@
 """Reference mode at the defaults reproduces the reference bit for bit, starting from image files.
 
 ``protect_image.py`` is run on JPEG files (resized on load); the oracle feeds the same files
-through the reference's own transform (torchvision ``Resize``, ``hflip`` where the run flipped, ``ToTensor``, ``Normalize``) into the literal reference loop, with masks and noise
+through the reference's own transform (torchvision ``Resize``, ``hflip`` where the run flipped,
+``ToTensor``, ``Normalize``) into the literal reference loop, with masks and noise
 drawn from the same seeded stream in the same order (train batches first, then test). Every saved
 original and protected batch must be equal, not close: the loop amplifies any rounding.
 """
+
 import csv
 import os
 
@@ -34,9 +36,25 @@ def run_folder(tmp_path_factory):
     # Files larger than INPUT.IMG_SIZE, so the resize is part of what must match.
     make_market1501(str(root), num_ids=4, num_cams=2, images_per_id_cam=2, height=40, width=20, seed=5)
     output = tmp_path_factory.mktemp("run") / "protect"
-    argv = ["--random_init", "--root", str(root), "--output", str(output), "--batch_size", str(BATCH),
-            "--max_iter", str(STEPS), "--device", "cpu", "--no_progress", "--save_image_npy",
-            "INPUT.IMG_SIZE", f"[{SIZE[0]}, {SIZE[1]}]", "DATALOADER.NUM_WORKERS", "0"]
+    argv = [
+        "--random_init",
+        "--root",
+        str(root),
+        "--output",
+        str(output),
+        "--batch_size",
+        str(BATCH),
+        "--max_iter",
+        str(STEPS),
+        "--device",
+        "cpu",
+        "--no_progress",
+        "--save_image_npy",
+        "INPUT.IMG_SIZE",
+        f"[{SIZE[0]}, {SIZE[1]}]",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+    ]
     assert protect_image.main(argv) == 0
     return root / "market1501", output
 
@@ -67,12 +85,14 @@ def test_defaults_reproduce_the_literal_reference_loop_from_files(run_folder):
     for split in ("train", "test"):
         items = split_items(output, split)
         for batch_index, start in enumerate(range(0, len(items), BATCH)):
-            batch = items[start:start + BATCH]
+            batch = items[start : start + BATCH]
             data = torch.stack([reference_input(os.path.join(data_root, path), flipped) for path, flipped in batch])
             theirs = reference_protect(model, data, masks, params, full_batch=BATCH)
             clean, protected, _, _ = img_npy.read_batch(str(npy), split, batch_index)
             assert np.array_equal(clean, data.numpy()), f"{split} batch {batch_index}: inputs differ"
-            assert np.abs(protected - theirs.numpy()).max() == 0.0, f"{split} batch {batch_index}: protected images differ"
+            assert np.abs(protected - theirs.numpy()).max() == 0.0, (
+                f"{split} batch {batch_index}: protected images differ"
+            )
             compared[split].append(len(batch))
     # A full and a smaller last batch were compared, and some train images were flipped.
     assert compared["test"] == [4, 4, 2]

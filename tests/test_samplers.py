@@ -43,7 +43,7 @@ def test_batches_are_p_times_k_with_p_distinct_identities_in_blocks_of_k(p, k, s
     assert batches
     for batch in batches:
         assert len(batch) == p * k
-        blocks = [[PIDS[i] for i in batch[s:s + k]] for s in range(0, p * k, k)]
+        blocks = [[PIDS[i] for i in batch[s : s + k]] for s in range(0, p * k, k)]
         assert all(len(set(block)) == 1 for block in blocks)
         assert len({block[0] for block in blocks}) == p
 
@@ -157,7 +157,9 @@ def test_flip_decisions():
 
 def test_ids_per_batch_for():
     assert ids_per_batch_for(20, 4) == 5 and ids_per_batch_for(64, 4) == 16 and ids_per_batch_for(3, 1) == 3
-    with pytest.raises(ConfigError, match=r"PIXELFADE.BATCH_SIZE \(20\) must be a multiple of DATALOADER.NUM_INSTANCE \(3\)"):
+    with pytest.raises(
+        ConfigError, match=r"PIXELFADE.BATCH_SIZE \(20\) must be a multiple of DATALOADER.NUM_INSTANCE \(3\)"
+    ):
         ids_per_batch_for(20, 3)
     with pytest.raises(ConfigError, match="multiple of DATALOADER.NUM_INSTANCE"):
         ids_per_batch_for(4, 8)

@@ -15,7 +15,6 @@ the architecture (``MODEL.NAME``). The head pooling is settled at load time from
 with that learnable p; without it, the ``_nl`` (AGW-style) architectures use GeM with fixed p = 3
 and the others global average pooling (Base-bagtricks).
 """
-import os
 from collections import OrderedDict
 from collections.abc import Mapping
 
@@ -23,7 +22,7 @@ import torch
 
 from utils.errors import CheckpointError, ConfigError
 
-from ..checkpoint import read_checkpoint, state_dict_from, strip_wrapper_prefixes
+from ..checkpoint import read_state, strip_wrapper_prefixes
 from ..formats import MODEL_FORMATS, ModelFormat
 from ..load_report import LoadReport
 from .model import POOLINGS, FastReIDModel
@@ -108,13 +107,7 @@ def load(model, state, source="state dict", logger=None):
     """
     if not isinstance(model, FastReIDModel):
         raise TypeError(f"expected a model built by the fastreid format, got {type(model).__name__}")
-    if isinstance(state, (str, os.PathLike)):
-        source = os.fspath(state)
-        state = read_checkpoint(source)
-    elif isinstance(state, Mapping):
-        state = state_dict_from(state, source)
-    else:
-        raise TypeError(f"expected a checkpoint path or a state dict, got {type(state).__name__}")
+    state, source = read_state(state, source)
     check_pixel_statistics(state, source)
     state = rename_head_keys(state, source)
     pooling = choose_pooling(model, state)

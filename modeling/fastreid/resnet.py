@@ -1,7 +1,7 @@
 """fast-reid's ResNet-50 backbone (``build_resnet_backbone``) with torchvision key names.
 
 Built from the toolkit's ``Bottleneck``/``ResNet`` (``modeling.backbones``) with fast-reid's
-differences (SPEC-2 section 11):
+differences:
 
 * the stem keeps its ReLU (conv1 -> bn1 -> ReLU -> max-pool);
 * the stem max-pool is 3x3/2 with ``ceil_mode=True, padding=0`` since fast-reid v1.0.0 (commit

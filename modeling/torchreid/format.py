@@ -7,7 +7,6 @@ torchreid's training checkpoints are ``{'state_dict', 'epoch', 'rank1', 'optimiz
 missing, unexpected or wrong-shape key is a one-line ``CheckpointError``.
 """
 import functools
-import os
 from collections import OrderedDict
 from collections.abc import Mapping
 
@@ -16,7 +15,7 @@ import torch
 from utils.errors import CheckpointError
 from utils.registry import Registry
 
-from ..checkpoint import _compare, read_checkpoint, state_dict_from, strip_wrapper_prefixes
+from ..checkpoint import _compare, read_state, strip_wrapper_prefixes
 from ..formats import MODEL_FORMATS, ModelFormat
 from .osnet import osnet
 from .osnet_ain import osnet_ain
@@ -74,13 +73,7 @@ def load(model, state, source="state dict", logger=None):
     anything else that does not fit raises a one-line CheckpointError naming ``source``, the
     architecture (MODEL.NAME), the grouped key counts and which architectures the file would fit.
     """
-    if isinstance(state, (str, os.PathLike)):
-        source = os.fspath(state)
-        state = read_checkpoint(source)
-    elif isinstance(state, Mapping):
-        state = state_dict_from(state, source)
-    else:
-        raise TypeError(f"expected a checkpoint path or a state dict, got {type(state).__name__}")
+    state, source = read_state(state, source)
     arch = getattr(model, "arch", type(model).__name__)
     report = _compare(model.state_dict(), state, source, IGNORED_PREFIXES)
     if not report.ok:

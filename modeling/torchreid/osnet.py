@@ -1,7 +1,7 @@
 """torchreid's OSNet (Zhou et al., ICCV 2019) with its module names, for its zoo and training files.
 
-Written from the structure of ``KaiyangZhou/deep-person-reid:torchreid/models/osnet.py`` (SPEC-2
-section 10.1); the state-dict keys are torchreid's exactly, minus ``classifier.*`` (the training
+Written from the structure of ``KaiyangZhou/deep-person-reid:torchreid/models/osnet.py``;
+the state-dict keys are torchreid's exactly, minus ``classifier.*`` (the training
 identities, which feature extraction never uses):
 
 * ``conv1.conv.weight``, ``conv1.bn.*``: 7x7/2 stem (its ``bn`` is an affine InstanceNorm2d in

@@ -1,6 +1,6 @@
 """torchreid's OSNet-AIN (``torchreid/models/osnet_ain.py``) with its module names, classifier left out.
 
-Differences from :mod:`.osnet` (SPEC-2 section 10.1), all visible in the keys:
+Differences from :mod:`.osnet` (torchreid's osnet_ain.py), all visible in the keys:
 
 * the stem norm ``conv1.bn`` is an affine InstanceNorm2d (weight and bias only);
 * a block's four streams are ``conv2.{t}.layers.{k}.*`` (stream t has t+1 LightConv3x3);
