@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import protect_image
+from helpers import protect_argv
 from configs import load_config
 from data.datasets.image_folder import scan_folder
 from data.loaders import read_image
@@ -192,23 +193,7 @@ def test_extra_models_score_the_same_test_split(tmp_path, scripted):
     root = tmp_path / "data"
     make_market1501(str(root), num_ids=4, num_cams=2, images_per_id_cam=2, height=32, width=16, seed=3)
     output = tmp_path / "out"
-    argv = [
-        "--random_init",
-        "--root",
-        str(root),
-        "--output",
-        str(output),
-        "--batch_size",
-        "4",
-        "--max_iter",
-        "2",
-        "--device",
-        "cpu",
-        "--no_progress",
-        *TINY,
-        "TEST.EVAL_MODELS",
-        f"['torchscript::{scripted}']",
-    ]
+    argv = protect_argv(root, output, "TEST.EVAL_MODELS", f"['torchscript::{scripted}']")
     assert protect_image.main(argv) == 0
     report = json.loads((output / "results.json").read_text())
     table = report["eval_models"]["torchscript:tiny.pt"]

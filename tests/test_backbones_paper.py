@@ -1,7 +1,7 @@
 """The paper's other AGW backbones: SE family (Cadene layout) and torchvision MobileNetV2.
 
 Expected keys, shapes and parameter counts are written from the architecture description
-(SPEC-2 section 12 / Cadene ``pretrainedmodels`` senet.py), not read back from the code under
+(the paper's code and Cadene ``pretrainedmodels`` senet.py), not read back from the code under
 test. Big models are built on the meta device wherever no numbers are needed; only the
 checkpoint round trip and the functional block/stem checks build real weights.
 """

@@ -338,7 +338,7 @@ def _norm(sd, x, prefix):
 
 
 def reference_osnet(sd, x, ain):
-    """Functional eval forward of torchreid OSNet / OSNet-AIN written from SPEC-2 section 10.1."""
+    """Functional eval forward of torchreid OSNet / OSNet-AIN written from the structure torchreid documents."""
 
     def conv_bn_relu(x, p, stride=1, padding=0):
         return F.relu(_norm(sd, F.conv2d(x, sd[p + ".conv.weight"], stride=stride, padding=padding), p + ".bn"))

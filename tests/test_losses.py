@@ -1,4 +1,4 @@
-"""The AGW losses against their written formulas (SPEC-2 section 9.3) on tiny float64 tensors."""
+"""The AGW losses against their written formulas (as ReID-Survey defines them) on tiny float64 tensors."""
 import math
 
 import torch

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 import protect_image
+from helpers import protect_argv
 from configs import load_config
 from data import img_npy
 from data.synthetic import make_market1501
@@ -33,28 +34,9 @@ def data_root(tmp_path_factory):
 
 
 def protect(data_root, output, *extra, opts=()):
-    argv = [
-        "--random_init",
-        "--root",
-        data_root,
-        "--output",
-        str(output),
-        "--batch_size",
-        "4",
-        "--max_iter",
-        "2",
-        "--warmup_iter",
-        "1",
-        "--fade_num_iter",
-        "2",
-        "--device",
-        "cpu",
-        "--no_progress",
-        *extra,
-        *TINY,
-        *opts,
-    ]
-    return protect_image.main(argv)
+    """A tiny run: 2 steps, warm-up 1, K 2, one grid per split; ``opts`` are more KEY VALUE pairs."""
+    argv = protect_argv(data_root, output, "--warmup_iter", "1", "--fade_num_iter", "2", *extra)
+    return protect_image.main(argv + ["PIXELFADE.NUM_GRIDS", "1", *opts])
 
 
 def error_line(captured):

@@ -17,6 +17,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 import protect_image
+from helpers import protect_argv
 from configs import load_config
 from data import img_npy
 from data.synthetic import make_market1501
@@ -36,25 +37,7 @@ def run_folder(tmp_path_factory):
     # Files larger than INPUT.IMG_SIZE, so the resize is part of what must match.
     make_market1501(str(root), num_ids=4, num_cams=2, images_per_id_cam=2, height=40, width=20, seed=5)
     output = tmp_path_factory.mktemp("run") / "protect"
-    argv = [
-        "--random_init",
-        "--root",
-        str(root),
-        "--output",
-        str(output),
-        "--batch_size",
-        str(BATCH),
-        "--max_iter",
-        str(STEPS),
-        "--device",
-        "cpu",
-        "--no_progress",
-        "--save_image_npy",
-        "INPUT.IMG_SIZE",
-        f"[{SIZE[0]}, {SIZE[1]}]",
-        "DATALOADER.NUM_WORKERS",
-        "0",
-    ]
+    argv = protect_argv(root, output, "--save_image_npy", batch_size=BATCH, max_iter=STEPS, image_size=SIZE)
     assert protect_image.main(argv) == 0
     return root / "market1501", output
 
