@@ -12,7 +12,6 @@ Arguments are parsed before torch is imported, so ``--help`` and argument errors
 """
 
 import argparse
-import os
 import sys
 
 from configs.defaults import get_default_config
@@ -60,15 +59,10 @@ def build_parser():
 
 def build_train_config(config_file, opts, flag_values):
     """Defaults < --config_file < trailing KEY VALUE overrides < flags; validated and frozen."""
-    from configs import load_config, set_values
+    from configs import config_with_flags
     from engine.reid_trainer import validate_train_config
 
-    cfg = load_config(config_file, opts)
-    cfg.defrost()
-    set_values(cfg, flag_values)
-    if not cfg.OUTPUT_DIR:
-        cfg.OUTPUT_DIR = os.path.join("log", f"{cfg.DATASETS.NAMES}_train")
-    cfg.freeze()
+    cfg = config_with_flags(config_file, opts, flag_values, "train")
     validate_train_config(cfg, FLAG_OF_KEY)
     return cfg
 

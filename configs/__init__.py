@@ -49,6 +49,20 @@ def set_values(cfg, values):
     return cfg
 
 
+def config_with_flags(config_file, opts, flag_values, run_kind):
+    """Defaults < ``config_file`` < trailing ``KEY VALUE`` overrides < flag values, frozen.
+
+    An empty OUTPUT_DIR becomes ``log/<dataset>_<run_kind>`` (e.g. ``log/market1501_protect``).
+    """
+    cfg = load_config(config_file, opts)
+    cfg.defrost()
+    set_values(cfg, flag_values)
+    if not cfg.OUTPUT_DIR:
+        cfg.OUTPUT_DIR = os.path.join("log", f"{cfg.DATASETS.NAMES}_{run_kind}")
+    cfg.freeze()
+    return cfg
+
+
 def save_config(cfg, output_dir, filename=CONFIG_FILENAME):
     """Write the merged config into ``output_dir`` so the run can be described and repeated."""
     return atomic_write_text(cfg.dump(), os.path.join(output_dir, filename))

@@ -19,7 +19,7 @@ import ignite.distributed as idist
 import torch
 from ignite.utils import setup_logger
 
-from configs import load_config, save_config, set_values
+from configs import config_with_flags, save_config
 from data.datasets.image_folder import describe_skipped, protected_relative_name
 from data.loaders import ImageDataset
 from data.splits import plan_splits
@@ -100,12 +100,7 @@ class ProtectOptions:
 
 def build_protect_config(config_file, opts, flag_values, flag_of_key=None):
     """Defaults < --config_file < trailing KEY VALUE overrides < flags; validated and frozen."""
-    cfg = load_config(config_file, opts)
-    cfg.defrost()
-    set_values(cfg, flag_values)
-    if not cfg.OUTPUT_DIR:
-        cfg.OUTPUT_DIR = os.path.join("log", f"{cfg.DATASETS.NAMES}_protect")
-    cfg.freeze()
+    cfg = config_with_flags(config_file, opts, flag_values, "protect")
     validate_protect_config(cfg, flag_of_key)
     return cfg
 
