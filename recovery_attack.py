@@ -21,7 +21,7 @@ from configs.defaults import get_default_config
 from utils.errors import ConfigError, DatasetError, PixelFadeError
 
 PROG = "recovery_attack.py"
-# engine.attack.ATTACKERS and modeling.generators.GENERATORS, named here so that --help does not
+# engine.attack_settings.ATTACKERS and modeling.generators.GENERATORS, named here so that --help does not
 # import torch (tests/test_attack.py checks that the lists agree).
 ATTACKERS = ("reference", "strong")
 ATTACKER_CHOICES = ATTACKERS + ("both",)

@@ -18,8 +18,8 @@ import torch
 
 from data.img_npy import find_pairs, read_batch, reference_file_order, write_batch
 from data.npy_pairs import PairDataset, SavedBatchOrder
-from engine.attack import (AttackSettings, build_optimizer, create_attack_trainer,
-                           make_batch_loader)
+from engine.attack import create_attack_trainer, make_batch_loader
+from engine.attack_settings import AttackSettings, build_optimizer
 from ignite.engine import Events
 from modeling.generators import build_generator
 

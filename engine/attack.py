@@ -20,20 +20,15 @@ is locked while the attack trains, and every file goes through ``utils.file_io``
 (an OS failure is an ``OutputError`` naming the file).
 """
 import dataclasses
-import glob
-import json
 import logging
 import math
 import os
-import pickle
-import re
 import sys
 
 import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, ProgressBar
-from ignite.handlers.checkpoint import BaseSaveHandler
 from ignite.metrics import Average, Frequency
 from ignite.metrics.metric import SingleEpochRunningBatchWise, reinit__is_reduced
 from ignite.utils import setup_logger
@@ -45,129 +40,36 @@ from configs import save_config
 from data.img_npy import resolve_npy_dir, run_dir_of
 from data.npy_pairs import PairDataset, SavedBatches, SavedBatchOrder
 from data.transforms import normalize
-from evaluation.image_quality import (PROTOCOLS, PSNR_CAP_DB, SSIM_KERNEL_SIZE, ImageQuality,
-                                      to_pixels)
-from modeling.generators import GENERATORS, build_generator
-from utils.errors import (CheckpointError, ConfigError, DatasetError, NonFiniteError,
-                          RunConflictError)
-from utils.file_io import (FolderLock, atomic_save_image, atomic_torch_save, atomic_write,
-                           atomic_write_text, os_errors_as_output_errors)
+from evaluation.image_quality import SSIM_KERNEL_SIZE, ImageQuality, to_pixels
+from modeling.generators import build_generator
+from utils.errors import ConfigError, DatasetError, NonFiniteError
+from utils.file_io import FolderLock, atomic_save_image, atomic_torch_save, os_errors_as_output_errors
 
-ATTACKERS = ("reference", "strong")
-OPTIMIZERS = ("adam", "sgd")
-SGD_MOMENTUM = 0.9
-IMAGE_KINDS = ("protected", "recovered")
+from .attack_checkpoint import AtomicCheckpointSaver, AttackHistory, check_resumable, resume_training, run_identity
+from .attack_results import (
+    IMAGE_KINDS,
+    RESULTS_JSON,
+    RESULTS_MARKDOWN,
+    log_record,
+    read_results,
+    results_entry,
+    results_markdown,
+    write_results,
+)
+from .attack_settings import ATTACKERS, LOGGER_NAME, AttackSettings, build_optimizer, loader_workers
+
 # The trainer's epoch meters (engine.state.metrics), shown by the progress bar and logged.
 EPOCH_METERS = ("loss", "images_per_s")
 # The evaluator's metric: the whole record of evaluate_generator.
 QUALITY_METRIC = "quality"
-LOGGER_NAME = "pixelfade.attack"
 
 LOG_FILENAME = "log_recovery.txt"
-RESULTS_JSON = "attack_results.json"
-RESULTS_MARKDOWN = "attack_results.md"
 CHECKPOINT_DIRNAME = "attack_ckpt"
 GRID_DIRNAME = "rec_images"
 # Beside, not over, the config.yaml that protect_image.py leaves in the same run folder.
 CONFIG_FILENAME = "attack_config.yaml"
 WEIGHT_FILENAMES = {"reference": "Generator_weight.pth", "strong": "Generator_weight_strong.pth"}
-_CHECKPOINT_PATTERN = re.compile(r"^checkpoint_(\d+)\.pt$")
 LOCK_PURPOSE = "recovery_attack.py"
-
-
-@dataclasses.dataclass(frozen=True)
-class AttackSettings:
-    """What defines one attacker's training (cfg.ATTACK plus the normalization of the pairs)."""
-
-    generator: str = "unet_128"
-    ngf: int = 64
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    total_epochs: int = 100
-    eval_epochs: tuple = (2,)
-    mode: str = "reference"
-    shuffle: bool = True
-    seed: int = 0
-    num_grids: int = 20
-    pixel_mean: tuple = (0.485, 0.456, 0.406)
-    pixel_std: tuple = (0.229, 0.224, 0.225)
-
-    def __post_init__(self):
-        _require(self.generator in GENERATORS, "ATTACK.GENERATOR",
-                 f"one of {sorted(GENERATORS)}", self.generator)
-        _require(self.optimizer in OPTIMIZERS, "ATTACK.OPTIMIZER", f"one of {OPTIMIZERS}",
-                 self.optimizer)
-        _require(self.mode in ATTACKERS, "ATTACK.MODE", f"one of {ATTACKERS}", self.mode)
-        _require(_is_int(self.ngf) and self.ngf >= 1, "ATTACK.NGF", "a positive integer", self.ngf)
-        _require(_is_int(self.total_epochs) and self.total_epochs >= 1, "ATTACK.TOTAL_EPOCHS",
-                 "a positive integer", self.total_epochs)
-        _require(_is_number(self.lr) and math.isfinite(self.lr) and self.lr > 0, "ATTACK.LR",
-                 "a positive number", self.lr)
-        _require(all(_is_int(epoch) and epoch >= 0 for epoch in self.eval_epochs),
-                 "ATTACK.EVAL_EPOCHS", "0-based epoch indices >= 0", list(self.eval_epochs))
-        _require(_is_int(self.num_grids) and self.num_grids >= 0, "ATTACK.NUM_GRIDS",
-                 "an integer >= 0", self.num_grids)
-        _require(_is_int(self.seed), "ATTACK.SEED", "an integer", self.seed)
-        _require(isinstance(self.shuffle, bool), "ATTACK.SHUFFLE", "True or False", self.shuffle)
-        for key, values in (("INPUT.PIXEL_MEAN", self.pixel_mean),
-                            ("INPUT.PIXEL_STD", self.pixel_std)):
-            _require(len(values) == 3 and all(_is_number(value) for value in values), key,
-                     "3 numbers", list(values))
-        _require(all(value > 0 for value in self.pixel_std), "INPUT.PIXEL_STD",
-                 "positive values", list(self.pixel_std))
-
-    @classmethod
-    def from_config(cls, cfg):
-        attack = cfg.ATTACK
-        return cls(generator=attack.GENERATOR, ngf=attack.NGF,
-                   optimizer=str(attack.OPTIMIZER).lower(), lr=attack.LR,
-                   total_epochs=attack.TOTAL_EPOCHS, eval_epochs=tuple(attack.EVAL_EPOCHS),
-                   mode=attack.MODE, shuffle=attack.SHUFFLE, seed=attack.SEED,
-                   num_grids=attack.NUM_GRIDS, pixel_mean=tuple(cfg.INPUT.PIXEL_MEAN),
-                   pixel_std=tuple(cfg.INPUT.PIXEL_STD))
-
-    @property
-    def output_activation(self):
-        return "tanh" if self.mode == "reference" else "none"
-
-    def evaluated_epochs(self):
-        """Sorted 0-based epoch indices scored on the test split; the last one always is."""
-        wanted = {epoch for epoch in self.eval_epochs if epoch < self.total_epochs}
-        return sorted(wanted | {self.total_epochs - 1})
-
-
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _require(condition, key, expected, got):
-    if not condition:
-        raise ConfigError(f"{key} must be {expected}, got {got!r}")
-
-
-def available_cpus():
-    """CPUs this process may run on (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
-
-
-def loader_workers(configured):
-    """DATALOADER.NUM_WORKERS capped at the usable CPUs (more only add processes and warnings)."""
-    _require(_is_int(configured) and configured >= 0, "DATALOADER.NUM_WORKERS",
-             "an integer >= 0", configured)
-    return min(configured, available_cpus())
-
-
-def build_optimizer(settings, parameters):
-    """Adam (the reference) or SGD with momentum 0.9, at settings.lr."""
-    if settings.optimizer == "adam":
-        return torch.optim.Adam(parameters, lr=settings.lr)
-    return torch.optim.SGD(parameters, lr=settings.lr, momentum=SGD_MOMENTUM)
 
 
 def attack_targets(originals, settings):
@@ -321,137 +223,6 @@ def evaluate_generator(generator, test_pairs, settings, device, grid_dir=None):
     return evaluator.state.metrics[QUALITY_METRIC]
 
 
-class AttackHistory:
-    """Per-epoch training loss and test scores; checkpointed so a resumed run keeps them."""
-
-    def __init__(self, identity):
-        self.identity = identity
-        self.train_loss = {}
-        self.evaluations = {}
-
-    def state_dict(self):
-        return {"identity": dict(self.identity), "train_loss": dict(self.train_loss),
-                "evaluations": dict(self.evaluations)}
-
-    def load_state_dict(self, state):
-        self.identity = dict(state["identity"])
-        self.train_loss = {int(epoch): loss for epoch, loss in state["train_loss"].items()}
-        self.evaluations = {int(epoch): record for epoch, record in state["evaluations"].items()}
-
-
-def run_identity(settings, train_pairs, reference_order):
-    """What must not change between an interrupted run and its resumption."""
-    return {"generator": settings.generator, "ngf": settings.ngf, "optimizer": settings.optimizer,
-            "lr": float(settings.lr), "mode": settings.mode, "seed": settings.seed,
-            "shuffle": settings.shuffle and not reference_order,
-            "reference_order": bool(reference_order),
-            "train_batches": train_pairs.num_batches, "train_images": len(train_pairs),
-            "image_shape": list(train_pairs.image_shape)}
-
-
-class AtomicCheckpointSaver(BaseSaveHandler):
-    """ignite save handler: atomic writes through utils.file_io, deletions deferred.
-
-    ignite's ``Checkpoint`` deletes the checkpoint it drops *before* writing the new one; a full
-    disk or a kill in between would leave none. Here a deletion waits until the next checkpoint
-    is complete, so the folder always holds a whole one.
-    """
-
-    def __init__(self, dirname):
-        self.dirname = dirname
-        self._pending_removal = []
-
-    def __call__(self, checkpoint, filename, metadata=None):
-        atomic_write(os.path.join(self.dirname, filename),
-                     lambda handle: torch.save(checkpoint, handle))
-        for old in self._pending_removal:
-            if old != filename:
-                path = os.path.join(self.dirname, old)
-                with os_errors_as_output_errors(path):
-                    if os.path.exists(path):
-                        os.remove(path)
-        self._pending_removal = []
-
-    def remove(self, filename):
-        self._pending_removal.append(filename)
-
-
-def latest_checkpoint(checkpoint_dir):
-    """Path of the highest-epoch ``checkpoint_<epoch>.pt`` in the folder, or None."""
-    found = []
-    for path in glob.glob(os.path.join(glob.escape(checkpoint_dir), "checkpoint_*.pt")):
-        match = _CHECKPOINT_PATTERN.match(os.path.basename(path))
-        if match:
-            found.append((int(match.group(1)), path))
-    return max(found)[1] if found else None
-
-
-def read_checkpoint(path, mmap=False):
-    """An attack checkpoint: a dict of tensors and containers; ``CheckpointError`` if unreadable."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-        identity = saved["history"]["identity"]
-        trained_epochs(saved)
-    except (RuntimeError, OSError, EOFError, ValueError, KeyError, TypeError,
-            ZeroDivisionError, pickle.UnpicklingError) as err:
-        reason = " ".join(str(err).split())[:200]
-        raise CheckpointError(f"cannot read the attack checkpoint {path} ({reason}); expected a "
-                              "checkpoint written by recovery_attack.py: delete it to train "
-                              "afresh, or pass another --output") from None
-    if not isinstance(identity, dict):
-        raise CheckpointError(f"the attack checkpoint {path} has no run description; delete it "
-                              "to train afresh, or pass another --output")
-    return saved
-
-
-def resume_training(path, to_load, identity):
-    """Load the checkpoint at ``path`` into the objects of ``to_load`` (ignite ``Checkpoint``).
-
-    The file is read here, on the CPU and as weights only (``read_checkpoint``), and handed to
-    ``Checkpoint.load_objects`` as a dict: given a path, ignite would ``torch.load`` it without
-    ``map_location``. ``RunConflictError`` if it belongs to another attack than ``identity``.
-    """
-    saved = read_checkpoint(path)
-    _check_identity(saved["history"]["identity"], identity, path)
-    Checkpoint.load_objects(to_load, saved)
-
-
-def trained_epochs(saved):
-    """Finished epochs of a checkpoint (ignite keeps iterations and the epoch length)."""
-    trainer = saved["trainer"]
-    return int(trainer["iteration"]) // int(trainer["epoch_length"])
-
-
-def check_resumable(checkpoint_dir, identity, total_epochs):
-    """(path, trained epochs) of the checkpoint a run would resume from, or (None, 0).
-
-    ``RunConflictError`` when that checkpoint belongs to another attack or holds more epochs than
-    ``total_epochs``; reads the file memory-mapped, so checking is cheap.
-    """
-    path = latest_checkpoint(checkpoint_dir)
-    if path is None:
-        return None, 0
-    saved = read_checkpoint(path, mmap=True)
-    _check_identity(saved["history"]["identity"], identity, path)
-    done = trained_epochs(saved)
-    if done > total_epochs:
-        raise RunConflictError(
-            f"{path} holds a generator trained for {done} epochs, more than --total_epochs / "
-            f"ATTACK.TOTAL_EPOCHS = {total_epochs}; pass --total_epochs {done} (or more) to "
-            "finish from it, or another --output to train afresh")
-    return path, done
-
-
-def _check_identity(saved, current, checkpoint_path):
-    changed = sorted(key for key in set(saved) | set(current) if saved.get(key) != current.get(key))
-    if changed:
-        details = ", ".join(f"{key}: {saved.get(key)!r} -> {current.get(key)!r}" for key in changed)
-        raise RunConflictError(
-            f"{checkpoint_path} was written by a different attack ({details}); pass the same "
-            f"settings to resume it, or delete {os.path.dirname(checkpoint_path)} or pass another "
-            "--output to start afresh")
-
-
 def attack_log_dir(npy_dir, output=None):
     """``output`` if given, else the run folder holding img_npy (or the pair folder itself)."""
     return output or run_dir_of(npy_dir)
@@ -553,9 +324,9 @@ def run_attack(settings, npy_dir, log_dir, device="cpu", reference_order=False, 
         record = evaluate_generator(generator, test_pairs, settings, device,
                                     grid_dir=grid_dir if is_last else None)
         history.evaluations[epoch_index] = record
-        _log_record(logger, settings.mode, epoch_index, record)
+        log_record(logger, settings.mode, epoch_index, record)
         atomic_torch_save(_cpu_state_dict(generator), weight_path)
-        write_results(log_dir, settings.mode, _results_entry(settings, history))
+        write_results(log_dir, settings.mode, results_entry(settings, history))
 
     to_save = {"generator": generator, "optimizer": optimizer, "trainer": trainer,
                "history": history}
@@ -571,7 +342,7 @@ def run_attack(settings, npy_dir, log_dir, device="cpu", reference_order=False, 
         if done == settings.total_epochs:
             logger.info(f"[{settings.mode}] training already finished; nothing left to run")
             atomic_torch_save(_cpu_state_dict(generator), weight_path)
-            return write_results(log_dir, settings.mode, _results_entry(settings, history))
+            return write_results(log_dir, settings.mode, results_entry(settings, history))
 
     logger.info(f"[{settings.mode}] {settings.generator} (ngf {settings.ngf}, "
                 f"{settings.output_activation} output) on {len(train_pairs)} train images in "
@@ -580,7 +351,7 @@ def run_attack(settings, npy_dir, log_dir, device="cpu", reference_order=False, 
     trainer.run(loader, max_epochs=settings.total_epochs)
     atomic_torch_save(_cpu_state_dict(generator), weight_path)
     logger.info(f"[{settings.mode}] generator weights: {weight_path}")
-    return write_results(log_dir, settings.mode, _results_entry(settings, history))
+    return write_results(log_dir, settings.mode, results_entry(settings, history))
 
 
 def run_recovery_attack(cfg, npy_path, attackers, device, output=None, reference_order=False,
@@ -625,89 +396,3 @@ def run_recovery_attack(cfg, npy_path, attackers, device, output=None, reference
 
 def _cpu_state_dict(module):
     return {key: value.detach().cpu() for key, value in module.state_dict().items()}
-
-
-def _results_entry(settings, history):
-    return {"settings": dataclasses.asdict(settings),
-            "train_loss": {str(epoch): loss for epoch, loss in sorted(history.train_loss.items())},
-            "evaluations": {str(epoch): {"epoch": epoch, **record}
-                            for epoch, record in sorted(history.evaluations.items())}}
-
-
-def _log_record(logger, attacker, epoch_index, record):
-    for protocol in PROTOCOLS:
-        for kind in IMAGE_KINDS:
-            values = record[protocol][kind]
-            logger.info(f"[{attacker}] epoch {epoch_index} {protocol} {kind} vs original: "
-                        f"psnr:{values['psnr']:.2f}  mse:{values['mse']:.4f}  "
-                        f"ssim:{values['ssim']:.2f}")
-
-
-def read_results(log_dir):
-    """The attackers' entries of ``<log_dir>/attack_results.json`` ({} if absent or invalid)."""
-    json_path = os.path.join(log_dir, RESULTS_JSON)
-    if not os.path.isfile(json_path):
-        return {}
-    try:
-        with open(json_path) as handle:
-            results = json.load(handle)
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        logging.getLogger(LOGGER_NAME).warning(f"{json_path} cannot be read as JSON; rewriting it")
-        return {}
-    return results if isinstance(results, dict) else {}
-
-
-def write_results(log_dir, attacker, entry):
-    """Put one attacker's entry into attack_results.json (others kept) and redraw the Markdown."""
-    results = read_results(log_dir)
-    results[attacker] = entry
-    atomic_write_text(json.dumps(results, indent=2, sort_keys=True) + "\n",
-                      os.path.join(log_dir, RESULTS_JSON))
-    atomic_write_text(results_markdown(results), os.path.join(log_dir, RESULTS_MARKDOWN))
-    return entry
-
-
-PROTOCOL_TITLES = {
-    "reference_normalisation": "Reference protocol: each batch min-max scaled to [0, 1]",
-    "pixel_space": "Pixel space: ImageNet normalisation undone, pixels clamped to [0, 1]",
-}
-PROTOCOL_NOTES = {
-    "reference_normalisation": (
-        "As the reference script computes it: each batch tensor (protected, recovered and "
-        "original, each on its own) is min-max scaled to [0, 1] as a whole, then piq PSNR and "
-        "SSIM (data_range 1) and the MSE are taken per batch and averaged over batches weighted "
-        "by their image counts."),
-    "pixel_space": (
-        "What a viewer of the stored images sees: the ImageNet normalisation (INPUT.PIXEL_MEAN, "
-        "INPUT.PIXEL_STD) is undone and pixels are clamped to [0, 1]; piq PSNR (capped at "
-        f"{PSNR_CAP_DB:.0f} dB for identical images), SSIM (data_range 1) and MSE per image, "
-        "averaged over the images."),
-}
-ROWS_NOTE = (
-    "Rows: `protected` = the stored protected test image vs its original (what the protection "
-    "leaves); `recovered` = the attacker's generator output from the protected image vs the "
-    "original (what an attacker gets back). Higher PSNR/SSIM and lower MSE mean closer to the "
-    "original, i.e. less privacy. `attacker`: reference = the paper's (Tanh output, L1 to the "
-    "normalised original); strong = no Tanh, L1 to the original's pixels, output clamped to "
-    "[0, 1]. `epoch`: 0-based index of the epoch after which the test split was scored; "
-    "`images`: test images scored.")
-
-
-def results_markdown(results):
-    """One Markdown table per protocol, each followed by what its rows and columns mean."""
-    lines = ["# Recovery attack results", ""]
-    for protocol in PROTOCOLS:
-        lines += [f"## {PROTOCOL_TITLES[protocol]}", "",
-                  "| attacker | epoch | images | image vs original | PSNR (dB) | SSIM | MSE |",
-                  "|---|---|---|---|---|---|---|"]
-        for attacker in sorted(results):
-            evaluations = results[attacker].get("evaluations", {})
-            for epoch in sorted(evaluations, key=int):
-                record = evaluations[epoch]
-                for kind in IMAGE_KINDS:
-                    values = record[protocol][kind]
-                    lines.append(f"| {attacker} | {epoch} | {record['num_images']} | {kind} | "
-                                 f"{values['psnr']:.2f} | {values['ssim']:.4f} | "
-                                 f"{values['mse']:.4f} |")
-        lines += ["", f"{ROWS_NOTE} {PROTOCOL_NOTES[protocol]}", ""]
-    return "\n".join(lines)

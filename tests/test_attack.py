@@ -25,10 +25,13 @@ from data.img_npy import batch_files, find_pairs, npy_dir_of, read_batch, write_
 from data.npy_pairs import PairDataset
 from data.transforms import normalize
 from engine import attack as attack_module
-from engine.attack import (ATTACKERS, EPOCH_METERS, AttackSettings, attack_targets,
-                           available_cpus, build_optimizer, create_attack_evaluator,
-                           create_attack_trainer, evaluate_generator, latest_checkpoint,
-                           loader_workers, recovered_normalized, results_markdown, run_attack)
+from engine import attack_settings as attack_settings_module
+from engine.attack import (EPOCH_METERS, attack_targets, create_attack_evaluator, create_attack_trainer,
+                           evaluate_generator, recovered_normalized, run_attack)
+from engine.attack_checkpoint import latest_checkpoint
+from engine.attack_results import results_markdown
+from engine.attack_settings import (ATTACKERS, OPTIMIZERS, AttackSettings, available_cpus, build_optimizer,
+                                    loader_workers)
 from modeling.generators import GENERATORS, build_generator
 from utils.errors import ConfigError, NonFiniteError, RunConflictError
 from utils.file_io import FolderLock
@@ -152,12 +155,12 @@ def test_settings_errors(field, value, message):
 def test_cli_lists_agree_with_the_engine():
     assert recovery_attack.ATTACKERS == ATTACKERS
     assert recovery_attack.GENERATOR_NAMES == tuple(sorted(GENERATORS))
-    assert recovery_attack.OPTIMIZER_NAMES == attack_module.OPTIMIZERS
+    assert recovery_attack.OPTIMIZER_NAMES == OPTIMIZERS
 
 
 def test_loader_workers_are_capped_at_the_usable_cpus(monkeypatch):
     assert loader_workers(10_000) == available_cpus()
-    monkeypatch.setattr(attack_module, "available_cpus", lambda: 2)
+    monkeypatch.setattr(attack_settings_module, "available_cpus", lambda: 2)
     assert (loader_workers(4), loader_workers(2), loader_workers(1), loader_workers(0)) == (
         2, 2, 1, 0)
     with pytest.raises(ConfigError, match="DATALOADER.NUM_WORKERS must be an integer >= 0, "

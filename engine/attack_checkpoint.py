@@ -1,0 +1,149 @@
+"""The recovery attack's checkpoints: its identity, safe replacement on disk, and resuming from it.
+
+Only the newest checkpoint is kept; the previous one is deleted once the new one is complete. It is
+read on the CPU and handed to ignite as a dict, and a rerun with other settings is refused.
+"""
+import glob
+import os
+import pickle
+import re
+
+import torch
+from ignite.handlers import Checkpoint
+from ignite.handlers.checkpoint import BaseSaveHandler
+
+from utils.errors import CheckpointError, RunConflictError
+from utils.file_io import atomic_write, os_errors_as_output_errors
+
+_CHECKPOINT_PATTERN = re.compile(r"^checkpoint_(\d+)\.pt$")
+
+
+class AttackHistory:
+    """Per-epoch training loss and test scores; checkpointed so a resumed run keeps them."""
+
+    def __init__(self, identity):
+        self.identity = identity
+        self.train_loss = {}
+        self.evaluations = {}
+
+    def state_dict(self):
+        return {"identity": dict(self.identity), "train_loss": dict(self.train_loss),
+                "evaluations": dict(self.evaluations)}
+
+    def load_state_dict(self, state):
+        self.identity = dict(state["identity"])
+        self.train_loss = {int(epoch): loss for epoch, loss in state["train_loss"].items()}
+        self.evaluations = {int(epoch): record for epoch, record in state["evaluations"].items()}
+
+
+def run_identity(settings, train_pairs, reference_order):
+    """What must not change between an interrupted run and its resumption."""
+    return {"generator": settings.generator, "ngf": settings.ngf, "optimizer": settings.optimizer,
+            "lr": float(settings.lr), "mode": settings.mode, "seed": settings.seed,
+            "shuffle": settings.shuffle and not reference_order,
+            "reference_order": bool(reference_order),
+            "train_batches": train_pairs.num_batches, "train_images": len(train_pairs),
+            "image_shape": list(train_pairs.image_shape)}
+
+
+class AtomicCheckpointSaver(BaseSaveHandler):
+    """ignite save handler: atomic writes through utils.file_io, deletions deferred.
+
+    ignite's ``Checkpoint`` deletes the checkpoint it drops *before* writing the new one; a full
+    disk or a kill in between would leave none. Here a deletion waits until the next checkpoint
+    is complete, so the folder always holds a whole one.
+    """
+
+    def __init__(self, dirname):
+        self.dirname = dirname
+        self._pending_removal = []
+
+    def __call__(self, checkpoint, filename, metadata=None):
+        atomic_write(os.path.join(self.dirname, filename),
+                     lambda handle: torch.save(checkpoint, handle))
+        for old in self._pending_removal:
+            if old != filename:
+                path = os.path.join(self.dirname, old)
+                with os_errors_as_output_errors(path):
+                    if os.path.exists(path):
+                        os.remove(path)
+        self._pending_removal = []
+
+    def remove(self, filename):
+        self._pending_removal.append(filename)
+
+
+def latest_checkpoint(checkpoint_dir):
+    """Path of the highest-epoch ``checkpoint_<epoch>.pt`` in the folder, or None."""
+    found = []
+    for path in glob.glob(os.path.join(glob.escape(checkpoint_dir), "checkpoint_*.pt")):
+        match = _CHECKPOINT_PATTERN.match(os.path.basename(path))
+        if match:
+            found.append((int(match.group(1)), path))
+    return max(found)[1] if found else None
+
+
+def read_checkpoint(path, mmap=False):
+    """An attack checkpoint: a dict of tensors and containers; ``CheckpointError`` if unreadable."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        identity = saved["history"]["identity"]
+        trained_epochs(saved)
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError, TypeError,
+            ZeroDivisionError, pickle.UnpicklingError) as err:
+        reason = " ".join(str(err).split())[:200]
+        raise CheckpointError(f"cannot read the attack checkpoint {path} ({reason}); expected a "
+                              "checkpoint written by recovery_attack.py: delete it to train "
+                              "afresh, or pass another --output") from None
+    if not isinstance(identity, dict):
+        raise CheckpointError(f"the attack checkpoint {path} has no run description; delete it "
+                              "to train afresh, or pass another --output")
+    return saved
+
+
+def resume_training(path, to_load, identity):
+    """Load the checkpoint at ``path`` into the objects of ``to_load`` (ignite ``Checkpoint``).
+
+    The file is read here, on the CPU and as weights only (``read_checkpoint``), and handed to
+    ``Checkpoint.load_objects`` as a dict: given a path, ignite would ``torch.load`` it without
+    ``map_location``. ``RunConflictError`` if it belongs to another attack than ``identity``.
+    """
+    saved = read_checkpoint(path)
+    _check_identity(saved["history"]["identity"], identity, path)
+    Checkpoint.load_objects(to_load, saved)
+
+
+def trained_epochs(saved):
+    """Finished epochs of a checkpoint (ignite keeps iterations and the epoch length)."""
+    trainer = saved["trainer"]
+    return int(trainer["iteration"]) // int(trainer["epoch_length"])
+
+
+def check_resumable(checkpoint_dir, identity, total_epochs):
+    """(path, trained epochs) of the checkpoint a run would resume from, or (None, 0).
+
+    ``RunConflictError`` when that checkpoint belongs to another attack or holds more epochs than
+    ``total_epochs``; reads the file memory-mapped, so checking is cheap.
+    """
+    path = latest_checkpoint(checkpoint_dir)
+    if path is None:
+        return None, 0
+    saved = read_checkpoint(path, mmap=True)
+    _check_identity(saved["history"]["identity"], identity, path)
+    done = trained_epochs(saved)
+    if done > total_epochs:
+        raise RunConflictError(
+            f"{path} holds a generator trained for {done} epochs, more than --total_epochs / "
+            f"ATTACK.TOTAL_EPOCHS = {total_epochs}; pass --total_epochs {done} (or more) to "
+            "finish from it, or another --output to train afresh")
+    return path, done
+
+
+def _check_identity(saved, current, checkpoint_path):
+    changed = sorted(key for key in set(saved) | set(current) if saved.get(key) != current.get(key))
+    if changed:
+        details = ", ".join(f"{key}: {saved.get(key)!r} -> {current.get(key)!r}" for key in changed)
+        raise RunConflictError(
+            f"{checkpoint_path} was written by a different attack ({details}); pass the same "
+            f"settings to resume it, or delete {os.path.dirname(checkpoint_path)} or pass another "
+            "--output to start afresh")

@@ -1,0 +1,109 @@
+"""What defines one recovery attacker's training: ``ATTACK.*`` checked, the optimizer, loader workers."""
+import dataclasses
+import math
+import os
+
+import torch
+
+from modeling.generators import GENERATORS
+from utils.errors import ConfigError
+
+LOGGER_NAME = "pixelfade.attack"
+ATTACKERS = ("reference", "strong")
+OPTIMIZERS = ("adam", "sgd")
+SGD_MOMENTUM = 0.9
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackSettings:
+    """What defines one attacker's training (cfg.ATTACK plus the normalization of the pairs)."""
+
+    generator: str = "unet_128"
+    ngf: int = 64
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    total_epochs: int = 100
+    eval_epochs: tuple = (2,)
+    mode: str = "reference"
+    shuffle: bool = True
+    seed: int = 0
+    num_grids: int = 20
+    pixel_mean: tuple = (0.485, 0.456, 0.406)
+    pixel_std: tuple = (0.229, 0.224, 0.225)
+
+    def __post_init__(self):
+        _require(self.generator in GENERATORS, "ATTACK.GENERATOR",
+                 f"one of {sorted(GENERATORS)}", self.generator)
+        _require(self.optimizer in OPTIMIZERS, "ATTACK.OPTIMIZER", f"one of {OPTIMIZERS}",
+                 self.optimizer)
+        _require(self.mode in ATTACKERS, "ATTACK.MODE", f"one of {ATTACKERS}", self.mode)
+        _require(_is_int(self.ngf) and self.ngf >= 1, "ATTACK.NGF", "a positive integer", self.ngf)
+        _require(_is_int(self.total_epochs) and self.total_epochs >= 1, "ATTACK.TOTAL_EPOCHS",
+                 "a positive integer", self.total_epochs)
+        _require(_is_number(self.lr) and math.isfinite(self.lr) and self.lr > 0, "ATTACK.LR",
+                 "a positive number", self.lr)
+        _require(all(_is_int(epoch) and epoch >= 0 for epoch in self.eval_epochs),
+                 "ATTACK.EVAL_EPOCHS", "0-based epoch indices >= 0", list(self.eval_epochs))
+        _require(_is_int(self.num_grids) and self.num_grids >= 0, "ATTACK.NUM_GRIDS",
+                 "an integer >= 0", self.num_grids)
+        _require(_is_int(self.seed), "ATTACK.SEED", "an integer", self.seed)
+        _require(isinstance(self.shuffle, bool), "ATTACK.SHUFFLE", "True or False", self.shuffle)
+        for key, values in (("INPUT.PIXEL_MEAN", self.pixel_mean),
+                            ("INPUT.PIXEL_STD", self.pixel_std)):
+            _require(len(values) == 3 and all(_is_number(value) for value in values), key,
+                     "3 numbers", list(values))
+        _require(all(value > 0 for value in self.pixel_std), "INPUT.PIXEL_STD",
+                 "positive values", list(self.pixel_std))
+
+    @classmethod
+    def from_config(cls, cfg):
+        attack = cfg.ATTACK
+        return cls(generator=attack.GENERATOR, ngf=attack.NGF,
+                   optimizer=str(attack.OPTIMIZER).lower(), lr=attack.LR,
+                   total_epochs=attack.TOTAL_EPOCHS, eval_epochs=tuple(attack.EVAL_EPOCHS),
+                   mode=attack.MODE, shuffle=attack.SHUFFLE, seed=attack.SEED,
+                   num_grids=attack.NUM_GRIDS, pixel_mean=tuple(cfg.INPUT.PIXEL_MEAN),
+                   pixel_std=tuple(cfg.INPUT.PIXEL_STD))
+
+    @property
+    def output_activation(self):
+        return "tanh" if self.mode == "reference" else "none"
+
+    def evaluated_epochs(self):
+        """Sorted 0-based epoch indices scored on the test split; the last one always is."""
+        wanted = {epoch for epoch in self.eval_epochs if epoch < self.total_epochs}
+        return sorted(wanted | {self.total_epochs - 1})
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _require(condition, key, expected, got):
+    if not condition:
+        raise ConfigError(f"{key} must be {expected}, got {got!r}")
+
+
+def available_cpus():
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def loader_workers(configured):
+    """DATALOADER.NUM_WORKERS capped at the usable CPUs (more only add processes and warnings)."""
+    _require(_is_int(configured) and configured >= 0, "DATALOADER.NUM_WORKERS",
+             "an integer >= 0", configured)
+    return min(configured, available_cpus())
+
+
+def build_optimizer(settings, parameters):
+    """Adam (the reference) or SGD with momentum 0.9, at settings.lr."""
+    if settings.optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=settings.lr)
+    return torch.optim.SGD(parameters, lr=settings.lr, momentum=SGD_MOMENTUM)
