@@ -174,7 +174,7 @@ def run(cfg, options, nproc_per_node=None, backend=None):
     """Check everything, then protect in one process, under torchrun, or in ``nproc_per_node`` spawned ones."""
     setup_logger("pixelfade", reset=True)
     try:
-        checkpoint_identity(cfg, options.random_init)
+        checkpoint_digest = checkpoint_identity(cfg, options.random_init)
         plan = plan_splits(cfg)
     finally:
         close_log_handlers()
@@ -183,15 +183,15 @@ def run(cfg, options, nproc_per_node=None, backend=None):
         backend = "nccl" if torch.cuda.is_available() and cfg.MODEL.DEVICE != "cpu" else "gloo"
     spawn = nproc_per_node if nproc_per_node and nproc_per_node > 1 and not under_launcher else None
     if spawn is None and not under_launcher:
-        return run_protection(0, cfg, options, plan)
+        return run_protection(0, cfg, options, plan, checkpoint_digest)
     # A spawned process's error reaches this one as a traceback: check the weights fit here first.
     load_authorization_model(cfg, "cpu")
     with idist.Parallel(backend=backend, nproc_per_node=spawn) as parallel:
-        parallel.run(run_protection, cfg, options, plan)
+        parallel.run(run_protection, cfg, options, plan, checkpoint_digest)
     return None
 
 
-def run_protection(local_rank, cfg, options, plan):
+def run_protection(local_rank, cfg, options, plan, checkpoint_digest):
     """One process's run: open (or resume) the output folder, protect its shard of every split, score on rank 0."""
     rank = idist.get_rank()
     setup_logger("pixelfade", distributed_rank=rank, reset=True)
@@ -202,7 +202,6 @@ def run_protection(local_rank, cfg, options, plan):
     started = time.perf_counter()
     torch.backends.cudnn.benchmark = True
     model = load_authorization_model(cfg, device)
-    checkpoint_digest = checkpoint_identity(cfg, options.random_init)
     store = RunStore(cfg.OUTPUT_DIR)
     fingerprint = run_fingerprint(cfg, checkpoint_digest)
     lock = FolderLock(cfg.OUTPUT_DIR, "protect_image.py") if rank == 0 else None

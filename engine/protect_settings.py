@@ -9,18 +9,17 @@ import math
 
 from utils.errors import ConfigError
 
-from modeling.authorization import parse_eval_model
+from modeling.authorization import MODEL_INPUTS, STATE_DICT_FORMATS, parse_eval_model
+from modeling.fastreid.format import POOL_OPTIONS
+from modeling.fastreid.resnet import MAXPOOL_VARIANTS
 
 from .methods import METHODS
+from .pixelfade import EPSILON_MODES
 
 MODES = ("reference", "per_image")
 PRECISIONS = ("none", "bf16", "fp16")
 TRAIN_ORDERS = ("identity_balanced", "every_image")
-MODEL_FORMATS = ("auto", "agw", "torchreid", "fastreid", "torchscript", "module")
-FASTREID_MAXPOOLS = ("ceil", "pad")
-FASTREID_POOLS = ("auto", "avg", "gem", "gem_p")
-MODEL_INPUTS = ("normalized", "pixels")
-EPSILON_MODES = ("absolute", "relative")
+MODEL_FORMATS = ("auto",) + STATE_DICT_FORMATS + ("torchscript", "module")
 SWITCHES = ("on", "off")
 DISTANCES = ("euclidean", "cosine")
 
@@ -82,8 +81,8 @@ def validate_protect_config(cfg, flag_of_key=None):
     check.choice("PIXELFADE.TRAIN_ORDER", TRAIN_ORDERS)
     check.choice("PIXELFADE.EPSILON_MODE", EPSILON_MODES)
     check.choice("MODEL.FORMAT", MODEL_FORMATS)
-    check.choice("MODEL.FASTREID_MAXPOOL", FASTREID_MAXPOOLS)
-    check.choice("MODEL.FASTREID_POOL", FASTREID_POOLS)
+    check.choice("MODEL.FASTREID_MAXPOOL", tuple(MAXPOOL_VARIANTS))
+    check.choice("MODEL.FASTREID_POOL", POOL_OPTIONS)
     check.choice("INPUT.MODEL_INPUT", MODEL_INPUTS)
     check.positive("INPUT.PIXEL_RANGE")
     if cfg.MODEL.FORMAT == "module" and ":" not in str(cfg.MODEL.FACTORY):

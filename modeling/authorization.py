@@ -155,11 +155,8 @@ def build_authorization_model(cfg, checkpoint_path, device, logger=None):
             model = _from_torchscript(checkpoint_path, logger)
         elif fmt == "module":
             model = _from_factory(cfg, checkpoint_path, logger)
-        elif fmt in STATE_DICT_FORMATS or fmt == "auto":
-            model = _from_state_dict(cfg, fmt, checkpoint_path, logger)
         else:
-            MODEL_FORMATS.get(fmt)
-            raise ConfigError(f"MODEL.FORMAT {fmt!r} is not one of auto, agw, torchreid, fastreid, torchscript, module")
+            model = _from_state_dict(cfg, fmt, checkpoint_path, logger)
     if not checkpoint_path:
         logger.warning(
             "no Re-ID checkpoint given: the authorization model %s (%s) is not Re-ID trained (MODEL.INIT_SEED=%d)",
