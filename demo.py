@@ -1,9 +1,10 @@
-"""The demo: synthetic pedestrians, an untrained AGW, PixelFade vs blur, the recovery attack, a figure.
+"""The demo: synthetic pedestrians, an AGW MobileNetV2 it trains itself, PixelFade at the paper's
+settings vs blur, the recovery attack, a figure.
 
     python demo.py --output log/demo        (or: bash run.sh demo)
 
-Rerunning on the same --output reuses the data and resumes finished work. The work itself is in
-tools/demo.py.
+Rerunning on the same --output reuses the data and the trained model and resumes finished work.
+The work itself is in tools/demo.py.
 """
 import argparse
 import sys

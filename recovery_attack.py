@@ -23,8 +23,10 @@ from utils.errors import ConfigError, DatasetError, PixelFadeError
 PROG = "recovery_attack.py"
 # engine.attack_settings.ATTACKERS and modeling.generators.GENERATORS, named here so that --help does not
 # import torch (tests/test_attack.py checks that the lists agree).
-ATTACKERS = ("reference", "strong")
-ATTACKER_CHOICES = ATTACKERS + ("both",)
+ATTACKERS = ("reference", "strong", "identity", "inversion")
+# Groups of attackers one --attacker value names.
+ATTACKER_GROUPS = {"both": ("reference", "strong"), "all": ATTACKERS}
+ATTACKER_CHOICES = ATTACKERS + tuple(ATTACKER_GROUPS)
 GENERATOR_NAMES = ("resnet_6blocks", "resnet_9blocks", "unet_128", "unet_256")
 OPTIMIZER_NAMES = ("adam", "sgd")
 FLAG_KEYS = {"total_epochs": "ATTACK.TOTAL_EPOCHS", "lr": "ATTACK.LR",
@@ -54,10 +56,11 @@ def _cpu_count():
 def build_parser():
     d = get_default_config()
     parser = _OneLineParser(
-        prog=PROG, description="Train a generator to undo a protection and score what it "
-        "recovers (PSNR, SSIM, MSE of protected and recovered test images vs the originals).",
-        epilog="Results: attack_results.json and attack_results.md, log_recovery.txt, "
-        "Generator_weight.pth (reference) / Generator_weight_strong.pth, rec_images/<attacker>/ "
+        prog=PROG, description="Train a generator to undo a protection (or invert features white-box) and "
+        "score what it recovers: PSNR, SSIM, MSE of protected and recovered test images vs the originals, "
+        "LPIPS, and identity leakage (recovered queries searched against the original gallery).",
+        epilog="Results: attack_results.json and attack_results.md (with the privacy table), log_recovery.txt, "
+        "Generator_weight.pth (reference) / Generator_weight_<attacker>.pth and *_best.pth, rec_images/<attacker>/ "
         "grids, attack_config.yaml, and attack_ckpt/<attacker>/checkpoint_<epoch>.pt (the last "
         "epoch only): rerunning the same command resumes from it.")
     parser.add_argument("--npy_path", required=True,
@@ -90,7 +93,10 @@ def build_parser():
     ours = parser.add_argument_group("this toolkit")
     ours.add_argument("--attacker", choices=ATTACKER_CHOICES,
                       help="reference (Tanh, L1 to normalised originals: the paper), strong (no "
-                           "Tanh, L1 to pixels) or both; "
+                           "Tanh, L1 to pixels), identity (strong plus a Re-ID feature loss, "
+                           "ATTACK.IDENTITY_*), inversion (white-box feature inversion through the "
+                           "authorization model, no training, ATTACK.INVERSION_*), both (reference and "
+                           "strong) or all; "
                            f"default: {d.ATTACK.MODE} (ATTACK.MODE)")
     ours.add_argument("--reference_order", action="store_true",
                       help="visit saved batches in the reference's sorted file order "
@@ -193,13 +199,13 @@ def run(args):
     device = check_device(cfg.MODEL.DEVICE, device_flag)
     attacker = args.attacker or cfg.ATTACK.MODE
     if attacker not in ATTACKER_CHOICES:
-        raise ConfigError(f"ATTACK.MODE must be one of {ATTACKERS} (or --attacker both), "
+        raise ConfigError(f"ATTACK.MODE must be one of {ATTACKERS} (or --attacker both / all), "
                           f"got {attacker!r}")
     try:
         npy_dir = resolve_npy_dir(args.npy_path)
     except DatasetError as err:
         raise DatasetError(f"--npy_path: {err}") from None
-    attackers = list(ATTACKERS) if attacker == "both" else [attacker]
+    attackers = list(ATTACKER_GROUPS.get(attacker, (attacker,)))
     run_recovery_attack(cfg, npy_dir, attackers, device, output=args.output or None,
                         reference_order=args.reference_order, show_progress=not args.no_progress)
     return 0

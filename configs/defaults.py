@@ -138,7 +138,8 @@ _C.TEST.PARTIAL_REID = "off"
 # PixelFade protection (flags of protect_image.py map onto these)
 # ---------------------------------------------------------------------------------------------
 _C.PIXELFADE = CN()
-# pixelfade | blur | mosaic | noise
+# pixelfade | avih | blur | mosaic | noise (strengths below) | mosaic24_topleft | blur12_pil |
+# noise0.5_uint8 (the literature's fixed presets on 8-bit pixels, SPEC-2 15.1)
 _C.PIXELFADE.METHOD = "pixelfade"
 _C.PIXELFADE.BATCH_SIZE = 20
 _C.PIXELFADE.MAX_ITER = 100
@@ -159,6 +160,10 @@ _C.PIXELFADE.EPSILON = 0.03
 _C.PIXELFADE.EPSILON_MODE = "absolute"
 # The last TAIL_ITERS steps always use BETA_TEMP and never replace (the reference's fixed 5).
 _C.PIXELFADE.TAIL_ITERS = 5
+# Ablation of the paper's replacement: 'progressive' (the paper: stage step mod K, gated by the
+# constraint), 'one_shot' (all K stages at step 0), 'none' (the constraint alone, no noise copied).
+# No momentum is MOMENTUM 0; batch-level versus per-image constraint is MODE.
+_C.PIXELFADE.REPLACEMENT = "progressive"
 _C.PIXELFADE.SEED = 0
 # 'reference': one constraint test per batch, masks shared by all batches (the paper's code);
 # 'per_image': per-image test and step, noise and masks from a per-image seed.
@@ -185,6 +190,24 @@ _C.PIXELFADE.SAVE_PNG = False
 _C.PIXELFADE.NUM_GRIDS = 5
 
 # ---------------------------------------------------------------------------------------------
+# AVIH comparison method (PIXELFADE.METHOD avih; Su et al., ICCV 2023, ported to Re-ID)
+# ---------------------------------------------------------------------------------------------
+_C.AVIH = CN()
+# Key model: state dict of a resnet_9blocks generator that maps a normalised protected image to
+# original pixels, e.g. Generator_weight_strong.pth of tools/train_key_model.py.
+_C.AVIH.KEY_MODEL = ""
+_C.AVIH.KEY_NGF = 64
+_C.AVIH.STEPS = 800
+# 'random': start from N(0, 1) pixels (AVIH's default); 'original': from the original image.
+_C.AVIH.INIT = "random"
+# Step size; times 0.85 after every 16th increase of the loss.
+_C.AVIH.ALPHA = 0.01
+_C.AVIH.MOMENTUM = 0.3
+# Weights of the key-model term and of the local-variance texture term.
+_C.AVIH.KEY_WEIGHT = 0.2
+_C.AVIH.TEXTURE_WEIGHT = 0.001
+
+# ---------------------------------------------------------------------------------------------
 # Recovery attack
 # ---------------------------------------------------------------------------------------------
 _C.ATTACK = CN()
@@ -198,11 +221,38 @@ _C.ATTACK.TOTAL_EPOCHS = 100
 _C.ATTACK.EVAL_EPOCHS = [2]
 # 'reference': L1 to the normalised original through a Tanh output (the paper);
 # 'strong': L1 to the original in pixel space [0,1], no Tanh, since a Tanh cannot reach
-# normalised targets outside [-1, 1] (README, What differs from the paper's code).
+# normalised targets outside [-1, 1] (README, What differs from the paper's code);
+# 'identity': strong plus a feature loss through a Re-ID model (ATTACK.IDENTITY_*);
+# 'inversion': white-box feature inversion through the authorization model (ATTACK.INVERSION_*).
 _C.ATTACK.MODE = "reference"
 _C.ATTACK.SHUFFLE = True
 _C.ATTACK.SEED = 0
 _C.ATTACK.NUM_GRIDS = 20
+# Share of the train split's identities held out for validation (0 = none): the learned attackers'
+# validation L1 per epoch picks the best epoch, whose weights are scored beside the last epoch's.
+_C.ATTACK.VAL_FRACTION = 0.1
+# 'identity' attacker: weight of the feature loss ||g(G(x_p)) - g(x)||^2 / ||g(x)||^2 beside the L1, through
+# the attacker-side Re-ID model g ('FORMAT:NAME:PATH' as in TEST.EVAL_MODELS; '' = the
+# authorization model of the protect run).
+_C.ATTACK.IDENTITY_WEIGHT = 1.0
+_C.ATTACK.IDENTITY_MODEL = ""
+# The authorization model f (leakage scoring, 'inversion' attacker): '' = the one the protect run
+# folder's config.yaml names (TEST.WEIGHT, or random init from MODEL.INIT_SEED); or 'FORMAT:NAME:PATH'.
+_C.ATTACK.AUTH_MODEL = ""
+# Independent Re-ID models scoring identity leakage, 'FORMAT:NAME:PATH' as in TEST.EVAL_MODELS.
+_C.ATTACK.EVAL_MODELS = []
+# Queries at the start of the test split; 0 = read from the protect run's results.json.
+_C.ATTACK.NUM_QUERY = 0
+# 'inversion' attacker (white-box, no training): per protected query, N Adam steps on the pixels of x
+# so that f(x) matches f(x_p); relative feature error + TV_WEIGHT * total variation (beta 2), pixels
+# kept in [0, 1]; lr x1, x0.1, x0.01 over the first quarter, the middle half and the last quarter.
+_C.ATTACK.INVERSION_STEPS = 200
+_C.ATTACK.INVERSION_LR = 0.01
+_C.ATTACK.INVERSION_TV = 0.1
+# 'mean' (the train split's mean original image) | 'protected' (x_p itself)
+_C.ATTACK.INVERSION_INIT = "mean"
+# Local torchvision AlexNet file (alexnet-owt-7be5be79.pth) enabling LPIPS; '' = not computed.
+_C.ATTACK.LPIPS_ALEXNET = ""
 
 # ---------------------------------------------------------------------------------------------
 # Misc

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset, Sampler
 
 from utils.errors import DatasetError
 
-from .img_npy import check_finite, find_pairs, npy_shape, open_npy, reference_file_order
+from .img_npy import batch_files, check_finite, find_pairs, npy_shape, open_npy, reference_file_order
 
 
 class PairDataset(Dataset):
@@ -29,6 +29,7 @@ class PairDataset(Dataset):
         self.split = split
         self.batch_indices = [pair.index for pair in pairs]
         self._paths = [(pair.clean, pair.protected) for pair in pairs]
+        self._label_paths = [(pair.ids, batch_files(npy_dir, split, pair.index).camids) for pair in pairs]
         shapes = [npy_shape(clean) for clean, _ in self._paths]
         if image_shape is None:
             expected, source = tuple(shapes[0][1:]), self._paths[0][0]
@@ -87,22 +88,81 @@ class PairDataset(Dataset):
         clean, protected = self._mapped()[position]
         return _as_tensor(protected), _as_tensor(clean)
 
+    def load_labels(self, position):
+        """(pids, camids) int64 arrays of the saved batch at ``position``; camids None outside 'test'."""
+        ids_path, camids_path = self._label_paths[position]
+        pids = _read_labels(ids_path, self.batch_sizes[position])
+        camids = None if camids_path is None else _read_labels(camids_path, self.batch_sizes[position])
+        return pids, camids
+
+
+def _read_labels(path, expected):
+    try:
+        labels = np.asarray(np.load(path), dtype=np.int64).ravel()
+    except (OSError, ValueError, TypeError) as err:
+        raise DatasetError(f"cannot read labels from {path} ({err}); expected {expected} integer ids") from None
+    if labels.shape[0] != expected:
+        raise DatasetError(f"{path} holds {labels.shape[0]} labels; expected {expected} (one per image)")
+    return labels
+
+
+def split_by_identity(pids, fraction, seed):
+    """The held-out identities: ``round(fraction * identities)`` of them (at least 1 when fraction > 0),
+    drawn with a seeded permutation, so a resumed run holds out the same ones. Returns a sorted list."""
+    identities = sorted({int(pid) for pid in pids})
+    if fraction <= 0:
+        return []
+    count = max(1, round(fraction * len(identities)))
+    if count >= len(identities):
+        raise DatasetError(f"ATTACK.VAL_FRACTION {fraction} would hold out all {len(identities)} train "
+                           "identities; expected a smaller fraction, or 0 for no validation split")
+    order = torch.randperm(len(identities), generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(identities[k] for k in order[:count])
+
 
 def _as_tensor(array):
     return torch.from_numpy(np.array(array, dtype=np.float32, copy=True))
 
 
 class SavedBatches(Dataset):
-    """A :class:`PairDataset` whose items are whole saved batches (for batch_size=None)."""
+    """A :class:`PairDataset` whose items are saved batches (for batch_size=None).
 
-    def __init__(self, pairs):
+    With ``rows`` ({position: row indices}), item k is the batch at the k-th position of ``rows``
+    restricted to those rows (a train or validation part); without, item k is batch k whole.
+    """
+
+    def __init__(self, pairs, rows=None):
         self.pairs = pairs
+        self.rows = rows
+        self.positions = list(range(pairs.num_batches)) if rows is None else sorted(rows)
 
     def __len__(self):
-        return self.pairs.num_batches
+        return len(self.positions)
 
-    def __getitem__(self, position):
-        return self.pairs.load_batch(position)
+    def __getitem__(self, item):
+        position = self.positions[item]
+        protected, original = self.pairs.load_batch(position)
+        if self.rows is None:
+            return protected, original
+        keep = torch.as_tensor(self.rows[position], dtype=torch.long)
+        return protected[keep], original[keep]
+
+
+def identity_rows(pairs, held_out):
+    """({position: train rows}, {position: validation rows}) of ``pairs`` for the held-out identities.
+
+    Positions left with no row in a part are absent from it. No image is in both parts.
+    """
+    held_out = set(held_out)
+    train, validation = {}, {}
+    for position in range(pairs.num_batches):
+        pids, _ = pairs.load_labels(position)
+        is_held = np.array([int(pid) in held_out for pid in pids], dtype=bool)
+        if (~is_held).any():
+            train[position] = np.flatnonzero(~is_held).tolist()
+        if is_held.any():
+            validation[position] = np.flatnonzero(is_held).tolist()
+    return train, validation
 
 
 class SavedBatchOrder(Sampler):

@@ -14,11 +14,11 @@ from scipy.io import savemat
 
 from .datasets.cuhk03 import SLOTS_PER_VIEW as CUHK03_SLOTS_PER_VIEW
 from .datasets.cuhk03 import extracted_name as cuhk03_name
-from .synthetic_render import random_camera, random_look, render_crop
+from .synthetic_render import random_camera, random_look, render_crop, similar_look
 
 DEFAULTS = dict(num_ids=24, num_cams=4, images_per_id_cam=3, height=128, width=64, seed=0)
 # Stream tags, so looks, cameras and single images never share random numbers.
-_LOOK, _CAMERA, _IMAGE, _DISTRACTOR, _JUNK, _PROTOCOL = range(6)
+_LOOK, _CAMERA, _IMAGE, _DISTRACTOR, _JUNK, _PROTOCOL, _OUTFIT = range(7)
 _MATLAB_HEADER = (
     b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created by: pixelfade synthetic data "
     b"HDF5 schema 1.00 ."
@@ -57,14 +57,20 @@ def _new_folder(path):
 class _World:
     """The identities and cameras of one synthetic data set, rendered on demand."""
 
-    def __init__(self, num_ids, num_cams, height, width, seed):
-        self.seed, self.height, self.width = seed, height, width
-        self.looks = [random_look(_rng(seed, _LOOK, i)) for i in range(num_ids)]
+    def __init__(self, num_ids, num_cams, height, width, seed, outfits=None, outfit_spread=0.06, occlusion=0.0):
+        self.seed, self.height, self.width, self.occlusion = seed, height, width, occlusion
+        if outfits is None:
+            self.looks = [random_look(_rng(seed, _LOOK, i)) for i in range(num_ids)]
+        else:
+            shared = [random_look(_rng(seed, _OUTFIT, k)) for k in range(outfits)]
+            self.looks = [similar_look(shared[i % outfits], _rng(seed, _LOOK, i), outfit_spread)
+                          for i in range(num_ids)]
         self.cameras = [random_camera(_rng(seed, _CAMERA, c)) for c in range(num_cams)]
 
     def person(self, identity, cam, shot):
         rng = _rng(self.seed, _IMAGE, identity, cam, shot)
-        return render_crop(self.looks[identity], self.cameras[cam], self.height, self.width, rng)
+        return render_crop(self.looks[identity], self.cameras[cam], self.height, self.width, rng,
+                           occlusion=self.occlusion)
 
     def stranger(self, index, kind):
         """A distractor ("far") or junk crop of a person outside the identity list."""
@@ -80,20 +86,30 @@ def _save_jpg(path, pixels):
 
 
 def make_market1501(root, num_ids=24, num_cams=4, images_per_id_cam=3, height=128, width=64,
-                    seed=0, num_distractors=None, num_junk=None):
+                    seed=0, num_distractors=None, num_junk=None, outfits=None, outfit_spread=0.06,
+                    occlusion=0.0):
     """Write ``<root>/market1501/`` and return it.
 
     The first half of the identities (pids 1..) form bounding_box_train; each test identity
     gives its first image of every camera to query/ and the others to bounding_box_test/, plus
     distractors (pid 0) and junk (pid -1), by default one of each per test identity.
+
+    A harder set, for a trained model: ``outfits`` K makes identity i a variation of shared
+    outfit i mod K (colours moved by N(0, ``outfit_spread``)), so train and test identities wear
+    similar clothes; ``occlusion`` p puts an occluder in front of a share p of the crops. The
+    defaults (None, 0.0) give the same images as before these options existed.
     """
     _check_args(num_ids, num_cams, images_per_id_cam, height, width)
+    if outfits is not None and not (isinstance(outfits, int) and outfits >= 1):
+        raise ValueError(f"outfits must be a whole number >= 1 or None, got {outfits!r}")
+    if not 0.0 <= occlusion <= 1.0 or outfit_spread < 0:
+        raise ValueError(f"occlusion must be in [0, 1] and outfit_spread >= 0, got {occlusion} and {outfit_spread}")
     folder = _new_folder(os.path.join(os.fspath(root), "market1501"))
     split_dirs = {name: os.path.join(folder, name)
                   for name in ("bounding_box_train", "query", "bounding_box_test")}
     for path in split_dirs.values():
         os.makedirs(path)
-    world = _World(num_ids, num_cams, height, width, seed)
+    world = _World(num_ids, num_cams, height, width, seed, outfits, outfit_spread, occlusion)
     num_train = num_ids // 2
     frames = [0] * num_cams
 

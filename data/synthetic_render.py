@@ -5,6 +5,9 @@ mild lighting change (brightness, colour cast, left-right gradient) and a wall/f
 while the scenery in front of the wall changes per crop, as it does when people walk through
 a real view. Each crop adds jitter of position, scale, stride, view (front/back) and bag side,
 so matching needs the person, not the pixels. Everything comes from the caller's rng.
+Harder sets (all off by default, leaving the default output unchanged): identities that are
+variations of a few shared outfits (``similar_look``) and crops with an occluder in front of the
+person (``render_crop(..., occlusion=p)``).
 The camera effects are kept mild on purpose: with strong ones the camera, not the person,
 decides the nearest neighbour of an untrained network, and the data would test nothing.
 """
@@ -70,6 +73,32 @@ def random_look(rng):
         bag_colour=random_colour(rng),
         build=rng.uniform(0.8, 1.2),
         stature=rng.uniform(0.92, 1.04),
+    )
+
+
+def _nudge(colour, rng, spread):
+    return np.clip(colour + rng.normal(0.0, spread, size=3), 0.0, 1.0)
+
+
+def similar_look(base, rng, spread):
+    """A variation of ``base``: the same outfit kind, every colour moved by N(0, spread), and its
+    own build, bag side colour and hat choice, so only small differences tell two people apart."""
+    return PersonLook(
+        skin=_nudge(base.skin, rng, spread),
+        hair=_nudge(base.hair, rng, spread),
+        hat=_nudge(base.hat, rng, spread) if base.hat is not None and rng.uniform() < 0.7 else None,
+        shirt=_nudge(base.shirt, rng, spread),
+        pattern=base.pattern,
+        pattern_colour=_nudge(base.pattern_colour, rng, spread),
+        pattern_period=base.pattern_period * rng.uniform(0.8, 1.25),
+        long_sleeves=base.long_sleeves if rng.uniform() < 0.8 else not base.long_sleeves,
+        trousers=_nudge(base.trousers, rng, spread),
+        shorts=base.shorts,
+        shoes=_nudge(base.shoes, rng, spread),
+        bag=base.bag if rng.uniform() < 0.7 else BAGS[rng.integers(len(BAGS))],
+        bag_colour=_nudge(base.bag_colour, rng, spread),
+        build=float(np.clip(base.build + rng.normal(0.0, 0.05), 0.8, 1.2)),
+        stature=float(np.clip(base.stature + rng.normal(0.0, 0.02), 0.92, 1.04)),
     )
 
 
@@ -208,11 +237,30 @@ def _apply_camera(image, camera, rng):
     return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def render_crop(look, camera, height, width, rng, kind="person"):
+def _draw_occluder(canvas, rng):
+    """Something between the camera and the person: a post, a passer-by's side or a low wall."""
+    aspect = canvas.width / canvas.height
+    colour = random_colour(rng, (0.0, 0.6), (0.1, 0.8))
+    shape = rng.integers(3)
+    if shape == 0:  # a vertical post or pole
+        left = rng.uniform(0.0, 0.8) * aspect
+        box = canvas.box(0.0, 2.0, left, left + rng.uniform(0.12, 0.3) * aspect)
+    elif shape == 1:  # a passer-by's shoulder from one side
+        right = rng.uniform() < 0.5
+        reach = rng.uniform(0.2, 0.4) * aspect
+        box = canvas.box(rng.uniform(0.1, 0.4), 2.0, aspect - reach if right else -1.0, 2.0 if right else reach)
+    else:  # a low wall or bench hiding the legs
+        box = canvas.box(rng.uniform(0.6, 0.8), 2.0, -1.0, 2.0)
+    canvas.paint(box, colour)
+
+
+def render_crop(look, camera, height, width, rng, kind="person", occlusion=0.0):
     """One uint8 (height, width, 3) crop of ``look`` seen by ``camera``.
 
     ``kind``: "person" (a well-framed detection), "far" (a small, off-centre person, like
     Market's distractors) or "junk" (background with a sliver of a body: a failed detection).
+    ``occlusion``: probability that an occluder covers part of a "person" crop (0: never, and
+    no random numbers are drawn for it).
     """
     canvas = _Canvas(height, width)
     _draw_background(canvas, camera, rng)
@@ -228,4 +276,6 @@ def render_crop(look, camera, height, width, rng, kind="person"):
                      rng.uniform(-0.9, -0.3))
     else:
         raise ValueError(f"kind must be person, far or junk, got {kind!r}")
+    if kind == "person" and occlusion > 0 and rng.uniform() < occlusion:
+        _draw_occluder(canvas, rng)
     return _apply_camera(canvas.finish(), camera, rng)

@@ -4,6 +4,7 @@ Only the newest checkpoint is kept; the previous one is deleted once the new one
 read on the CPU and handed to ignite as a dict, and a rerun with other settings is refused.
 """
 import glob
+import math
 import os
 import pickle
 import re
@@ -19,31 +20,67 @@ _CHECKPOINT_PATTERN = re.compile(r"^checkpoint_(\d+)\.pt$")
 
 
 class AttackHistory:
-    """Per-epoch training loss and test scores; checkpointed so a resumed run keeps them."""
+    """Per-epoch training loss, validation L1 and test scores, and the test scores of the best epoch's
+    weights; checkpointed so a resumed run keeps them."""
 
     def __init__(self, identity):
         self.identity = identity
         self.train_loss = {}
+        self.validation_l1 = {}
         self.evaluations = {}
+        self.best_evaluation = None
 
     def state_dict(self):
         return {"identity": dict(self.identity), "train_loss": dict(self.train_loss),
-                "evaluations": dict(self.evaluations)}
+                "validation_l1": dict(self.validation_l1), "evaluations": dict(self.evaluations),
+                "best_evaluation": self.best_evaluation}
 
     def load_state_dict(self, state):
         self.identity = dict(state["identity"])
         self.train_loss = {int(epoch): loss for epoch, loss in state["train_loss"].items()}
+        self.validation_l1 = {int(epoch): loss for epoch, loss in state.get("validation_l1", {}).items()}
         self.evaluations = {int(epoch): record for epoch, record in state["evaluations"].items()}
+        self.best_evaluation = state.get("best_evaluation")
 
 
-def run_identity(settings, train_pairs, reference_order):
-    """What must not change between an interrupted run and its resumption."""
-    return {"generator": settings.generator, "ngf": settings.ngf, "optimizer": settings.optimizer,
-            "lr": float(settings.lr), "mode": settings.mode, "seed": settings.seed,
-            "shuffle": settings.shuffle and not reference_order,
-            "reference_order": bool(reference_order),
-            "train_batches": train_pairs.num_batches, "train_images": len(train_pairs),
-            "image_shape": list(train_pairs.image_shape)}
+class BestWeights:
+    """The generator weights of the epoch with the lowest validation L1 (checkpointed for resuming)."""
+
+    def __init__(self):
+        self.epoch = -1
+        self.loss = math.inf
+        self.weights = {}
+
+    def offer(self, epoch, loss, module):
+        """Keep ``module``'s weights if ``loss`` is lower than the best so far (ties keep the earlier)."""
+        if loss < self.loss:
+            self.epoch, self.loss = epoch, float(loss)
+            self.weights = {key: value.detach().cpu().clone() for key, value in module.state_dict().items()}
+
+    def state_dict(self):
+        return {"epoch": self.epoch, "loss": self.loss, "weights": self.weights}
+
+    def load_state_dict(self, state):
+        self.epoch, self.loss, self.weights = int(state["epoch"]), float(state["loss"]), dict(state["weights"])
+
+
+def run_identity(settings, train_pairs, reference_order, feature_model=""):
+    """What must not change between an interrupted run and its resumption.
+
+    The validation split and the identity loss appear only when used, so a checkpoint of an
+    attack without them (an earlier version's) still resumes.
+    """
+    identity = {"generator": settings.generator, "ngf": settings.ngf, "optimizer": settings.optimizer,
+                "lr": float(settings.lr), "mode": settings.mode, "seed": settings.seed,
+                "shuffle": settings.shuffle and not reference_order,
+                "reference_order": bool(reference_order),
+                "train_batches": train_pairs.num_batches, "train_images": len(train_pairs),
+                "image_shape": list(train_pairs.image_shape)}
+    if settings.val_fraction > 0:
+        identity["val_fraction"] = float(settings.val_fraction)
+    if settings.mode == "identity":
+        identity.update(identity_weight=float(settings.identity_weight), feature_model=feature_model)
+    return identity
 
 
 class AtomicCheckpointSaver(BaseSaveHandler):

@@ -7,18 +7,25 @@ import os
 from evaluation.image_quality import PROTOCOLS, PSNR_CAP_DB
 from utils.file_io import atomic_write_text
 
-from .attack_settings import LOGGER_NAME
+from .attack_settings import ATTACKERS, LOGGER_NAME
 
 IMAGE_KINDS = ("protected", "recovered")
 RESULTS_JSON = "attack_results.json"
 RESULTS_MARKDOWN = "attack_results.md"
+# The key of attack_results.json holding the privacy table; every other key is an attacker.
+PRIVACY_KEY = "privacy"
 
 
 def results_entry(settings, history):
-    return {"settings": dataclasses.asdict(settings),
-            "train_loss": {str(epoch): loss for epoch, loss in sorted(history.train_loss.items())},
-            "evaluations": {str(epoch): {"epoch": epoch, **record}
-                            for epoch, record in sorted(history.evaluations.items())}}
+    entry = {"settings": dataclasses.asdict(settings),
+             "train_loss": {str(epoch): loss for epoch, loss in sorted(history.train_loss.items())},
+             "evaluations": {str(epoch): {"epoch": epoch, **record}
+                             for epoch, record in sorted(history.evaluations.items())}}
+    if history.validation_l1:
+        entry["validation_l1"] = {str(epoch): loss for epoch, loss in sorted(history.validation_l1.items())}
+    if history.best_evaluation is not None:
+        entry["best"] = dict(history.best_evaluation)
+    return entry
 
 
 def log_record(logger, attacker, epoch_index, record):
@@ -44,14 +51,43 @@ def read_results(log_dir):
     return results if isinstance(results, dict) else {}
 
 
+def _write(log_dir, results):
+    atomic_write_text(json.dumps(results, indent=2, sort_keys=True) + "\n",
+                      os.path.join(log_dir, RESULTS_JSON))
+    atomic_write_text(results_markdown(results), os.path.join(log_dir, RESULTS_MARKDOWN))
+
+
 def write_results(log_dir, attacker, entry):
     """Put one attacker's entry into attack_results.json (others kept) and redraw the Markdown."""
     results = read_results(log_dir)
     results[attacker] = entry
-    atomic_write_text(json.dumps(results, indent=2, sort_keys=True) + "\n",
-                      os.path.join(log_dir, RESULTS_JSON))
-    atomic_write_text(results_markdown(results), os.path.join(log_dir, RESULTS_MARKDOWN))
+    _write(log_dir, results)
     return entry
+
+
+def write_privacy(log_dir, header, rows):
+    """Put the privacy table (``header`` plus ``rows``) into attack_results.json.
+
+    Rows of an earlier run with the same header (other attackers) are kept; a changed header (other
+    queries, evaluators or authorization model) drops them.
+    """
+    results = read_results(log_dir)
+    previous = results.get(PRIVACY_KEY) or {}
+    kept = previous.get("rows", {}) if {k: v for k, v in previous.items() if k != "rows"} == header else {}
+    results[PRIVACY_KEY] = {**header, "rows": {**kept, **rows}}
+    _write(log_dir, results)
+    return results[PRIVACY_KEY]
+
+
+def privacy_table(log_dir_or_results):
+    """``attack_results.json``'s privacy table (a folder or its results dict), or None."""
+    results = log_dir_or_results if isinstance(log_dir_or_results, dict) else read_results(log_dir_or_results)
+    return results.get(PRIVACY_KEY)
+
+
+def attacker_entries(results):
+    """The attackers' entries of a results dict (every key but the privacy table)."""
+    return {name: entry for name, entry in results.items() if name != PRIVACY_KEY}
 
 
 PROTOCOL_TITLES = {
@@ -76,25 +112,83 @@ ROWS_NOTE = (
     "original (what an attacker gets back). Higher PSNR/SSIM and lower MSE mean closer to the "
     "original, i.e. less privacy. `attacker`: reference = the paper's (Tanh output, L1 to the "
     "normalised original); strong = no Tanh, L1 to the original's pixels, output clamped to "
-    "[0, 1]. `epoch`: 0-based index of the epoch after which the test split was scored; "
-    "`images`: test images scored.")
+    "[0, 1]; identity = strong plus the feature loss of a Re-ID model. `epoch`: 0-based index of the "
+    "epoch after which the test split was scored, `(best)` = the weights of the epoch with the lowest "
+    "validation L1; `images`: test images scored.")
+
+
+PRIVACY_NOTE = (
+    "Rows: `original` = the original query images (the clean2clean retrieval: the most any attacker could "
+    "leak); `chance` = the expected score of a random ranking (exact, per query, averaged); `protected` = the "
+    "stored protected queries; each attacker = what it recovers from them. Identity leakage = Rank-1 / mAP "
+    "(%) of those query images searched against the ORIGINAL gallery by each evaluator model "
+    "(`authorization` = the protection's own model; others = ATTACK.EVAL_MODELS). Near chance = the identity "
+    "does not leak to that model; near `original` = it fully does. PSNR/SSIM/LPIPS compare with the original "
+    "queries (higher PSNR/SSIM, lower LPIPS = closer). `selection`: best_validation = the epoch with the "
+    "lowest validation L1 on held-out train identities; last = the last epoch. Cost: per query image.")
+
+
+def _percent(value):
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def _number(value, digits):
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _row_order(name):
+    """The protected images first, then the attackers in ATTACKERS order."""
+    order = ("protected", *ATTACKERS)
+    return (order.index(name) if name in order else len(order), name)
+
+
+def privacy_markdown(table):
+    """The privacy table: pixel similarity, LPIPS and identity leakage per row, then what it means."""
+    evaluators = table["evaluators"]
+    header = ["row", "selection", "images", "PSNR px (dB)", "SSIM px", "PSNR ref (dB)", "SSIM ref", "LPIPS"]
+    header += [f"{metric} {label}" for label in evaluators for metric in ("Rank-1", "mAP")]
+    header += ["ms/image", "passes f/b"]
+    lines = ["## Privacy: what an attacker gets back from the protected queries", "",
+             (f"Authorization model: {table.get('authorization_model', 'n/a')}; {table['num_query']} queries "
+              f"against {table['num_gallery']} original gallery images. {table['lpips']['note']}."), "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    blank = ["", "", "", "", "", "", ""]
+    for name, scores in (("original", table["clean"]), ("chance", {label: table["chance"] for label in evaluators})):
+        cells = [name, *blank]
+        cells += [_percent(scores[label][metric]) for label in evaluators for metric in ("rank1", "mAP")]
+        lines.append("| " + " | ".join(cells + ["", ""]) + " |")
+    for name, row in sorted(table["rows"].items(), key=lambda item: _row_order(item[0])):
+        selection = row["selection"] if row["epoch"] is None else f"{row['selection']} (epoch {row['epoch']})"
+        cells = [name, selection, str(row["num_images"]), _number(row["psnr_pixel"], 2), _number(row["ssim_pixel"], 4),
+                 _number(row["psnr_reference"], 2), _number(row["ssim_reference"], 4), _number(row["lpips"], 4)]
+        cells += [_percent(row["leakage"][label][metric]) for label in evaluators for metric in ("rank1", "mAP")]
+        cost = row.get("cost")
+        cells += ["", ""] if not cost else [f"{cost['ms_per_image']:.1f}", f"{cost['forward']}/{cost['backward']}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + ["", PRIVACY_NOTE, ""]
 
 
 def results_markdown(results):
-    """One Markdown table per protocol, each followed by what its rows and columns mean."""
+    """One Markdown table per protocol, each followed by what its rows and columns mean, then the privacy table."""
     lines = ["# Recovery attack results", ""]
+    attackers = attacker_entries(results)
     for protocol in PROTOCOLS:
         lines += [f"## {PROTOCOL_TITLES[protocol]}", "",
                   "| attacker | epoch | images | image vs original | PSNR (dB) | SSIM | MSE |",
                   "|---|---|---|---|---|---|---|"]
-        for attacker in sorted(results):
-            evaluations = results[attacker].get("evaluations", {})
-            for epoch in sorted(evaluations, key=int):
-                record = evaluations[epoch]
+        for attacker in sorted(attackers):
+            evaluations = dict(attackers[attacker].get("evaluations", {}))
+            best = attackers[attacker].get("best")
+            scored = [(epoch, str(epoch), evaluations[epoch]) for epoch in sorted(evaluations, key=int)]
+            if best is not None:
+                scored.append((best["epoch"], f"{best['epoch']} (best)", best))
+            for _, label, record in scored:
                 for kind in IMAGE_KINDS:
                     values = record[protocol][kind]
-                    lines.append(f"| {attacker} | {epoch} | {record['num_images']} | {kind} | "
+                    lines.append(f"| {attacker} | {label} | {record['num_images']} | {kind} | "
                                  f"{values['psnr']:.2f} | {values['ssim']:.4f} | "
                                  f"{values['mse']:.4f} |")
         lines += ["", f"{ROWS_NOTE} {PROTOCOL_NOTES[protocol]}", ""]
+    if PRIVACY_KEY in results:
+        lines += privacy_markdown(results[PRIVACY_KEY])
     return "\n".join(lines)

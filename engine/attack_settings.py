@@ -9,7 +9,10 @@ from modeling.generators import GENERATORS
 from utils.errors import ConfigError
 
 LOGGER_NAME = "pixelfade.attack"
-ATTACKERS = ("reference", "strong")
+ATTACKERS = ("reference", "strong", "identity", "inversion")
+# Attackers that train a generator on the train pairs; 'inversion' optimises each image instead.
+LEARNED_ATTACKERS = ("reference", "strong", "identity")
+INVERSION_INITS = ("mean", "protected")
 OPTIMIZERS = ("adam", "sgd")
 SGD_MOMENTUM = 0.9
 
@@ -30,6 +33,12 @@ class AttackSettings:
     num_grids: int = 20
     pixel_mean: tuple = (0.485, 0.456, 0.406)
     pixel_std: tuple = (0.229, 0.224, 0.225)
+    val_fraction: float = 0.0  # ATTACK.VAL_FRACTION (0.1 in the config): 0 here keeps a bare AttackSettings as before
+    identity_weight: float = 1.0
+    inversion_steps: int = 200
+    inversion_lr: float = 0.01
+    inversion_tv: float = 0.1
+    inversion_init: str = "mean"
 
     def __post_init__(self):
         _require(self.generator in GENERATORS, "ATTACK.GENERATOR",
@@ -48,6 +57,18 @@ class AttackSettings:
                  "an integer >= 0", self.num_grids)
         _require(_is_int(self.seed), "ATTACK.SEED", "an integer", self.seed)
         _require(isinstance(self.shuffle, bool), "ATTACK.SHUFFLE", "True or False", self.shuffle)
+        _require(_is_number(self.val_fraction) and 0 <= self.val_fraction < 1, "ATTACK.VAL_FRACTION",
+                 "a number in [0, 1)", self.val_fraction)
+        _require(_is_number(self.identity_weight) and math.isfinite(self.identity_weight)
+                 and self.identity_weight >= 0, "ATTACK.IDENTITY_WEIGHT", "a number >= 0", self.identity_weight)
+        _require(_is_int(self.inversion_steps) and self.inversion_steps >= 1, "ATTACK.INVERSION_STEPS",
+                 "a positive integer", self.inversion_steps)
+        _require(_is_number(self.inversion_lr) and math.isfinite(self.inversion_lr) and self.inversion_lr > 0,
+                 "ATTACK.INVERSION_LR", "a positive number", self.inversion_lr)
+        _require(_is_number(self.inversion_tv) and math.isfinite(self.inversion_tv) and self.inversion_tv >= 0,
+                 "ATTACK.INVERSION_TV", "a number >= 0", self.inversion_tv)
+        _require(self.inversion_init in INVERSION_INITS, "ATTACK.INVERSION_INIT", f"one of {INVERSION_INITS}",
+                 self.inversion_init)
         for key, values in (("INPUT.PIXEL_MEAN", self.pixel_mean),
                             ("INPUT.PIXEL_STD", self.pixel_std)):
             _require(len(values) == 3 and all(_is_number(value) for value in values), key,
@@ -63,11 +84,19 @@ class AttackSettings:
                    total_epochs=attack.TOTAL_EPOCHS, eval_epochs=tuple(attack.EVAL_EPOCHS),
                    mode=attack.MODE, shuffle=attack.SHUFFLE, seed=attack.SEED,
                    num_grids=attack.NUM_GRIDS, pixel_mean=tuple(cfg.INPUT.PIXEL_MEAN),
-                   pixel_std=tuple(cfg.INPUT.PIXEL_STD))
+                   pixel_std=tuple(cfg.INPUT.PIXEL_STD), val_fraction=attack.VAL_FRACTION,
+                   identity_weight=attack.IDENTITY_WEIGHT, inversion_steps=attack.INVERSION_STEPS,
+                   inversion_lr=attack.INVERSION_LR, inversion_tv=attack.INVERSION_TV,
+                   inversion_init=attack.INVERSION_INIT)
 
     @property
     def output_activation(self):
         return "tanh" if self.mode == "reference" else "none"
+
+    @property
+    def pixel_targets(self):
+        """Whether the generator regresses pixels in [0, 1] (strong, identity), not normalised images."""
+        return self.mode in ("strong", "identity")
 
     def evaluated_epochs(self):
         """Sorted 0-based epoch indices scored on the test split; the last one always is."""

@@ -1,16 +1,23 @@
-"""Comparison protections (blur, mosaic, additive noise) in normalised image space.
+"""Comparison protections (blur, mosaic, additive noise), in normalised space or on 8-bit pixels.
 
-Each takes a batch [B, C, H, W] and a strength and returns a protected batch of the same shape;
-``engine.methods`` registers them as protection methods, so PixelFade and the baselines are
-scored through the same pipeline.
+The first group takes a normalised batch [B, C, H, W] and a strength. The literature's variants
+(SPEC-2 15.1, privacy-reid's data loader) work on the resized 8-bit image: ``exact_pixels``
+recovers it from the normalised batch, ``mosaic_topleft``, ``pil_gaussian_blur`` and
+``pixel_noise`` apply the operation to uint8 pixels, and ``engine.storage.dequantize`` normalises
+the result with the data loader's arithmetic. ``engine.methods`` registers all of them, so
+PixelFade and the baselines are scored through the same pipeline.
 """
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageFilter
 from torchvision.transforms.functional import gaussian_blur as _torchvision_blur
 
 from utils.errors import ConfigError
+
+from .storage import dequantize, quantize_to_uint8
 
 
 def gaussian_blur(images, sigma):
@@ -48,6 +55,67 @@ def additive_noise(images, std, generator=None):
     device = generator.device if generator is not None else torch.device("cpu")
     noise = torch.randn(images.shape, generator=generator, device=device, dtype=images.dtype)
     return images + std * noise.to(images.device)
+
+
+def exact_pixels(images, mean, std):
+    """The uint8 image [B, C, H, W] that ``images`` were normalised from, checked to round-trip.
+
+    Raises ConfigError when normalising the recovered pixels does not give ``images`` back bit
+    for bit: the inputs were not made from 8-bit images with this INPUT.PIXEL_MEAN / PIXEL_STD.
+    """
+    _check_images(images, "exact_pixels")
+    pixels = quantize_to_uint8(images, mean, std)
+    if not torch.equal(dequantize(pixels, mean, std).to(images.dtype), images):
+        raise ConfigError(
+            "INPUT.PIXEL_MEAN / INPUT.PIXEL_STD: the 8-bit baselines need images normalised from 8-bit pixels with "
+            f"mean {tuple(mean)} and std {tuple(std)}; these images do not round-trip"
+        )
+    return pixels
+
+
+def mosaic_topleft(pixels, block):
+    """Each ``block x block`` cell (partial at the right/bottom edge) filled with its top-left pixel."""
+    _check_pixels(pixels, "mosaic_topleft")
+    _check_block(block)
+    height, width = pixels.shape[-2:]
+    corners = pixels[..., ::block, ::block]
+    filled = corners.repeat_interleave(block, dim=-2).repeat_interleave(block, dim=-1)
+    return filled[..., :height, :width].contiguous()
+
+
+def pil_gaussian_blur(pixels, radius):
+    """PIL's ``ImageFilter.GaussianBlur(radius)`` on each RGB uint8 image (radius = PIL's sigma)."""
+    _check_pixels(pixels, "pil_gaussian_blur")
+    _check_sigma(radius)
+    blurred = []
+    for image in pixels.cpu():
+        array = image.permute(1, 2, 0).contiguous().numpy()
+        result = Image.fromarray(array, "RGB").filter(ImageFilter.GaussianBlur(radius=radius))
+        blurred.append(torch.from_numpy(np.array(result)).permute(2, 0, 1))
+    return torch.stack(blurred).to(pixels.device)
+
+
+def pixel_noise(pixels, std, generator=None):
+    """``uint8(clip(p / 255 + N(0, std), 0, 1) * 255)`` in float64, truncating as ``np.uint8`` does.
+
+    The draw is a float64 normal of the generator (the global CPU stream when None), on the CPU.
+    """
+    _check_pixels(pixels, "pixel_noise")
+    _check_std(std)
+    noise = torch.randn(pixels.shape, generator=generator, dtype=torch.float64)
+    noisy = (pixels.cpu().double() / 255.0 + std * noise).clamp(0.0, 1.0)
+    return (noisy * 255.0).to(torch.uint8).to(pixels.device)
+
+
+def on_pixels(images, mean, std, operation):
+    """Apply a uint8 ``operation`` to the 8-bit image behind a normalised batch; normalise the result."""
+    return dequantize(operation(exact_pixels(images, mean, std)), mean, std).to(images.dtype)
+
+
+def _check_pixels(pixels, function):
+    if not isinstance(pixels, torch.Tensor) or pixels.dim() != 4 or pixels.dtype != torch.uint8 or pixels.shape[1] != 3:
+        shape = tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__
+        raise ValueError(f"{function} expects a uint8 tensor [B, 3, H, W], got {shape}")
 
 
 def _check_sigma(sigma):

@@ -9,6 +9,9 @@ stream exactly. A new method registers itself with ``@METHODS.register("name")``
 PixelFade in reference mode keeps the reference code's stream: after seeding, the K stage masks
 are drawn first (for a full batch), then each batch's noise, in batch order. Per-image mode
 derives each image's noise and masks from (seed, image index) instead.
+
+Every method reports its cost with ``passes_per_image()``: forward and backward passes of the
+authorization model per protected image (and of AVIH's key model), counted from its loop.
 """
 
 from dataclasses import dataclass
@@ -18,7 +21,8 @@ import torch
 
 from utils.registry import Registry
 
-from .baselines import additive_noise, gaussian_blur, mosaic
+from .avih import AvihParams, avih_protect, load_key_model
+from .baselines import additive_noise, gaussian_blur, mosaic, mosaic_topleft, on_pixels, pil_gaussian_blur, pixel_noise
 from .pixelfade import (
     PixelFadeParams,
     build_fade_masks,
@@ -66,6 +70,10 @@ class ProtectionMethod:
         self.generator.set_state(state)
 
     def __call__(self, original, indices):
+        raise NotImplementedError
+
+    def passes_per_image(self):
+        """{"forward": n, "backward": m}: the authorization model's passes per protected image."""
         raise NotImplementedError
 
 
@@ -118,6 +126,36 @@ class PixelFade(ProtectionMethod):
         held = output.steps_constraint_held.float() / self.params.max_iter
         return ProtectedBatch(output.protected, noise, features, held)
 
+    def passes_per_image(self):
+        """One forward and backward per step, plus the original's and the result's features."""
+        return {"forward": self.params.max_iter + 2, "backward": self.params.max_iter}
+
+
+@METHODS.register("avih")
+class Avih(ProtectionMethod):
+    """AVIH (SPEC-2 15.2): feature, key-model and texture terms, optimised in pixel space.
+
+    The N(0, 1) start is drawn from the run's stream, one batch after another.
+    """
+
+    def __init__(self, model, cfg, device, rank=0):
+        super().__init__(model, cfg, device, rank)
+        self.params = AvihParams.from_cfg(cfg)
+        self.key_model = load_key_model(cfg.AVIH.KEY_MODEL, cfg.AVIH.KEY_NGF, self.device)
+        self.mean, self.std = tuple(cfg.INPUT.PIXEL_MEAN), tuple(cfg.INPUT.PIXEL_STD)
+        self._stream_ready()
+
+    def __call__(self, original, indices):
+        start = None
+        if self.params.init == "random":
+            start = torch.randn(original.shape, generator=self.generator).to(self.device)
+        protected, features = avih_protect(self.model, self.key_model, original, start, self.params, self.mean, self.std)
+        return ProtectedBatch(protected, None, features)
+
+    def passes_per_image(self):
+        steps = self.params.steps
+        return {"forward": steps + 2, "backward": steps, "key_model_forward": steps, "key_model_backward": steps}
+
 
 class _ImageFilter(ProtectionMethod):
     """A comparison method that applies ``filter`` with the strength in ``cfg.PIXELFADE.<strength_key>``."""
@@ -131,6 +169,9 @@ class _ImageFilter(ProtectionMethod):
 
     def __call__(self, original, indices):
         return ProtectedBatch(self.filter(original), None)
+
+    def passes_per_image(self):
+        return {"forward": 0, "backward": 0}
 
 
 @METHODS.register("blur")
@@ -161,6 +202,42 @@ class AdditiveNoise(_ImageFilter):
 
     def filter(self, original):
         return additive_noise(original, self.strength, generator=self.generator)
+
+
+class _PixelFilter(_ImageFilter):
+    """A literature baseline with a fixed strength, applied to the 8-bit image behind the batch."""
+
+    def __init__(self, model, cfg, device, rank=0):
+        ProtectionMethod.__init__(self, model, cfg, device, rank)
+        self.mean, self.std = tuple(cfg.INPUT.PIXEL_MEAN), tuple(cfg.INPUT.PIXEL_STD)
+        self._stream_ready()
+
+    def filter(self, original):
+        return on_pixels(original, self.mean, self.std, self.pixel_filter)
+
+
+@METHODS.register("mosaic24_topleft")
+class MosaicTopLeft(_PixelFilter):
+    """privacy-reid's mosaic 24: each 24 x 24 cell filled with its top-left pixel."""
+
+    def pixel_filter(self, pixels):
+        return mosaic_topleft(pixels, 24)
+
+
+@METHODS.register("blur12_pil")
+class PilBlur(_PixelFilter):
+    """privacy-reid's blur 12: PIL GaussianBlur(radius=12)."""
+
+    def pixel_filter(self, pixels):
+        return pil_gaussian_blur(pixels, 12.0)
+
+
+@METHODS.register("noise0.5_uint8")
+class PixelNoise(_PixelFilter):
+    """privacy-reid's noise 0.5: N(0, 0.5) on [0, 1] pixels from the run's stream, clipped, to uint8."""
+
+    def pixel_filter(self, pixels):
+        return pixel_noise(pixels, 0.5, generator=self.generator)
 
 
 def build_method(cfg, model, device, rank=0):

@@ -16,6 +16,9 @@ from utils.errors import ConfigError
 PRECISIONS = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 PER_IMAGE_SEED_FACTOR = 1_000_003
 EPSILON_MODES = ("absolute", "relative")
+# How noise enters the image: the paper's stages one per step, all stages at step 0, or never
+# (the constraint alone: the ablations of the paper's two operations).
+REPLACEMENTS = ("progressive", "one_shot", "none")
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class PixelFadeParams:
     epsilon: float = 0.03
     epsilon_mode: str = "absolute"
     tail_iters: int = 5
+    replacement: str = "progressive"
 
     def __post_init__(self):
         self.validate()
@@ -49,6 +53,7 @@ class PixelFadeParams:
             epsilon=pf.EPSILON,
             epsilon_mode=pf.EPSILON_MODE,
             tail_iters=pf.TAIL_ITERS,
+            replacement=pf.REPLACEMENT,
         )
 
     def validate(self):
@@ -64,14 +69,14 @@ class PixelFadeParams:
             "epsilon_mode": "PIXELFADE.EPSILON_MODE",
             "tail_iters": "PIXELFADE.TAIL_ITERS",
         }
+        choices = {"epsilon_mode": ("PIXELFADE.EPSILON_MODE", EPSILON_MODES),
+                   "replacement": ("PIXELFADE.REPLACEMENT", REPLACEMENTS)}
         minimum = {"max_iter": 1, "fade_num_iter": 1, "warmup_iter": 0, "tail_iters": 0}
-        if self.epsilon_mode not in EPSILON_MODES:
-            raise ConfigError(
-                f"epsilon_mode (PIXELFADE.EPSILON_MODE) must be one of {', '.join(EPSILON_MODES)}, "
-                f"got {self.epsilon_mode!r}"
-            )
+        for name, (key, allowed) in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} ({key}) must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         for field in fields(self):
-            if field.name == "epsilon_mode":
+            if field.name in choices:
                 continue
             value = getattr(self, field.name)
             label = f"{field.name} ({keys[field.name]})"
@@ -251,6 +256,24 @@ def constraint_update(protected, momentum_buf, grad, loss, step, params, lo, hi,
     return torch.minimum(torch.maximum(protected, lo), hi), momentum_buf, condition
 
 
+def replacement_mask(stage_masks, step, replacement):
+    """The mask whose noise is copied in at ``step``, or None when nothing is replaced.
+
+    'progressive' (the paper): stage ``step mod K``. 'one_shot': ``stage_masks`` holds the union
+    of all stages (``one_shot_masks``), copied at step 0 only. 'none': never.
+    """
+    if replacement == "progressive":
+        return stage_masks[step % len(stage_masks)]
+    if replacement == "one_shot" and step == 0:
+        return stage_masks[0]
+    return None
+
+
+def one_shot_masks(stage_masks):
+    """The union of the disjoint stage masks (0/1 weights), as a one-element list."""
+    return [torch.stack(stage_masks).amax(dim=0)]
+
+
 @contextmanager
 def frozen_parameters(model):
     """Turn off ``requires_grad`` of every parameter inside the block; restore the flags after."""
@@ -284,6 +307,8 @@ def protect_batch(model, original, masks, noise, params, per_image=False, autoca
     original = original.detach().float().contiguous(memory_format=memory_format)
     noise = noise.detach().to(device=original.device, dtype=torch.float32).contiguous(memory_format=memory_format)
     stage_masks = _stage_masks(masks, original, per_image, memory_format)
+    if params.replacement == "one_shot":
+        stage_masks = one_shot_masks(stage_masks)
     lo, hi = _value_range(original, per_image)
     batch = original.shape[0]
     with frozen_parameters(model):
@@ -296,7 +321,9 @@ def protect_batch(model, original, masks, noise, params, per_image=False, autoca
         held = torch.zeros(batch, dtype=torch.int64, device=original.device)
         for step in range(params.max_iter):
             active = None if step < params.warmup_iter else condition
-            protected = partial_replace(protected, noise, stage_masks[step % params.fade_num_iter], active)
+            mask = replacement_mask(stage_masks, step, params.replacement)
+            if mask is not None:
+                protected = partial_replace(protected, noise, mask, active)
             loss, grad = input_gradient(model, protected, target, per_image, autocast_dtype)
             protected, momentum_buf, condition = constraint_update(
                 protected, momentum_buf, grad, loss, step, params, lo, hi, bound

@@ -36,7 +36,7 @@ def create_protect_engine(method, model, device, batch_size, feature_chunk):
     ``engine.state.output`` is a dict: split-wide ``batch_index``, global ``indices``, ``pids``,
     ``camids``, ``original`` and ``protected`` images, the method's ``noise`` and per-image
     ``constraint_held`` share (or None), the fp32 ``original_features`` and ``protected_features``,
-    and ``seconds``; handlers add to it.
+    ``seconds`` (the step) and ``method_seconds`` (the protection alone, CUDA synchronised); handlers add to it.
     """
     device = torch.device(device)
 
@@ -44,7 +44,11 @@ def create_protect_engine(method, model, device, batch_size, feature_chunk):
         started = time.perf_counter()
         original = batch["image"].to(device, non_blocking=True)
         indices = batch["index"]
+        method_started = time.perf_counter()
         result = method(original, indices)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        method_seconds = time.perf_counter() - method_started
         protected_features = result.features
         if protected_features is None:
             protected_features = extract_features(model, result.protected, feature_chunk)
@@ -60,6 +64,7 @@ def create_protect_engine(method, model, device, batch_size, feature_chunk):
             "original_features": extract_features(model, original, feature_chunk),
             "protected_features": protected_features,
             "seconds": time.perf_counter() - started,
+            "method_seconds": method_seconds,
         }
 
     return Engine(protect_step)

@@ -140,9 +140,21 @@ class GridWriter(OutputHandler):
             )
 
 
+def passes_per_image(method):
+    """The method's ``passes_per_image()`` dict of ints, or None for a method without one."""
+    count = getattr(method, "passes_per_image", None)
+    if count is None:
+        return None
+    try:
+        return {str(name): int(value) for name, value in count().items()}
+    except NotImplementedError:
+        return None
+
+
 @dataclass
 class BatchRecordWriter(OutputHandler):
-    """The batch's record: what results are computed from, and the random state a resume continues from."""
+    """The batch's record: what results are computed from, the random state a resume continues from, and
+    the protection's cost (seconds of the method alone, the method's passes per image)."""
 
     store: object
     split: str
@@ -158,6 +170,8 @@ class BatchRecordWriter(OutputHandler):
             "original_features": out["original_features"].cpu(),
             "protected_features": out["protected_features"].cpu(),
             "rng_state": self.method.rng_state(),
+            "method_seconds": float(out["method_seconds"]),
+            "passes_per_image": passes_per_image(self.method),
             **{name: value.cpu() for name, value in out["stats"].items()},
         }
         for key in out:

@@ -103,6 +103,31 @@ def score(cfg, gathered, plan, protected_key, original_key="original_features"):
     )
 
 
+def protection_cost(store, spans_of_split, device):
+    """Per-image cost of the protection: wall time of the method alone over every batch whose record has it,
+    and the method's passes of the authorization model per image (``passes_per_image()``, None if unknown).
+
+    ``spans_of_split``: {split: [(start, stop) per batch]}. Feature extraction, checks and writing are not
+    counted; records of an older version without timings are left out of ``images_timed``.
+    """
+    seconds, images, passes = 0.0, 0, None
+    for split, spans in spans_of_split.items():
+        for batch_index, (start, stop) in enumerate(spans):
+            record = store.load_batch(split, batch_index)
+            if "method_seconds" in record:
+                seconds += float(record["method_seconds"])
+                images += stop - start
+            passes = passes or record.get("passes_per_image")
+    return {
+        "ms_per_image": 1000.0 * seconds / images if images else None,
+        "images_timed": images,
+        "forward": None if passes is None else passes.get("forward"),
+        "backward": None if passes is None else passes.get("backward"),
+        "passes": passes,
+        "device": str(device),
+    }
+
+
 def results_markdown(cfg, results):
     lines = [f"# Protection results ({cfg.PIXELFADE.METHOD}, {cfg.DATASETS.NAMES})", ""]
     if "reid" in results:
@@ -148,6 +173,20 @@ def results_markdown(cfg, results):
         f"whose feature test passed; 'images above EPSILON' is the share whose final feature MSE exceeds {bound} "
         f"(EPSILON = {cfg.PIXELFADE.EPSILON}, PIXELFADE.EPSILON_MODE {cfg.PIXELFADE.EPSILON_MODE}).",
     ]
+    cost = results.get("cost")
+    if cost and cost["ms_per_image"] is not None:
+        passes = (
+            f", {cost['forward']} forward and {cost['backward']} backward passes of the authorization model"
+            if cost["forward"] is not None
+            else ""
+        )
+        lines += [
+            "",
+            (
+                f"Cost of protection: {cost['ms_per_image']:.1f} ms per image on {cost['device']} (the method "
+                f"alone, {cost['images_timed']} images timed){passes}."
+            ),
+        ]
     return "\n".join(lines) + "\n"
 
 

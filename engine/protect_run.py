@@ -35,6 +35,7 @@ from .protect_engine import BatchSchedule, attach_outputs, create_protect_engine
 from .protect_results import (
     RECORD_STATS,
     gather_split,
+    protection_cost,
     score,
     summarize_statistics,
     warn_above_epsilon,
@@ -239,8 +240,10 @@ def run_protection(local_rank, cfg, options, plan, checkpoint_digest):
                 "device": str(device),
                 "processes": idist.get_world_size(),
                 "seconds_this_run": round(time.perf_counter() - started, 2),
+                "num_query": plan.splits["test"].num_query if "test" in plan.splits else None,
                 "features": "extracted from the final protected images (the reference scores the previous step's)",
             }
+            results["cost"] = protection_cost(store, {split: spans for split, (spans, _) in shards.items()}, device)
             write_results(store, cfg, results)
         return results
     finally:

@@ -13,8 +13,9 @@ from modeling.authorization import MODEL_INPUTS, STATE_DICT_FORMATS, parse_eval_
 from modeling.fastreid.format import POOL_OPTIONS
 from modeling.fastreid.resnet import MAXPOOL_VARIANTS
 
+from .avih import AvihParams, load_key_model
 from .methods import METHODS
-from .pixelfade import EPSILON_MODES
+from .pixelfade import EPSILON_MODES, REPLACEMENTS
 
 MODES = ("reference", "per_image")
 PRECISIONS = ("none", "bf16", "fp16")
@@ -80,6 +81,7 @@ def validate_protect_config(cfg, flag_of_key=None):
     check.choice("PIXELFADE.PRECISION", PRECISIONS)
     check.choice("PIXELFADE.TRAIN_ORDER", TRAIN_ORDERS)
     check.choice("PIXELFADE.EPSILON_MODE", EPSILON_MODES)
+    check.choice("PIXELFADE.REPLACEMENT", REPLACEMENTS)
     check.choice("MODEL.FORMAT", MODEL_FORMATS)
     check.choice("MODEL.FASTREID_MAXPOOL", tuple(MAXPOOL_VARIANTS))
     check.choice("MODEL.FASTREID_POOL", POOL_OPTIONS)
@@ -133,5 +135,9 @@ def validate_protect_config(cfg, flag_of_key=None):
             f"must be a multiple of DATALOADER.NUM_INSTANCE = {cfg.DATALOADER.NUM_INSTANCE} for the "
             "identity-balanced train batches (PIXELFADE.TRAIN_ORDER identity_balanced)"
         )
+    AvihParams.from_cfg(cfg)
+    check.integer("AVIH.KEY_NGF", 1)
+    if pf.METHOD == "avih":
+        load_key_model(cfg.AVIH.KEY_MODEL, cfg.AVIH.KEY_NGF, "cpu")
     if cfg.DATASETS.NAMES == "image_folder" and pf.SAVE_IMAGE_NPY:
         raise ConfigError("--save_image_npy needs a labelled data set with a train split, not --image_folder")

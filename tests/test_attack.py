@@ -139,7 +139,7 @@ def test_settings_default_to_the_reference_protocol():
 
 @pytest.mark.parametrize("field, value, message", [
     ("optimizer", "rmsprop", r"ATTACK.OPTIMIZER must be one of \('adam', 'sgd'\), got 'rmsprop'"),
-    ("mode", "weak", r"ATTACK.MODE must be one of \('reference', 'strong'\), got 'weak'"),
+    ("mode", "weak", r"ATTACK.MODE must be one of \('reference', 'strong', 'identity', 'inversion'\), got 'weak'"),
     ("generator", "unet_64", r"ATTACK.GENERATOR must be one of \[.*'unet_128'.*\], got 'unet_64'"),
     ("total_epochs", 0, "ATTACK.TOTAL_EPOCHS must be a positive integer, got 0"),
     ("lr", -1.0, "ATTACK.LR must be a positive number, got -1.0"),
@@ -557,9 +557,10 @@ def test_cli_both_attackers_write_next_to_img_npy_by_default(tmp_path):
     assert [results[a]["settings"]["mode"] for a in ("reference", "strong")] == [
         "reference", "strong"]
     names = sorted(os.listdir(tmp_path))
-    assert names == [".lock", "Generator_weight.pth", "Generator_weight_strong.pth",
-                     "attack_ckpt", "attack_config.yaml", "attack_results.json",
-                     "attack_results.md", "img_npy", "log_recovery.txt"]
+    # ATTACK.VAL_FRACTION 0.1 holds out identities: the best epoch's weights are kept beside the last's.
+    assert names == [".lock", "Generator_weight.pth", "Generator_weight_best.pth", "Generator_weight_strong.pth",
+                     "Generator_weight_strong_best.pth", "attack_ckpt", "attack_config.yaml",
+                     "attack_results.json", "attack_results.md", "img_npy", "log_recovery.txt"]
     assert sorted(os.listdir(tmp_path / "attack_ckpt")) == ["reference", "strong"]
     assert results_markdown(results) == (tmp_path / "attack_results.md").read_text()
 

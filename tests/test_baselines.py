@@ -1,9 +1,14 @@
-"""Baseline protections: blur, mosaic and additive noise, and their registry."""
+"""Baseline protections: blur, mosaic and additive noise, and the literature's 8-bit presets."""
+import numpy as np
 import pytest
 import torch
+from helpers import IMAGENET_MEAN, IMAGENET_STD
+from PIL import Image, ImageDraw, ImageFilter
 
-from configs import ConfigError
-from engine.baselines import additive_noise, gaussian_blur, mosaic
+from configs import ConfigError, load_config
+from data.transforms import EvalTransform
+from engine.baselines import additive_noise, exact_pixels, gaussian_blur, mosaic, mosaic_topleft, pixel_noise
+from engine.methods import build_method
 
 
 def batch(seed=0, shape=(2, 3, 16, 8)):
@@ -84,3 +89,78 @@ def test_errors_name_the_option():
         additive_noise(batch(), float("nan"))
     with pytest.raises(ValueError, match=r"mosaic expects a float tensor \[B, C, H, W\]"):
         mosaic(torch.zeros(3, 16, 8), 4)
+
+
+# ------------------------------------------------- the literature's 8-bit variants (SPEC-2 15.1)
+
+LITERATURE_SIZE = (50, 30)  # width, height: partial 24-pixel cells at the right and bottom
+
+
+def pil_person(seed=0):
+    """A random RGB image already at the model's size, so EvalTransform only converts and normalises."""
+    array = np.random.default_rng(seed).integers(0, 256, (LITERATURE_SIZE[1], LITERATURE_SIZE[0], 3), dtype=np.uint8)
+    return Image.fromarray(array, "RGB")
+
+
+def normalised(image):
+    width, height = image.size
+    return EvalTransform((height, width), IMAGENET_MEAN, IMAGENET_STD)(image).unsqueeze(0)
+
+
+def release_mosaic(frame, neighbor):
+    """privacy-reid's do_mosaic: ImageDraw rectangles filled with each cell's top-left pixel."""
+    frame = frame.copy()
+    fw, fh = frame.size
+    draw = ImageDraw.Draw(frame)
+    for i in range(0, fh, neighbor):
+        for j in range(0, fw, neighbor):
+            right_down = (j + min(neighbor, fw - j) - 1, i + min(neighbor, fh - i) - 1)
+            draw.rectangle(((j, i), right_down), fill=frame.getpixel((j, i)), outline=None)
+    return frame
+
+
+def literature_config(method, seed=0):
+    return load_config("", ["INPUT.IMG_SIZE", f"[{LITERATURE_SIZE[1]}, {LITERATURE_SIZE[0]}]",
+                            "PIXELFADE.METHOD", repr(method), "PIXELFADE.SEED", str(seed)])
+
+
+def test_exact_pixels_recovers_the_8bit_image_and_refuses_other_inputs():
+    image = pil_person(1)
+    pixels = exact_pixels(normalised(image), IMAGENET_MEAN, IMAGENET_STD)
+    assert torch.equal(pixels[0].permute(1, 2, 0), torch.from_numpy(np.array(image)))
+    with pytest.raises(ConfigError, match=r"INPUT.PIXEL_MEAN / INPUT.PIXEL_STD: .* do not round-trip"):
+        exact_pixels(normalised(image) + 1e-3, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def test_mosaic24_topleft_equals_privacy_reids_draw_loop():
+    image = pil_person(2)
+    method = build_method(literature_config("mosaic24_topleft"), None, "cpu")
+    protected = method(normalised(image), torch.arange(1)).protected
+    assert torch.equal(protected, normalised(release_mosaic(image, 24)))
+    assert method.passes_per_image() == {"forward": 0, "backward": 0}
+
+
+def test_blur12_pil_equals_blurring_the_pil_image_before_normalisation():
+    image = pil_person(3)
+    protected = build_method(literature_config("blur12_pil"), None, "cpu")(normalised(image), torch.arange(1)).protected
+    assert torch.equal(protected, normalised(image.filter(ImageFilter.GaussianBlur(radius=12))))
+
+
+def test_noise05_uint8_is_privacy_reids_numpy_formula_on_the_runs_stream():
+    image = pil_person(4)
+    method = build_method(literature_config("noise0.5_uint8", seed=9), None, "cpu")
+    protected = method(normalised(image), torch.arange(1)).protected
+    draw = torch.randn(1, 3, LITERATURE_SIZE[1], LITERATURE_SIZE[0], generator=torch.Generator().manual_seed(9),
+                       dtype=torch.float64)[0].permute(1, 2, 0).numpy()
+    expected = np.uint8(np.clip(np.array(image) / 255.0 + 0.5 * draw, 0, 1) * 255)
+    assert torch.equal(protected, normalised(Image.fromarray(expected, "RGB")))
+    assert not torch.equal(method(normalised(image), torch.arange(1)).protected, protected)
+    method.set_rng_state(method.initial_state)
+    assert torch.equal(method(normalised(image), torch.arange(1)).protected, protected)
+
+
+def test_pixel_operations_refuse_float_input():
+    with pytest.raises(ValueError, match=r"mosaic_topleft expects a uint8 tensor \[B, 3, H, W\]"):
+        mosaic_topleft(torch.zeros(1, 3, 8, 8), 4)
+    with pytest.raises(ConfigError, match=r"PIXELFADE.NOISE_STD\) must be a non-negative number"):
+        pixel_noise(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), -1.0)

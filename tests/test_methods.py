@@ -7,7 +7,7 @@ from torch import nn
 from configs import load_config
 from engine.baselines import additive_noise, gaussian_blur, mosaic
 from engine.methods import METHODS, build_method
-from engine.pixelfade import make_reference_masks, protect_batch, PixelFadeParams
+from engine.pixelfade import PixelFadeParams, make_reference_masks, protect_batch
 from utils.errors import ConfigError
 
 
@@ -25,7 +25,9 @@ def config(*opts):
 
 
 def test_every_method_is_registered_once():
-    assert sorted(METHODS.names()) == ["blur", "mosaic", "noise", "pixelfade"]
+    assert sorted(METHODS.names()) == [
+        "avih", "blur", "blur12_pil", "mosaic", "mosaic24_topleft", "noise", "noise0.5_uint8", "pixelfade"
+    ]
     with pytest.raises(ConfigError, match="pixelate"):
         build_method(config("PIXELFADE.METHOD", "'pixelate'"), tiny_model(), "cpu")
 
@@ -69,3 +71,22 @@ def test_the_random_stream_restores_exactly():
     assert torch.equal(method(data, torch.arange(2)).protected, first)
     method.set_rng_state(method.initial_state)
     assert torch.equal(method(data, torch.arange(2)).protected, first)
+
+
+def count_passes(model):
+    """Forward and backward calls of ``model``, counted by module hooks."""
+    counts = {"forward": 0, "backward": 0}
+    model.register_forward_hook(lambda *_: counts.__setitem__("forward", counts["forward"] + 1))
+    model.register_full_backward_hook(lambda *_: counts.__setitem__("backward", counts["backward"] + 1))
+    return counts
+
+
+def test_each_method_reports_its_passes_per_image():
+    model = tiny_model()
+    counts = count_passes(model)
+    pixelfade = build_method(config("PIXELFADE.MAX_ITER", "7"), model, "cpu")
+    pixelfade(images(), torch.arange(2))
+    assert pixelfade.passes_per_image() == counts == {"forward": 9, "backward": 7}
+    for name in ("blur", "mosaic", "noise", "mosaic24_topleft", "blur12_pil", "noise0.5_uint8"):
+        method = build_method(config("PIXELFADE.METHOD", repr(name)), model, "cpu")
+        assert method.passes_per_image() == {"forward": 0, "backward": 0}

@@ -1,0 +1,1 @@
+"""The paper's tables as scripts: sweeps over config keys, tables, plots (tools/sweep.py, tools/paper_tables.py)."""
