@@ -4,15 +4,15 @@ Reference mode (fp32, standard memory layout, PIXELFADE.PRECISION none, PIXELFAD
 False) reproduces the authors' code bit for bit. The faster options change the numbers, and the
 optimisation loop amplifies any rounding. This script measures by how much: it protects one small
 synthetic Market-1501 once per variant through the real pipeline (protect_image.main with an
-untrained AGW, --random_init, as the demo does) and compares each variant with the default run:
+untrained AGW, --random_init) and compares each variant with the default run:
 
   * max / mean abs difference of the float32 protected test images (img_npy/encry-test-*-images.npy),
   * Re-ID mAP (encry2clean, encry2encry; clean2clean for reference) from each run's results.json,
   * the mean final feature MSE of the test split and the run's seconds (run.seconds_this_run).
 
-The defaults are the demo's (tools/demo.py) DEFAULT_SCALE (16 ids, 3 cams, 2 images per id and camera,
-128x64, BETA = BETA_TEMP = 0.005, EPSILON = 0.1): the untrained model is very input-sensitive,
-so the demo's small steps are needed. A rerun with the same --work reuses the finished runs (a
+The default preset is the scale the README's fidelity figures were measured at (16 ids, 3 cams, 2 images
+per id and camera, 128x64, BETA = BETA_TEMP = 0.005, EPSILON = 0.1): the untrained model is very
+input-sensitive, so small steps are needed. A rerun with the same --work reuses the finished runs (a
 run with results.json is not repeated) and resumes an interrupted one.
 
     python benchmarks/bench_fidelity.py --work /tmp/pixelfade_fidelity
@@ -38,8 +38,8 @@ from utils.errors import PixelFadeError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# the demo's (tools/demo.py) DEFAULT_SCALE ("demo") and SMALL_SCALE ("small"), kept equal by
-# tests/test_bench_fidelity.py; not imported, so this script needs nothing of the demo but its numbers.
+# "demo": the scale of the README's fidelity figures (the untrained-model demo of the first release);
+# "small": the same at test size.
 SCALES = {
     "demo": {
         "num_ids": 16,
@@ -96,7 +96,7 @@ def build_parser():
         "--scale",
         choices=list(SCALES),
         default="demo",
-        help="preset: the demo's (tools/demo.py) DEFAULT_SCALE (demo) or SMALL_SCALE (small); the options "
+        help="preset: demo (the README's fidelity figures) or small (test size); the options "
         "below override single values [default: %(default)s]",
     )
     group = parser.add_argument_group("synthetic data (data.synthetic.make_market1501; default: the preset's)")

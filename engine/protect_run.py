@@ -49,6 +49,8 @@ from .run_store import RunStore
 logger = logging.getLogger("pixelfade.protect")
 
 # Keys whose value changes what a finished batch holds; a resumed run must match all of them.
+# AVIH settings that change its output (its key model is fingerprinted by content).
+AVIH_RESULT_KEYS = ("KEY_NGF", "STEPS", "INIT", "ALPHA", "MOMENTUM", "KEY_WEIGHT", "TEXTURE_WEIGHT")
 RESULT_KEYS = (
     "PIXELFADE.METHOD",
     "PIXELFADE.MODE",
@@ -70,6 +72,7 @@ RESULT_KEYS = (
     "PIXELFADE.SAVE_IMAGE_NPY",
     "PIXELFADE.SAVE_PNG",
     "PIXELFADE.TRAIN_ORDER",
+    "PIXELFADE.REPLACEMENT",
     "MODEL.NAME",
     "MODEL.LAST_STRIDE",
     "MODEL.GENERALIZED_MEAN_POOL",
@@ -121,6 +124,9 @@ def run_fingerprint(cfg, checkpoint_digest):
     """
     fingerprint = {key: config_value(cfg, key) for key in RESULT_KEYS}
     fingerprint["checkpoint"] = checkpoint_digest
+    if cfg.PIXELFADE.METHOD == "avih":
+        fingerprint.update({f"AVIH.{key}": config_value(cfg, f"AVIH.{key}") for key in AVIH_RESULT_KEYS})
+        fingerprint["avih_key_model"] = file_digest(cfg.AVIH.KEY_MODEL)
     if cfg.PIXELFADE.MODE == "reference":
         fingerprint["processes"] = idist.get_world_size()
     return fingerprint

