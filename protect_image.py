@@ -144,7 +144,7 @@ def flag_values(args):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     from engine.protect_run import ProtectOptions, build_protect_config, run
-    from utils.errors import PixelFadeError
+    from utils.errors import PixelFadeError, report_error
 
     try:
         if args.num_iter is not None:
@@ -153,8 +153,7 @@ def main(argv=None):
         options = ProtectOptions(random_init=args.random_init, show_progress=not args.no_progress)
         run(cfg, options, args.nproc_per_node, args.backend)
     except PixelFadeError as err:
-        print(f"protect_image.py: error: {err}", file=sys.stderr)
-        return 2
+        return report_error("protect_image.py", err)
     return 0
 
 

@@ -18,7 +18,7 @@ import re
 import sys
 
 from configs.defaults import get_default_config
-from utils.errors import ConfigError, DatasetError, PixelFadeError
+from utils.errors import ConfigError, DatasetError, PixelFadeError, report_error
 
 PROG = "recovery_attack.py"
 # engine.attack_settings.ATTACKERS and modeling.generators.GENERATORS, named here so that --help does not
@@ -218,9 +218,7 @@ def main(argv=None):
         check_opts(parser, args.opts)
         return run(args)
     except PixelFadeError as err:
-        message = " ".join(str(err).splitlines())
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        return 2
+        return report_error(PROG, err)
 
 
 if __name__ == "__main__":

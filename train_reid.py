@@ -70,15 +70,14 @@ def build_train_config(config_file, opts, flag_values):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     from engine.reid_trainer import TrainOptions, run
-    from utils.errors import PixelFadeError
+    from utils.errors import PixelFadeError, report_error
 
     try:
         values = {key: getattr(args, flag) for flag, key, *_ in FLAGS if getattr(args, flag) is not None}
         cfg = build_train_config(args.config_file, list(args.opts), values)
         run(cfg, TrainOptions(show_progress=not args.no_progress), args.nproc_per_node, args.backend)
     except PixelFadeError as err:
-        print(f"train_reid.py: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
+        return report_error("train_reid.py", err)
     return 0
 
 

@@ -15,13 +15,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from modeling.bundled_imagenet import write_bundled_imagenet
-    from utils.errors import PixelFadeError
+    from utils.errors import PixelFadeError, report_error
 
     try:
         path = write_bundled_imagenet(args.output, args.source)
     except PixelFadeError as err:
-        print(f"bundled_imagenet: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
+        return report_error("bundled_imagenet", err)
     print(f"wrote ImageNet MobileNetV2 features to {path} (MODEL.NAME mobilenet_v2, MODEL.PRETRAIN_PATH {path})")
     return 0
 

@@ -28,7 +28,7 @@ def main(argv=None):
     from engine.feature_scale import feature_scale_report, format_report, sample_batch
     from engine.protect_settings import validate_protect_config
     from modeling import build_authorization_model
-    from utils.errors import ConfigError, PixelFadeError
+    from utils.errors import ConfigError, PixelFadeError, report_error
 
     try:
         overrides = ["PIXELFADE.MAX_ITER", str(args.max_iter), "MODEL.DEVICE", args.device, "OUTPUT_DIR", "unused",
@@ -48,8 +48,7 @@ def main(argv=None):
         model = build_authorization_model(cfg, args.reid_ckpt_path, args.device)
         report = feature_scale_report(cfg, model, sample_batch(cfg, paths, model_device(model)))
     except PixelFadeError as err:
-        print(f"feature_scale.py: error: {err}", file=sys.stderr)
-        return 2
+        return report_error("feature_scale.py", err)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 

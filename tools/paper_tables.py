@@ -47,7 +47,7 @@ def main(argv=None):
     import os
 
     from experiments.paper_tables import paper_setting, run_tables, small_setting
-    from utils.errors import PixelFadeError
+    from utils.errors import PixelFadeError, report_error
 
     names = list(TABLE_NAMES) if "all" in args.tables else list(dict.fromkeys(args.tables))
     try:
@@ -62,8 +62,7 @@ def main(argv=None):
                                     tuple(args.backbone), tuple(opts), show_progress=not args.no_progress)
         run_tables(setting, args.output, names)
     except PixelFadeError as err:
-        print(f"paper_tables: error: {err}", file=sys.stderr)
-        return 2
+        return report_error("paper_tables", err)
     print(f"paper_tables: {', '.join(names)} written to {args.output} (<table>.md, <table>.json, <table>_*.png)")
     return 0
 

@@ -22,13 +22,12 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu", help="where the generators of the figure run (default cpu)")
     args = parser.parse_args(argv)
 
-    from utils.errors import PixelFadeError
+    from utils.errors import PixelFadeError, report_error
 
     try:
         collected = write_privacy_report(args.runs, args.output, args.device)
     except PixelFadeError as err:
-        print(f"{PROG}: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
-        return 2
+        return report_error(PROG, err)
     print(f"{len(collected)} runs compared: {args.output}")
     return 0
 

@@ -39,7 +39,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     from experiments.points import Base
     from experiments.sweep import parse_grid, run_sweep
-    from utils.errors import PixelFadeError
+    from utils.errors import PixelFadeError, report_error
 
     opts = ["MODEL.DEVICE", args.device, "PIXELFADE.SAVE_IMAGE_NPY", str(bool(args.attackers))]
     for key, value in (("TEST.WEIGHT", args.reid_ckpt_path), ("DATASETS.ROOT_DIR", args.root),
@@ -52,8 +52,7 @@ def main(argv=None):
                     not args.no_progress)
         run_sweep(base, grid, args.output)
     except PixelFadeError as err:
-        print(f"sweep: error: {err}", file=sys.stderr)
-        return 2
+        return report_error("sweep", err)
     print(f"sweep: table and figures in {args.output} (sweep.md, sweep.json, sweep_*.png)")
     return 0
 

@@ -4,6 +4,7 @@ The command-line scripts catch ``PixelFadeError`` only, print its message on one
 with status 2; anything else is a bug and keeps its traceback. Every message names the file,
 flag or config key at fault and what is expected.
 """
+import sys
 
 
 class PixelFadeError(Exception):
@@ -32,3 +33,10 @@ class NonFiniteError(PixelFadeError):
 
 class OutputError(PixelFadeError):
     """An output file or folder that cannot be written (permissions, full disk, ...)."""
+
+
+def report_error(prog, err):
+    """Print ``err`` as the one ``<prog>: error: ...`` line on stderr that every command uses; returns exit status 2."""
+    message = " ".join(str(err).splitlines())
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return 2
