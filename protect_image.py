@@ -10,15 +10,22 @@ Arguments are parsed before torch is imported, so ``--help`` and argument errors
 """
 
 import argparse
+import os
 import sys
 
 from configs.defaults import get_default_config
 
 # (flag, config key, type, choices, help): flags left unset keep the config's value.
 FLAGS = (
-    ("reid_ckpt_path", "TEST.WEIGHT", str, None, "authorization Re-ID checkpoint (any format of ckpt/README.md)"),
+    (
+        "reid_ckpt_path",
+        "TEST.WEIGHT",
+        str,
+        None,
+        "authorization Re-ID checkpoint (any format of ckpt/README.md); sysu_mm01/regdb: {trial} = one per trial",
+    ),
     ("output", "OUTPUT_DIR", str, None, "output folder (empty: log/<dataset>_protect)"),
-    ("dataset", "DATASETS.NAMES", str, None, "market1501 | cuhk03 | msmt17 | image_folder"),
+    ("dataset", "DATASETS.NAMES", str, None, "market1501 | cuhk03 | msmt17 | sysu_mm01 | regdb | image_folder"),
     ("root", "DATASETS.ROOT_DIR", str, None, "data set root (env PIXELFADE_DATA)"),
     ("batch_size", "PIXELFADE.BATCH_SIZE", int, None, "images protected together"),
     ("max_iter", "PIXELFADE.MAX_ITER", int, None, "optimisation steps per batch"),
@@ -68,7 +75,9 @@ FLAGS = (
     ("mosaic_block", "PIXELFADE.MOSAIC_BLOCK", int, None, "mosaic cell size in pixels"),
     ("noise_std", "PIXELFADE.NOISE_STD", float, None, "additive noise std in normalised units"),
     ("device", "MODEL.DEVICE", str, None, "auto | cpu | cuda | cuda:N"),
-    ("num_workers", "DATALOADER.NUM_WORKERS", int, None, "image-loading worker processes"),
+    ("num_workers", "DATALOADER.NUM_WORKERS", int, None, "image-loading worker processes (capped at the usable CPUs)"),
+    ("threads", "SYSTEM.THREADS", int, None, "torch CPU threads (0: OMP_NUM_THREADS, else the usable CPUs)"),
+    ("skip_unreadable", "DATASETS.SKIP_UNREADABLE", bool, None, "leave unreadable images out (listed in results)"),
 )
 SWITCHES = {"save_image_npy": "PIXELFADE.SAVE_IMAGE_NPY", "save_png": "PIXELFADE.SAVE_PNG"}
 FLAG_OF_KEY = {key: f"--{flag}" for flag, key, *_ in FLAGS}
@@ -142,18 +151,28 @@ def flag_values(args):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     from engine.protect_run import ProtectOptions, build_protect_config, run
+    from utils.cli import check_flags_before_overrides, check_nproc, report_interrupt
+    from utils.cpus import configure_threads
     from utils.errors import PixelFadeError, report_error
 
+    output = None
     try:
+        check_flags_before_overrides(parser, args.opts)
+        check_nproc(args.nproc_per_node)
         if args.num_iter is not None:
             print("note: --num_iter is unused (as in the reference code); --max_iter sets the steps", file=sys.stderr)
         cfg = build_protect_config(args.config_file, list(args.opts), flag_values(args), FLAG_OF_KEY)
+        configure_threads(cfg.SYSTEM.THREADS)
         options = ProtectOptions(random_init=args.random_init, show_progress=not args.no_progress)
+        output = cfg.OUTPUT_DIR
         run(cfg, options, args.nproc_per_node, args.backend)
     except PixelFadeError as err:
         return report_error("protect_image.py", err)
+    except KeyboardInterrupt:
+        return report_interrupt("protect_image.py", output if output and os.path.isdir(output) else None)
     return 0
 
 

@@ -18,6 +18,8 @@ import re
 import sys
 
 from configs.defaults import get_default_config
+from utils.cli import check_flags_before_overrides, report_interrupt
+from utils.cpus import available_cpus
 from utils.errors import ConfigError, DatasetError, PixelFadeError, report_error
 
 PROG = "recovery_attack.py"
@@ -31,7 +33,8 @@ GENERATOR_NAMES = ("resnet_6blocks", "resnet_9blocks", "unet_128", "unet_256")
 OPTIMIZER_NAMES = ("adam", "sgd")
 FLAG_KEYS = {"total_epochs": "ATTACK.TOTAL_EPOCHS", "lr": "ATTACK.LR",
              "generator": "ATTACK.GENERATOR", "optimizer": "ATTACK.OPTIMIZER",
-             "device": "MODEL.DEVICE", "num_workers": "DATALOADER.NUM_WORKERS"}
+             "device": "MODEL.DEVICE", "num_workers": "DATALOADER.NUM_WORKERS",
+             "threads": "SYSTEM.THREADS"}
 # Flags of the reference script that it parses and never reads.
 NO_EFFECT_NOTES = {
     "initial_lr": "--initial_lr has no effect: the reference script parses it but never uses it "
@@ -45,12 +48,6 @@ class _OneLineParser(argparse.ArgumentParser):
 
     def error(self, message):
         raise ConfigError(message)
-
-
-def _cpu_count():
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
 
 
 def build_parser():
@@ -108,7 +105,10 @@ def build_parser():
     ours.add_argument("--num_workers", type=int,
                       help="data-loader worker processes; default: "
                            f"{d.DATALOADER.NUM_WORKERS} (DATALOADER.NUM_WORKERS), always capped "
-                           f"at the CPUs this process may use ({_cpu_count()} here)")
+                           f"at the CPUs this process may use ({available_cpus()} here)")
+    ours.add_argument("--threads", type=int,
+                      help=f"torch CPU threads; default: {d.SYSTEM.THREADS} (SYSTEM.THREADS): "
+                           "OMP_NUM_THREADS when set, else the CPUs this process may use")
     ours.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     parser.add_argument("opts", nargs=argparse.REMAINDER,
                         help="config overrides as KEY VALUE pairs, e.g. ATTACK.NGF 32 "
@@ -170,13 +170,14 @@ def check_device(spec, flag):
     return device
 
 
-def check_opts(parser, opts):
-    """A flag after the first ``KEY VALUE`` override would be read as a config key: refuse it."""
-    flags = {option for action in parser._actions for option in action.option_strings}
-    for item in opts:
-        if item.split("=", 1)[0] in flags:
-            raise ConfigError(f"{item} comes after the KEY VALUE overrides, where it would be read "
-                              "as a config key; expected every flag before them")
+def attack_output(args):
+    """The folder the attack writes into (--output, else the run folder holding img_npy), once it exists."""
+    if args is None:
+        return None
+    from data.img_npy import run_dir_of
+
+    folder = args.output or run_dir_of(args.npy_path)
+    return folder if os.path.isdir(folder) else None
 
 
 def run(args):
@@ -188,8 +189,10 @@ def run(args):
     from configs import load_config
     from data.img_npy import resolve_npy_dir
     from engine.attack import run_recovery_attack
+    from utils.cpus import configure_threads
 
     cfg = load_config(args.config_file, list(args.opts) + overrides)
+    configure_threads(cfg.SYSTEM.THREADS)
     if args.gpus is not None:
         device_flag = "--gpus"
     elif args.device is not None:
@@ -213,12 +216,15 @@ def run(args):
 
 def main(argv=None):
     parser = build_parser()
+    args = None
     try:
         args = parser.parse_args(argv)
-        check_opts(parser, args.opts)
+        check_flags_before_overrides(parser, args.opts)
         return run(args)
     except PixelFadeError as err:
         return report_error(PROG, err)
+    except KeyboardInterrupt:
+        return report_interrupt(PROG, attack_output(args))
 
 
 if __name__ == "__main__":

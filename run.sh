@@ -91,12 +91,28 @@ reproduce() {
         --device "$DEVICE" --attacker both
 }
 
+# Training without the ImageNet file runs, but far below the reference: say so where it cannot be missed.
+warn_no_imagenet() {
+    {
+        echo "################################################################################"
+        echo "run.sh: WARNING: ImageNet weights not found: $1"
+        echo "  The backbone will start from RANDOM weights. AGW's reference results need the"
+        echo "  torchvision ImageNet ResNet-50 (resnet50-19c8e357.pth, never downloaded here):"
+        echo "  put it at $CKPT_DIR/resnet50-19c8e357.pth or set IMAGENET_WEIGHTS=/path/to/it."
+        echo "  Expect far lower Rank-1/mAP than README's targets from random weights."
+        echo "################################################################################"
+    } >&2
+}
+
 train() {
     local dataset=$1
     check_dataset "$dataset"
     ensure_env
     local weights=${IMAGENET_WEIGHTS:-$CKPT_DIR/resnet50-19c8e357.pth}
-    [ -f "$weights" ] || weights=""
+    if [ ! -f "$weights" ]; then
+        warn_no_imagenet "$weights"
+        weights=""
+    fi
     local out="$OUTPUT_ROOT/${dataset}_train"
     echo "== training AGW on $dataset -> $out"
     # shellcheck disable=SC2086

@@ -12,6 +12,7 @@ Arguments are parsed before torch is imported, so ``--help`` and argument errors
 """
 
 import argparse
+import os
 import sys
 
 from configs.defaults import get_default_config
@@ -23,7 +24,8 @@ FLAGS = (
     ("dataset", "DATASETS.NAMES", str, "market1501 | cuhk03 | msmt17"),
     ("device", "MODEL.DEVICE", str, "auto | cpu | cuda | cuda:N"),
     ("max_epochs", "SOLVER.MAX_EPOCHS", int, "training epochs"),
-    ("num_workers", "DATALOADER.NUM_WORKERS", int, "image-loading worker processes"),
+    ("num_workers", "DATALOADER.NUM_WORKERS", int, "image-loading worker processes (capped at the usable CPUs)"),
+    ("threads", "SYSTEM.THREADS", int, "torch CPU threads (0: OMP_NUM_THREADS, else the usable CPUs)"),
 )
 FLAG_OF_KEY = {key: f"--{flag}" for flag, key, *_ in FLAGS}
 
@@ -68,16 +70,26 @@ def build_train_config(config_file, opts, flag_values):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     from engine.reid_trainer import TrainOptions, run
+    from utils.cli import check_flags_before_overrides, check_nproc, report_interrupt
+    from utils.cpus import configure_threads
     from utils.errors import PixelFadeError, report_error
 
+    output = None
     try:
+        check_flags_before_overrides(parser, args.opts)
+        check_nproc(args.nproc_per_node)
         values = {key: getattr(args, flag) for flag, key, *_ in FLAGS if getattr(args, flag) is not None}
         cfg = build_train_config(args.config_file, list(args.opts), values)
+        configure_threads(cfg.SYSTEM.THREADS)
+        output = cfg.OUTPUT_DIR
         run(cfg, TrainOptions(show_progress=not args.no_progress), args.nproc_per_node, args.backend)
     except PixelFadeError as err:
         return report_error("train_reid.py", err)
+    except KeyboardInterrupt:
+        return report_interrupt("train_reid.py", output if output and os.path.isdir(output) else None)
     return 0
 
 

@@ -10,6 +10,11 @@ untrained AGW, --random_init) and compares each variant with the default run:
   * Re-ID mAP (encry2clean, encry2encry; clean2clean for reference) from each run's results.json,
   * the mean final feature MSE of the test split and the run's seconds (run.seconds_this_run).
 
+On CUDA (--device cuda) the baseline is strict fp32 (TF32 off in cuBLAS and cuDNN) and two more variants show
+what TF32 changes: tf32 (TF32 everywhere) and tf32_convs (TF32 convolutions, fp32 matrix products: torch's default,
+which protect_image.py gets on CUDA unless told otherwise). Every other variant runs strict fp32 outside its own
+option, so each row shows that option's cost alone. The ``gpu`` preset is the paper's input size.
+
 The default preset is the scale the README's fidelity figures were measured at (16 ids, 3 cams, 2 images
 per id and camera, 128x64, BETA = BETA_TEMP = 0.005, EPSILON = 0.1): the untrained model is very
 input-sensitive, so small steps are needed. A rerun with the same --work reuses the finished runs (a
@@ -17,6 +22,7 @@ run with results.json is not repeated) and resumes an interrupted one.
 
     python benchmarks/bench_fidelity.py --work /tmp/pixelfade_fidelity
     python benchmarks/bench_fidelity.py --work /tmp/f --num-ids 6 --height 32 --width 16 --max-iter 2
+    python benchmarks/bench_fidelity.py --work /tmp/fidelity_gpu --scale gpu --device cuda --in-process --with-fp16
 """
 
 import argparse
@@ -65,6 +71,19 @@ SCALES = {
         "beta_temp": 0.005,
         "epsilon": 0.1,
     },
+    # "gpu": the paper's 256x128 input at a size one GPU protects in about a minute for all variants.
+    "gpu": {
+        "num_ids": 20,
+        "num_cams": 3,
+        "images_per_id_cam": 3,
+        "height": 256,
+        "width": 128,
+        "batch_size": 20,
+        "max_iter": 50,
+        "beta": 0.005,
+        "beta_temp": 0.005,
+        "epsilon": 0.1,
+    },
 }
 BASELINE = "default"
 # Variant name -> its protect_image.py flags (the baseline pins the reference settings explicitly).
@@ -75,6 +94,20 @@ VARIANTS = {
     "bf16+channels_last": ["--precision", "bf16", "--channels_last", "true"],
 }
 FP16_VARIANTS = {"fp16": ["--precision", "fp16", "--channels_last", "false"]}
+# CUDA only: the same flags as the default, other math (CUDA_MATH).
+CUDA_VARIANTS = {
+    "tf32": ["--precision", "none", "--channels_last", "false"],
+    "tf32_convs": ["--precision", "none", "--channels_last", "false"],
+}
+# TF32 in cuBLAS (matrix products) and cuDNN (convolutions) per variant on CUDA; every other variant is strict.
+STRICT_MATH = {"matmul_tf32": False, "conv_tf32": False}
+CUDA_MATH = {"tf32": {"matmul_tf32": True, "conv_tf32": True}, "tf32_convs": {"matmul_tf32": False, "conv_tf32": True}}
+# A fresh process with the variant's CUDA math set before protect_image.main runs (argv: math JSON, then flags).
+LAUNCHER = (
+    "import json, sys, torch; math = json.loads(sys.argv[1]); "
+    "torch.backends.cuda.matmul.allow_tf32 = math['matmul_tf32']; torch.backends.cudnn.allow_tf32 = math['conv_tf32']; "
+    "import protect_image; sys.exit(protect_image.main(sys.argv[2:]))"
+)
 SETTINGS_NAME = "bench_settings.json"
 TABLE_NAME = "fidelity.md"
 JSON_NAME = "fidelity.json"
@@ -116,8 +149,15 @@ def build_parser():
     group.add_argument(
         "--variants",
         nargs="+",
-        choices=list(VARIANTS) + list(FP16_VARIANTS),
-        help=f"subset to run ({BASELINE!r} is always run, first) [default: {' '.join(VARIANTS)}]",
+        choices=list(VARIANTS) + list(FP16_VARIANTS) + list(CUDA_VARIANTS),
+        help=f"subset to run ({BASELINE!r} is always run, first) [default: {' '.join(VARIANTS)}, on CUDA also "
+        f"{' '.join(CUDA_VARIANTS)}]",
+    )
+    group.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu, cuda or cuda:N; on CUDA the baseline is strict fp32 and the TF32 variants are added "
+        "[default: %(default)s]",
     )
     group.add_argument("--with-fp16", action="store_true", help="also run --precision fp16")
     group.add_argument("--threads", type=int, help="torch threads of each run (default: torch's choice)")
@@ -140,6 +180,8 @@ def resolve_scale(args):
 
 def selected_variants(args):
     names = list(args.variants) if args.variants else list(VARIANTS)
+    if not args.variants and args.device != "cpu":
+        names += list(CUDA_VARIANTS)
     if args.with_fp16:
         names += [n for n in FP16_VARIANTS if n not in names]
     if BASELINE not in names:
@@ -148,9 +190,19 @@ def selected_variants(args):
     return names
 
 
+def variant_flags(variant):
+    return VARIANTS.get(variant) or FP16_VARIANTS.get(variant) or CUDA_VARIANTS[variant]
+
+
+def cuda_math(variant):
+    return CUDA_MATH.get(variant, STRICT_MATH)
+
+
 def run_settings(args):
     """Everything that decides a run's numbers; a --work may only be reused with the same."""
+    device = {} if args.device == "cpu" else {"device": args.device}
     return {
+        **device,
         "data": {
             "num_ids": args.num_ids,
             "num_cams": args.num_cams,
@@ -212,7 +264,7 @@ def protect_argv(args, root, output, variant):
         "--output",
         output,
         "--device",
-        "cpu",
+        args.device,
         "--no_progress",
         "--save_image_npy",
         "--dataset",
@@ -227,7 +279,7 @@ def protect_argv(args, root, output, variant):
         str(args.beta_temp),
         "--epsilon",
         str(args.epsilon),
-        *VARIANTS.get(variant, FP16_VARIANTS.get(variant)),
+        *variant_flags(variant),
         "DATALOADER.NUM_WORKERS",
         "0",
         "INPUT.IMG_SIZE",
@@ -248,15 +300,24 @@ def run_variant(args, root, work, variant):
         print(f"[bench_fidelity] protecting with {variant} ({how}) -> {output}", flush=True)
         started = time.perf_counter()
         argv = protect_argv(args, root, output, variant)
+        on_cuda = args.device != "cpu"
         if args.in_process:
-            code = protect_image.main(argv)
+            saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+            if on_cuda:
+                math = cuda_math(variant)
+                torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = (
+                    math["matmul_tf32"], math["conv_tf32"])
+            try:
+                code = protect_image.main(argv)
+            finally:
+                torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
         else:
             env = dict(os.environ)
             if args.threads:
                 env["OMP_NUM_THREADS"] = str(args.threads)
-            code = subprocess.run(
-                [sys.executable, os.path.join(ROOT, "protect_image.py"), *argv], cwd=ROOT, env=env, check=False
-            ).returncode
+            # The launcher on every device, so a CPU dry run takes the same path (the flags mean nothing there).
+            command = ["-c", LAUNCHER, json.dumps(cuda_math(variant))]
+            code = subprocess.run([sys.executable, *command, *argv], cwd=ROOT, env=env, check=False).returncode
         if code:
             raise SystemExit(f"bench_fidelity.py: error: protect_image.py failed for {variant} (exit {code})")
         wall = time.perf_counter() - started
@@ -329,8 +390,12 @@ def source_revision():
     return head + ("+changes" if dirty else "")
 
 
-def machine():
+def machine(device="cpu"):
+    on_cuda = device != "cpu" and torch.cuda.is_available()
     return {
+        "device": device,
+        "gpu": torch.cuda.get_device_name(torch.device(device)) if on_cuda else None,
+        "cuda": torch.version.cuda if on_cuda else None,
         "source": source_revision(),
         "cpu_count": os.cpu_count(),
         "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
@@ -377,7 +442,8 @@ def report(rows, settings, info, command):
             f"Data: synthetic Market-1501, {data['num_ids']} ids, {data['num_cams']} cams, "
             f"{data['images_per_id_cam']} images per id and camera, {data['height']}x{data['width']}; "
             f"untrained AGW (--random_init), BATCH_SIZE {prot['batch_size']}, MAX_ITER {prot['max_iter']}, "
-            f"BETA {prot['beta']}, BETA_TEMP {prot['beta_temp']}, EPSILON {prot['epsilon']}, device cpu.",
+            f"BETA {prot['beta']}, BETA_TEMP {prot['beta_temp']}, EPSILON {prot['epsilon']}, "
+            f"device {info['device']}" + (f" ({info['gpu']}, CUDA {info['cuda']})" if info["gpu"] else "") + ".",
             "",
             markdown_table(rows),
             "",
@@ -392,6 +458,9 @@ def report(rows, settings, info, command):
 
 def main(argv=None):
     args = resolve_scale(build_parser().parse_args(argv))
+    if args.device != "cpu" and not (args.device.startswith("cuda") and torch.cuda.is_available()):
+        raise SystemExit(f"bench_fidelity.py: error: --device {args.device}: expected cpu, or cuda[:N] on a machine "
+                         "with CUDA")
     if args.threads:
         torch.set_num_threads(args.threads)
     work = os.path.abspath(args.work)
@@ -408,7 +477,8 @@ def main(argv=None):
         rows.append(
             {
                 "variant": name,
-                "flags": " ".join(VARIANTS.get(name, FP16_VARIANTS.get(name))),
+                "flags": " ".join(variant_flags(name)),
+                "cuda_math": cuda_math(name) if args.device != "cpu" else None,
                 "max_abs_diff": max_diff,
                 "mean_abs_diff": mean_diff,
                 "elements": count,
@@ -421,7 +491,7 @@ def main(argv=None):
                 "run_note": read_run_note(os.path.join(work, name)),
             }
         )
-    info = machine()
+    info = machine(args.device)
     command = "python benchmarks/bench_fidelity.py" + (
         "" if argv is None and len(sys.argv) < 2 else " " + " ".join(sys.argv[1:] if argv is None else argv)
     )

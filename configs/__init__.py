@@ -1,6 +1,8 @@
 """Configuration: yacs defaults, YAML files and ``KEY VALUE`` command-line overrides."""
 import os
+from ast import literal_eval
 
+import yaml
 from yacs.config import CfgNode
 
 from utils.errors import ConfigError
@@ -8,32 +10,107 @@ from utils.file_io import atomic_write_text
 
 from .defaults import get_default_config
 
-__all__ = ["ConfigError", "get_default_config", "load_config", "save_config", "CfgNode"]
+__all__ = ["CfgNode", "ConfigError", "get_default_config", "load_config", "save_config"]
 
 CONFIG_FILENAME = "config.yaml"
+# What a value of each default's type must look like, for one-line type errors.
+EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            list: "a list", tuple: "a list"}
 
 
 def load_config(config_file="", opts=()):
-    """Defaults, then ``config_file``, then trailing ``KEY VALUE`` overrides; returns it frozen."""
+    """Defaults, then ``config_file``, then trailing ``KEY VALUE`` overrides; returns it frozen.
+
+    Unlike plain yacs, an integer is accepted for a float key (``ATTACK.VAL_FRACTION 0``), and every
+    refusal is one ``ConfigError`` line naming the file or override, the key and what is expected.
+    """
     cfg = get_default_config()
     if config_file:
-        if not os.path.isfile(config_file):
-            raise ConfigError(f"config file not found: {config_file}")
-        try:
-            cfg.merge_from_file(config_file)
-        except (KeyError, ValueError, AssertionError) as err:
-            raise ConfigError(f"config file {config_file}: {_explain(err)}") from None
+        source = f"config file {config_file}"
+        for key, value in _flatten(_read_yaml(config_file), source):
+            _merge(cfg, key, value, source)
     opts = list(opts or ())
     if len(opts) % 2:
         raise ConfigError(
             f"config overrides must be KEY VALUE pairs; got an odd number of items: {opts}"
         )
-    try:
-        cfg.merge_from_list(opts)
-    except (KeyError, ValueError, AssertionError) as err:
-        raise ConfigError(f"command-line override: {_explain(err)}") from None
+    for key, text in zip(opts[0::2], opts[1::2]):
+        _merge(cfg, str(key), _decode(text), "config override")
     cfg.freeze()
     return cfg
+
+
+def _read_yaml(path):
+    """The mapping in a YAML file; a syntax error is one line with the file, line and column."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"config file {path}: YAML syntax error{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path}: cannot read it ({err})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def _flatten(mapping, source, prefix=""):
+    """``(dotted key, decoded value)`` for every leaf of a nested YAML mapping."""
+    for name, value in mapping.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, dict):
+            yield from _flatten(value, source, key + ".")
+        else:
+            yield key, _decode(value)
+
+
+def _decode(value):
+    """A string as the Python literal it spells (numbers, lists, booleans, None), else the string; as yacs does."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
+def _merge(cfg, key, value, source):
+    """Set ``key`` to ``value`` after checking the key exists and the value fits the default's type."""
+    *parents, name = key.split(".")
+    node = cfg
+    for part in parents:
+        node = node.get(part) if isinstance(node, CfgNode) else None
+    if not isinstance(node, CfgNode) or name not in node:
+        raise ConfigError(f"{source}: unknown config key '{key}' (see configs/defaults.py for the valid keys)")
+    if isinstance(node[name], CfgNode):
+        raise ConfigError(f"{source} {key}: expected a mapping of its keys, got {value!r}")
+    node[name] = _coerce(node[name], value, f"{source} {key}")
+
+
+def _coerce(default, value, where):
+    """``value`` as the default's type: yacs' rules (same type, list <-> tuple, None) plus int -> float."""
+    kind = type(default)
+    if value is None or default is None or type(value) is kind:
+        return _floats_like(default, value)
+    if kind is float and type(value) is int:
+        return float(value)
+    if kind in (list, tuple) and isinstance(value, (list, tuple)):
+        return _floats_like(default, kind(value))
+    raise ConfigError(f"{where}: expected {EXPECTED.get(kind, kind.__name__)}, got {value!r}")
+
+
+def _floats_like(default, value):
+    """Integers in a list given for a list of floats (``INPUT.PIXEL_MEAN [0, 0, 0]``) become floats."""
+    if isinstance(default, (list, tuple)) and default and all(type(item) is float for item in default):
+        return type(value)(float(item) if type(item) is int else item for item in value)
+    return value
 
 
 def set_values(cfg, values):
@@ -66,11 +143,3 @@ def config_with_flags(config_file, opts, flag_values, run_kind):
 def save_config(cfg, output_dir, filename=CONFIG_FILENAME):
     """Write the merged config into ``output_dir`` so the run can be described and repeated."""
     return atomic_write_text(cfg.dump(), os.path.join(output_dir, filename))
-
-
-def _explain(err):
-    message = err.args[0] if err.args else str(err)
-    if "Non-existent" in str(message):
-        key = str(message).split(":", 1)[-1].strip()
-        return f"unknown config key '{key}' (see configs/defaults.py for the valid keys)"
-    return str(message)

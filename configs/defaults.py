@@ -46,6 +46,9 @@ _C.MODEL.WEIGHT_REGULARIZED_TRIPLET = "off"
 _C.MODEL.GENERALIZED_MEAN_POOL = "on"
 # Seed of the random initialisation when no checkpoint is given (the demo's untrained AGW).
 _C.MODEL.INIT_SEED = 0
+# MODEL.FORMAT agw_vi: the feature PixelFade constrains. bn = BNNeck output before L2 normalisation
+# (default: the normalised ones are too small for EPSILON), bn_l2, pool (GeM), pool_l2.
+_C.MODEL.VI_FEATURE = "bn"
 
 # ---------------------------------------------------------------------------------------------
 # Input
@@ -69,12 +72,17 @@ _C.INPUT.PIXEL_STD = [0.229, 0.224, 0.225]
 # Datasets
 # ---------------------------------------------------------------------------------------------
 _C.DATASETS = CN()
-# market1501 | cuhk03 | msmt17 | image_folder (ROOT_DIR is then the folder itself)
+# market1501 | cuhk03 | msmt17 | sysu_mm01 | regdb | image_folder (ROOT_DIR is then the folder itself)
 _C.DATASETS.NAMES = "market1501"
 # Root folder holding the data sets; the PIXELFADE_DATA environment variable overrides the default.
 _C.DATASETS.ROOT_DIR = os.environ.get("PIXELFADE_DATA", "./datasets")
 # CUHK03 new protocol: detected (default) or labeled boxes.
 _C.DATASETS.CUHK03_LABELED = False
+# Images that cannot be read (corrupt, truncated, empty): False stops before anything is written and
+# names them all; True leaves them out of every split and lists them in the log and results.json.
+_C.DATASETS.SKIP_UNREADABLE = False
+# Visible-infrared trials to score (SYSU-MM01: 0..9, RegDB: 1..10); empty = all, averaged.
+_C.DATASETS.TRIALS = []
 
 # ---------------------------------------------------------------------------------------------
 # Data loader
@@ -228,9 +236,12 @@ _C.ATTACK.MODE = "reference"
 _C.ATTACK.SHUFFLE = True
 _C.ATTACK.SEED = 0
 _C.ATTACK.NUM_GRIDS = 20
-# Share of the train split's identities held out for validation (0 = none): the learned attackers'
-# validation L1 per epoch picks the best epoch, whose weights are scored beside the last epoch's.
-_C.ATTACK.VAL_FRACTION = 0.1
+# Share of the train split's identities held out for validation (0 = none): the validation L1 per
+# epoch picks the best epoch, whose weights are scored beside the last epoch's. -1 = each attacker's
+# own protocol (engine.attack_settings.DEFAULT_VAL_FRACTION): 0 for 'reference', which trains on
+# every train pair as the paper's recovery_attack.py does, 0.1 for 'strong' and 'identity'. A value
+# >= 0 applies to every learned attacker (e.g. 0.1 gives the reference attacker a validation split).
+_C.ATTACK.VAL_FRACTION = -1.0
 # 'identity' attacker: weight of the feature loss ||g(G(x_p)) - g(x)||^2 / ||g(x)||^2 beside the L1, through
 # the attacker-side Re-ID model g ('FORMAT:NAME:PATH' as in TEST.EVAL_MODELS; '' = the
 # authorization model of the protect run).
@@ -253,6 +264,49 @@ _C.ATTACK.INVERSION_TV = 0.1
 _C.ATTACK.INVERSION_INIT = "mean"
 # Local torchvision AlexNet file (alexnet-owt-7be5be79.pth) enabling LPIPS; '' = not computed.
 _C.ATTACK.LPIPS_ALEXNET = ""
+
+# ---------------------------------------------------------------------------------------------
+# Text-to-image Re-ID: DATASETS.NAMES cuhk_pedes | icfg_pedes | rstpreid (captions query the images),
+# MODEL.FORMAT irra | clip (MODEL.NAME ViT-B-16 or clip_tiny; a checkpoint's shapes override it). IRRA's
+# input is INPUT.IMG_SIZE [384, 128] with CLIP's INPUT.PIXEL_MEAN [0.48145466, 0.4578275, 0.40821073]
+# and PIXEL_STD [0.26862954, 0.26130258, 0.27577711] (data.transforms.build_clip_eval_transform).
+# ---------------------------------------------------------------------------------------------
+_C.TEXT = CN()
+# Captions per forward pass of the CLIP text tower.
+_C.TEXT.CAPTION_BATCH = 256
+
+# ---------------------------------------------------------------------------------------------
+# Cross-modality AGW training (tools/train_cross_modality.py; DATASETS.NAMES sysu_mm01 | regdb; MODEL.NAME
+# resnet50_nl | resnet18_nl; MODEL.PRETRAIN_PATH: torchvision ImageNet ResNet weights, else random init).
+# Defaults: mangye16/Cross-Modal-Re-ID-baseline train.py (epochs 0..80, lr x (e+1)/10 for e < 10, x0.1
+# at 20 and 50, backbone at 0.1 x LR; P=8 identities x 4 visible + 4 thermal; Pad 10 + crop 288 x 144).
+# ---------------------------------------------------------------------------------------------
+_C.VI_TRAIN = CN()
+_C.VI_TRAIN.LR = 0.1
+_C.VI_TRAIN.MAX_EPOCHS = 81
+_C.VI_TRAIN.WARMUP_EPOCHS = 10
+_C.VI_TRAIN.STEPS = [20, 50]
+_C.VI_TRAIN.GAMMA = 0.1
+_C.VI_TRAIN.IDS_PER_BATCH = 8
+_C.VI_TRAIN.NUM_POS = 4
+_C.VI_TRAIN.IMG_SIZE = [288, 144]
+_C.VI_TRAIN.PADDING = 10
+# Evaluate after epoch e when e > 0 and e % EVAL_PERIOD == 0 (and after the last): DATASETS.TRIALS of
+# EVAL_PROTOCOL ('' = all_search for SYSU-MM01, visible_to_thermal for RegDB; empty TRIALS = trial 0 /
+# trial 1, the reference's). RegDB trains on its one selected trial.
+_C.VI_TRAIN.EVAL_PERIOD = 2
+_C.VI_TRAIN.EVAL_PROTOCOL = ""
+_C.VI_TRAIN.TEST_BATCH = 64
+_C.VI_TRAIN.SEED = 0
+
+# ---------------------------------------------------------------------------------------------
+# System: how a run uses the machine. Never part of a run's fingerprint: a run resumes with any value.
+# ---------------------------------------------------------------------------------------------
+_C.SYSTEM = CN()
+# torch's CPU threads per process (torch.set_num_threads, --threads); 0: OMP_NUM_THREADS when set,
+# else the CPUs this process may use (affinity mask and cgroup quota, utils/cpus.py) shared out over
+# the processes of a multi-process run.
+_C.SYSTEM.THREADS = 0
 
 # ---------------------------------------------------------------------------------------------
 # Misc

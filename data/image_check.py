@@ -27,6 +27,7 @@ from functools import partial
 
 from PIL import Image, UnidentifiedImageError
 
+from utils.cpus import available_cpus
 from utils.errors import DatasetError
 
 # Below this many images a pool costs more than it saves (a fork and a pickle per chunk).
@@ -106,11 +107,7 @@ def _problems(paths, full_decode):
 def _worker_count(num_workers):
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"num_workers must be a whole number >= 0, got {num_workers!r}")
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = os.cpu_count() or 1
-    return min(num_workers, cpus)
+    return min(num_workers, available_cpus())
 
 
 def _pool(workers):
@@ -155,9 +152,11 @@ def describe_unreadable(bad, total, limit=MESSAGE_LIMIT):
     return f"{len(bad)} of {total} images cannot be read: {shown}{more}"
 
 
-def check_images_readable(paths, num_workers=0, full_decode=False):
-    """Raise one DatasetError listing every unreadable image of ``paths`` (the first 20 named)."""
+def check_images_readable(paths, num_workers=0, full_decode=False, skip=False, advice=""):
+    """Raise one DatasetError listing every unreadable image of ``paths`` (the first 20 named, then
+    ``advice``); with ``skip``, return them instead as ``[(path, reason), ...]`` for the caller to leave out."""
     paths = [os.fspath(path) for path in paths]
     bad = find_unreadable_images(paths, num_workers, full_decode)
-    if bad:
-        raise DatasetError(describe_unreadable(bad, len(paths)))
+    if bad and not skip:
+        raise DatasetError(describe_unreadable(bad, len(paths)) + (f"; {advice}" if advice else ""))
+    return bad

@@ -5,20 +5,37 @@ in order); with pairs for the recovery attack, "train" comes first, either as th
 train loader yields it (identity-balanced P x K batches, an identity's remainder dropped, random
 horizontal flips) or as every train image once. Each item has a key (its path relative to the
 data set root, and whether it is flipped) that a finished batch's record keeps, so a resumed run
-can tell which batches still hold the same images, wherever the data set now lies.
+can tell which batches still hold the same images, wherever the data set now lies. Every image is
+checked first: one that cannot be read stops the run before anything is written, or, with
+DATASETS.SKIP_UNREADABLE, is left out before the splits are formed.
+
+A visible-infrared data set (SYSU-MM01, RegDB) is planned by modality instead, because each image is
+protected with the stem of its own sensor and a batch must not mix them: ``test_visible`` and
+``test_infrared`` hold every query and gallery image of any trial once (``train_visible`` and
+``train_infrared`` first, with pairs for the attack). With one checkpoint per trial (``{trial}`` in
+TEST.WEIGHT) each trial's images form their own splits (``test_t<t>_visible``, ...), protected and
+scored with that trial's model.
 """
 import os
 from dataclasses import dataclass, field
 
 import torch
 
+from utils.cpus import available_cpus
 from utils.errors import ConfigError, DatasetError
 
 from .datasets import build_dataset
 from .datasets.image_folder import find_name_collisions, folder_is_case_sensitive
+from .datasets.visible_infrared import MODALITIES, Trial, VisibleInfraredDataset, unique_records
 from .image_check import check_images_readable
-from .loaders import eval_records
 from .samplers import flip_decisions, identity_balanced_batches, ids_per_batch_for
+
+# How RunPlan.skipped marks an image left out by DATASETS.SKIP_UNREADABLE (the check's reason follows).
+UNREADABLE = "unreadable image"
+# Data sets whose test split is protocols of trials over two modalities.
+CROSS_MODALITY_DATASETS = ("sysu_mm01", "regdb")
+# In TEST.WEIGHT: one checkpoint per trial, the trial number put in its place.
+TRIAL_FIELD = "{trial}"
 
 
 @dataclass
@@ -29,6 +46,11 @@ class SplitPlan:
     num_query: int = 0
     flips: list = field(default_factory=list)
     keys: list = field(default_factory=list)
+    # Visible-infrared splits: the sensor of every image, the trial whose model protects it (None: the
+    # one checkpoint), and (split, first batch index) its img_npy pairs are written as.
+    modality: str = ""
+    trial: int = None
+    pairs_as: tuple = ()
 
 
 @dataclass
@@ -39,6 +61,11 @@ class RunPlan:
     summary: str
     splits: dict
     skipped: list = field(default_factory=list)
+    # Visible-infrared: {protocol: (Trial, ...)} without unreadable images, and the scoring rule.
+    protocols: dict = field(default_factory=dict)
+    metric: str = ""
+    # How many of the test pairs in img_npy come first as queries (those of the first protocol's query modality).
+    num_query: int = None
 
 
 def item_key(record, root, flip=False):
@@ -86,23 +113,122 @@ def check_output_names(relative_paths, output_dir):
         )
 
 
+def unreadable_images(cfg, paths):
+    """``[(path, reason), ...]`` of the images of ``paths`` that cannot be read, to leave out.
+
+    With DATASETS.SKIP_UNREADABLE False (the default) any such image is a DatasetError naming them all,
+    raised before anything is written.
+    """
+    return check_images_readable(paths, num_workers=min(8, available_cpus()),
+                                 skip=cfg.DATASETS.SKIP_UNREADABLE,
+                                 advice="replace or remove them, or leave them out with --skip_unreadable true "
+                                        "(DATASETS.SKIP_UNREADABLE)")
+
+
+def readable(records, bad_paths, split):
+    """``records`` without the unreadable ones; a DatasetError when none is left."""
+    kept = [record for record in records if record.path not in bad_paths]
+    if records and not kept:
+        raise DatasetError(f"no readable image is left in the {split} ({len(records)} unreadable, skipped)")
+    return kept
+
+
 def plan_splits(cfg):
-    """Build the data set named by the config, fix each split's items and check every image is readable."""
+    """Build the data set named by the config, check every image is readable and fix each split's items.
+
+    Unreadable images stop the run, or with DATASETS.SKIP_UNREADABLE are left out before the splits
+    are formed (the train order is drawn over the readable images) and listed in ``RunPlan.skipped``
+    with the reason; a rerun checks again and so leaves out the same files.
+    """
     name = cfg.DATASETS.NAMES
     options = {"labeled": cfg.DATASETS.CUHK03_LABELED} if name == "cuhk03" else {}
+    if name in CROSS_MODALITY_DATASETS:
+        options = {"trials": list(cfg.DATASETS.TRIALS)}
     dataset = build_dataset(name, cfg.DATASETS.ROOT_DIR, **options)
+    if isinstance(dataset, VisibleInfraredDataset):
+        return plan_cross_modality(cfg, dataset)
+    if hasattr(dataset, "query_captions"):
+        raise ConfigError(
+            f"--dataset {name}: text-to-image data sets (caption queries) are not protected by protect_image.py "
+            "yet; protect their images with engine.protector.Protector (docs/text_to_image.md)"
+        )
+    if name == "image_folder":
+        parts = {"gallery": list(dataset.gallery)}
+    else:
+        if cfg.PIXELFADE.SAVE_IMAGE_NPY and not dataset.train:
+            raise ConfigError(f"--save_image_npy needs a train split, and {dataset.root} has none")
+        parts = {"train": list(dataset.train)} if cfg.PIXELFADE.SAVE_IMAGE_NPY else {}
+        parts.update({"query": list(dataset.query), "gallery": list(dataset.gallery)})
+    paths = sorted({record.path for records in parts.values() for record in records})
+    bad = unreadable_images(cfg, paths)
+    bad_paths = {path for path, _ in bad}
+    parts = {part: readable(records, bad_paths, part) for part, records in parts.items()}
     splits = {}
     if name == "image_folder":
-        records = list(dataset.gallery)
-        check_output_names([os.path.relpath(r.path, dataset.root) for r in records], cfg.OUTPUT_DIR)
-        splits["gallery"] = in_order(records, dataset.root)
+        check_output_names([os.path.relpath(r.path, dataset.root) for r in parts["gallery"]], cfg.OUTPUT_DIR)
+        splits["gallery"] = in_order(parts["gallery"], dataset.root)
     else:
-        if cfg.PIXELFADE.SAVE_IMAGE_NPY:
-            if not dataset.train:
-                raise ConfigError(f"--save_image_npy needs a train split, and {dataset.root} has none")
-            splits["train"] = train_split_plan(cfg, list(dataset.train), dataset.root)
-        records, num_query = eval_records(dataset)
-        splits["test"] = in_order(records, dataset.root, num_query)
-    paths = sorted({record.path for plan in splits.values() for record in plan.records})
-    check_images_readable(paths, num_workers=max(1, min(8, os.cpu_count() or 1)))
-    return RunPlan(dataset.root, dataset.summary(), splits, list(getattr(dataset, "skipped", [])))
+        if "train" in parts:
+            splits["train"] = train_split_plan(cfg, parts["train"], dataset.root)
+        splits["test"] = in_order(parts["query"] + parts["gallery"], dataset.root, len(parts["query"]))
+    skipped = list(getattr(dataset, "skipped", []))
+    skipped += [(os.path.relpath(path, dataset.root), f"{UNREADABLE}: {reason}") for path, reason in bad]
+    return RunPlan(dataset.root, dataset.summary(), splits, skipped)
+
+
+def _by_modality(prefix, records, modalities, trial=None):
+    """``{prefix_<modality>: records of that modality}`` in their order, empty modalities left out."""
+    groups = {}
+    for modality in modalities:
+        chosen = [record for record in records if record.modality == modality]
+        if chosen:
+            groups[f"{prefix}_{modality}"] = (modality, trial, chosen)
+    return groups
+
+
+def _trial_images(dataset, trial_number):
+    """Every query and gallery image of one trial number over all protocols, each once."""
+    trials = [t for trials in dataset.protocols.values() for t in trials if t.trial == trial_number]
+    return unique_records([group for t in trials for group in (t.query, t.gallery)])
+
+
+def plan_cross_modality(cfg, dataset):
+    """The splits of a visible-infrared run, one per modality (and per trial with per-trial checkpoints).
+
+    Every test image of any trial and protocol is in exactly one test split (per trial: once per
+    trial); the train split (first selected trial's for RegDB) is ordered per modality as for
+    single-modality sets, and its img_npy pairs continue one ``train`` numbering across modalities. The
+    first protocol's query modality comes first, so the ``test`` pairs are queries, then gallery images.
+    """
+    per_trial = TRIAL_FIELD in cfg.TEST.WEIGHT
+    query_modality = next(iter(dataset.protocols.values()))[0].query[0].modality
+    order = (query_modality,) + tuple(m for m in MODALITIES if m != query_modality)
+    groups = {}
+    if cfg.PIXELFADE.SAVE_IMAGE_NPY:
+        groups.update(_by_modality("train", list(dataset.train), order, dataset.trials[0] if per_trial else None))
+    if per_trial:
+        for modality in order:
+            for number in dataset.trials:
+                groups.update(_by_modality(f"test_t{number}", _trial_images(dataset, number), (modality,), number))
+    else:
+        groups.update(_by_modality("test", dataset.test_images(), order))
+    paths = sorted({record.path for _, _, records in groups.values() for record in records})
+    bad = unreadable_images(cfg, paths)
+    bad_paths = {path for path, _ in bad}
+    splits, next_batch = {}, {"train": 0, "test": 0}
+    batch_size = cfg.PIXELFADE.BATCH_SIZE
+    for split, (modality, trial, records) in groups.items():
+        records = readable(records, bad_paths, split)
+        role = split.split("_")[0]
+        plan = train_split_plan(cfg, records, dataset.root) if role == "train" else in_order(records, dataset.root)
+        plan.modality, plan.trial, plan.pairs_as = modality, trial, (role, next_batch[role])
+        next_batch[role] += -(-len(plan.records) // batch_size)
+        splits[split] = plan
+    protocols = {
+        protocol: tuple(Trial(t.trial, tuple(r for r in t.query if r.path not in bad_paths),
+                              tuple(r for r in t.gallery if r.path not in bad_paths), t.train) for t in trials)
+        for protocol, trials in dataset.protocols.items()
+    }
+    skipped = [(os.path.relpath(path, dataset.root), f"{UNREADABLE}: {reason}") for path, reason in bad]
+    num_query = sum(len(p.records) for name, p in splits.items() if name.startswith("test") and p.modality == order[0])
+    return RunPlan(dataset.root, dataset.summary(), splits, skipped, protocols, dataset.metric, num_query)

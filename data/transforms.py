@@ -63,6 +63,56 @@ def build_eval_transform(cfg):
     return EvalTransform(_size(cfg), cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)
 
 
+# OpenAI CLIP's pixel statistics, which IRRA and other CLIP-based text-to-image Re-ID models normalise with.
+CLIP_PIXEL_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_PIXEL_STD = (0.26862954, 0.26130258, 0.27577711)
+# IRRA's test input: 384 x 128 (height x width), a 24 x 8 grid of 16-pixel patches.
+IRRA_IMG_SIZE = (384, 128)
+
+
+def build_clip_eval_transform(size=IRRA_IMG_SIZE):
+    """IRRA's test transform: Resize((H, W)) bilinear, ToTensor, Normalize with CLIP's mean/std.
+
+    ``size`` (height, width) is 384 x 128 for IRRA; (224, 224) for CLIP models trained at that size
+    (TBPS-CLIP). torchvision's Resize on a PIL image is PIL's bilinear resize, as here.
+    """
+    height, width = (int(v) for v in size)
+    if height < 1 or width < 1:
+        raise ConfigError(f"CLIP input size must be (height, width) > 0, got {tuple(size)}")
+    return EvalTransform((height, width), CLIP_PIXEL_MEAN, CLIP_PIXEL_STD)
+
+
+# The AGW cross-modality input (mangye16/Cross-Modal-Re-ID-baseline): 288 x 144, ImageNet statistics.
+AGW_VI_IMG_SIZE = (288, 144)
+IMAGENET_PIXEL_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_PIXEL_STD = (0.229, 0.224, 0.225)
+
+
+class VisibleInfraredEvalTransform:
+    """PIL image -> normalised (3, H, W): RGB, Lanczos resize, then the reference's bilinear Resize, normalise.
+
+    The reference resizes with ANTIALIAS (= LANCZOS) when it loads the test images, then its
+    transform resizes again to the same size (PIL returns a copy then) before ToTensor and Normalize.
+    """
+
+    def __init__(self, size, mean, std):
+        self.height, self.width = size
+        self.normalize = NormalizeImage(mean, std)
+
+    def __call__(self, image):
+        image = image.convert("RGB").resize((self.width, self.height), Image.LANCZOS)
+        image = image.resize((self.width, self.height), Image.BILINEAR)
+        return self.normalize(to_unit_tensor(image))
+
+
+def build_vi_eval_transform(size=AGW_VI_IMG_SIZE, mean=IMAGENET_PIXEL_MEAN, std=IMAGENET_PIXEL_STD):
+    """The AGW cross-modality test transform (MODEL.FORMAT agw_vi); ``size`` is (height, width)."""
+    height, width = (int(v) for v in size)
+    if height < 1 or width < 1:
+        raise ConfigError(f"visible-infrared input size must be (height, width) > 0, got {tuple(size)}")
+    return VisibleInfraredEvalTransform((height, width), mean, std)
+
+
 class RandomErasing:
     """AGW's RandomErasing on a normalised (3, H, W) tensor (Zhong et al., as ReID-Survey implements it).
 

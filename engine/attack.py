@@ -28,7 +28,7 @@ import sys
 import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import Checkpoint, ProgressBar
+from ignite.handlers import Checkpoint
 from ignite.metrics import Average, Frequency
 from ignite.metrics.metric import SingleEpochRunningBatchWise, reinit__is_reduced
 from ignite.utils import setup_logger
@@ -43,15 +43,20 @@ from data.transforms import normalize
 from evaluation.image_quality import SSIM_KERNEL_SIZE, ImageQuality, to_pixels
 from modeling.generators import build_generator
 from utils.errors import ConfigError, DatasetError, NonFiniteError
-from utils.file_io import FolderLock, atomic_save_image, atomic_torch_save, os_errors_as_output_errors
+from utils.file_io import FolderLock, atomic_torch_save, os_errors_as_output_errors
+from utils.progress import attach_progress
 
 from .attack_checkpoint import (
-    AtomicCheckpointSaver,
     AttackHistory,
     BestWeights,
+    WeightFileCheckpointSaver,
+    atomic_link,
     check_resumable,
+    latest_checkpoint,
+    read_checkpoint,
     resume_training,
     run_identity,
+    weight_file,
 )
 from .attack_models import (
     authorization_model,
@@ -82,6 +87,7 @@ from .attack_settings import (
 )
 from .inversion import invert_protected, relative_feature_error
 from .privacy import PrivacyScorer
+from .protect_handlers import labelled_grid, save_labelled_grid
 
 # The trainer's epoch meters (engine.state.metrics), shown by the progress bar and logged.
 EPOCH_METERS = ("loss", "images_per_s")
@@ -96,6 +102,8 @@ CONFIG_FILENAME = "attack_config.yaml"
 WEIGHT_FILENAMES = {"reference": "Generator_weight.pth", "strong": "Generator_weight_strong.pth",
                     "identity": "Generator_weight_identity.pth"}
 LOCK_PURPOSE = "recovery_attack.py"
+# The rows of a rec_images/ grid, top to bottom.
+ATTACK_GRID_ROWS = ("protected", "recovered", "original")
 
 
 def best_weight_path(weight_path):
@@ -201,11 +209,11 @@ def create_attack_trainer(generator, optimizer, settings, device, feature_model=
 
 
 def grid_image(protected, recovered, originals):
-    """Rows protected / recovered / original, min-max scaled as a whole (the reference's grid)."""
+    """Rows ``ATTACK_GRID_ROWS``, min-max scaled as a whole (the reference's grid), their names on the left."""
     rows = torch.cat([protected, recovered, originals]).detach().float().cpu()
     grid = make_grid(rows, nrow=protected.shape[0], padding=0, normalize=True)
     pixels = grid.mul(255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8)
-    return Image.fromarray(pixels.permute(1, 2, 0).numpy())
+    return labelled_grid(Image.fromarray(pixels.permute(1, 2, 0).numpy()), ATTACK_GRID_ROWS)
 
 
 def create_attack_evaluator(generator, test_pairs, settings, device, grid_dir=None):
@@ -256,9 +264,8 @@ def create_attack_evaluator(generator, test_pairs, settings, device, grid_dir=No
         def _save_grid(engine):
             out = engine.state.output
             candidates = out["candidates"]
-            atomic_save_image(grid_image(candidates["protected"], candidates["recovered"],
-                                         out["original"]),
-                              os.path.join(grid_dir, f"{out['position']}.png"))
+            save_labelled_grid(grid_image(candidates["protected"], candidates["recovered"], out["original"]),
+                               os.path.join(grid_dir, f"{out['position']}.png"))
 
     return evaluator
 
@@ -280,7 +287,7 @@ def attack_log_dir(npy_dir, output=None):
 
 
 def get_attack_logger(log_dir):
-    """Logger 'pixelfade.attack' writing to stdout and appending to ``<log_dir>/log_recovery.txt``."""
+    """Logger 'pixelfade.attack' writing to stderr and appending to ``<log_dir>/log_recovery.txt``."""
     logger = logging.getLogger(LOGGER_NAME)
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
@@ -288,7 +295,7 @@ def get_attack_logger(log_dir):
     path = os.path.join(log_dir, LOG_FILENAME)
     with os_errors_as_output_errors(path):
         os.makedirs(log_dir, exist_ok=True)
-        return setup_logger(LOGGER_NAME, stream=sys.stdout, filepath=path, reset=True,
+        return setup_logger(LOGGER_NAME, stream=sys.stderr, filepath=path, reset=True,
                             distributed_rank=idist.get_rank())
 
 
@@ -376,8 +383,7 @@ def run_attack(settings, npy_dir, log_dir, device="cpu", reference_order=False, 
     trainer = create_attack_trainer(generator, optimizer, settings, device,
                                     feature_model if settings.mode == "identity" else None)
     if show_progress and idist.get_rank() == 0:
-        ProgressBar(persist=False, desc=f"attack[{settings.mode}]").attach(
-            trainer, metric_names=list(EPOCH_METERS))
+        attach_progress(trainer, f"attack[{settings.mode}]", metric_names=list(EPOCH_METERS))
     history = AttackHistory(identity)
     best = BestWeights()
     order = SavedBatchOrder(len(train_batches), identity["shuffle"], settings.seed)
@@ -419,14 +425,13 @@ def run_attack(settings, npy_dir, log_dir, device="cpu", reference_order=False, 
                                     grid_dir=grid_dir if is_last else None)
         history.evaluations[epoch_index] = record
         log_record(logger, settings.mode, epoch_index, record)
-        atomic_torch_save(_cpu_state_dict(generator), weight_path)
         write_results(log_dir, settings.mode, results_entry(settings, history))
 
     to_save = {"generator": generator, "optimizer": optimizer, "trainer": trainer,
                "history": history}
     if validation_batches is not None:
         to_save["best"] = best
-    checkpointer = Checkpoint(to_save, AtomicCheckpointSaver(checkpoint_dir), n_saved=1,
+    checkpointer = Checkpoint(to_save, WeightFileCheckpointSaver(checkpoint_dir), n_saved=1,
                               include_self=True,
                               global_step_transform=lambda engine, _: engine.state.epoch)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, checkpointer)
@@ -439,7 +444,7 @@ def run_attack(settings, npy_dir, log_dir, device="cpu", reference_order=False, 
             logger.info(f"[{settings.mode}] training already finished; nothing left to run")
             return _finish(generator, best, history, settings, test_pairs, weight_path, log_dir, device, logger)
 
-    validation_note = ""
+    validation_note = "; every train pair trains it, no validation split (ATTACK.VAL_FRACTION 0)"
     if validation_batches is not None:
         validation_note = (f"; {len(held_out)} identities held out for validation "
                            f"({sum(len(rows) for rows in validation_batches.rows.values())} images)")
@@ -452,17 +457,33 @@ def run_attack(settings, npy_dir, log_dir, device="cpu", reference_order=False, 
     return _finish(generator, best, history, settings, test_pairs, weight_path, log_dir, device, logger)
 
 
-def _finish(generator, best, history, settings, test_pairs, weight_path, log_dir, device, logger):
-    """Save the last (and best) weights, score the best epoch's on the test split once, write the entry."""
-    atomic_torch_save(_cpu_state_dict(generator), weight_path)
+def _publish_weights(checkpoint_dir, generator, best, weight_path):
+    """``Generator_weight*.pth`` (and ``*_best.pth``): hard links to the last checkpoint's weight files.
+
+    Written once, at the end, and never a second copy of the same weights; a checkpoint of an earlier
+    version (weights inside) or a file system without links gets the weights saved from memory.
+    """
+    saved = read_checkpoint(latest_checkpoint(checkpoint_dir), mmap=True)
+    targets = [("generator", weight_path, lambda: _cpu_state_dict(generator))]
     if best.epoch >= 0:
-        atomic_torch_save(best.weights, best_weight_path(weight_path))
-        if (history.best_evaluation or {}).get("epoch") != best.epoch:
-            scored = _built_generator(settings, test_pairs.image_shape, device)
-            scored.load_state_dict(best.weights)
-            record = evaluate_generator(scored, test_pairs, settings, device)
-            history.best_evaluation = {"epoch": best.epoch, "validation_l1": best.loss, **record}
-            log_record(logger, f"{settings.mode}, best epoch", best.epoch, record)
+        targets.append(("best", best_weight_path(weight_path), lambda: best.weights))
+    for role, path, in_memory in targets:
+        source = weight_file(checkpoint_dir, saved, role)
+        if source is not None and os.path.isfile(source):
+            atomic_link(source, path)
+        else:
+            atomic_torch_save(in_memory(), path)
+
+
+def _finish(generator, best, history, settings, test_pairs, weight_path, log_dir, device, logger):
+    """Publish the last (and best) weights, score the best epoch's on the test split once, write the entry."""
+    _publish_weights(os.path.join(log_dir, CHECKPOINT_DIRNAME, settings.mode), generator, best, weight_path)
+    if best.epoch >= 0 and (history.best_evaluation or {}).get("epoch") != best.epoch:
+        scored = _built_generator(settings, test_pairs.image_shape, device)
+        scored.load_state_dict(best.weights)
+        record = evaluate_generator(scored, test_pairs, settings, device)
+        history.best_evaluation = {"epoch": best.epoch, "validation_l1": best.loss, **record}
+        log_record(logger, f"{settings.mode}, best epoch", best.epoch, record)
     return write_results(log_dir, settings.mode, results_entry(settings, history))
 
 
@@ -552,8 +573,11 @@ def prepare_privacy(cfg, npy_dir, attackers, settings, device, logger=None):
 
 
 def run_recovery_attack(cfg, npy_path, attackers, device, output=None, reference_order=False,
-                        show_progress=True):
+                        show_progress=True, print_tables=True):
     """The CLI's work: check everything, lock the output folder, run each attacker, write the privacy table.
+
+    ``print_tables``: end with the results tables on stdout (the CLI); callers that print their own
+    report of them (the demo) only get the files' paths.
 
     Settings, pair files, existing checkpoints of every attacker and the Re-ID models of the
     privacy table are checked before the first file is written (a failed start leaves no log file
@@ -568,8 +592,7 @@ def run_recovery_attack(cfg, npy_path, attackers, device, output=None, reference
     npy_dir = resolve_npy_dir(npy_path)
     pairs = open_attack_pairs(npy_dir, base_settings, reference_order)
     log_dir = attack_log_dir(npy_dir, output)
-    settings_of = {attacker: dataclasses.replace(base_settings, mode=attacker)
-                   for attacker in attackers}
+    settings_of = {attacker: AttackSettings.from_config(cfg, mode=attacker) for attacker in attackers}
     scorer, authorization, description, feature_model, feature_label = prepare_privacy(
         cfg, npy_dir, attackers, base_settings, device)
     with FolderLock(log_dir, purpose=LOCK_PURPOSE):
@@ -610,9 +633,9 @@ def run_recovery_attack(cfg, npy_path, attackers, device, output=None, reference
                     recovered = scorer.score(generator_recovery(generator, settings))
                 rows[attacker] = {**recovered, "epoch": epoch, "selection": selection, "cost": None}
             write_privacy(log_dir, header, rows)
-        logger.info(f"results: {os.path.join(log_dir, RESULTS_JSON)} and "
-                    f"{os.path.join(log_dir, RESULTS_MARKDOWN)}\n"
-                    + results_markdown(read_results(log_dir)))
+        tables = "\n" + results_markdown(read_results(log_dir)) if print_tables else ""
+        logger.info(f"results: {os.path.join(log_dir, RESULTS_JSON)} and {os.path.join(log_dir, RESULTS_MARKDOWN)}"
+                    + tables)
     return results
 
 

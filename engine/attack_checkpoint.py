@@ -2,21 +2,36 @@
 
 Only the newest checkpoint is kept; the previous one is deleted once the new one is complete. It is
 read on the CPU and handed to ignite as a dict, and a rerun with other settings is refused.
+
+Each set of weights is on disk once: the checkpoint holds the optimizer, the trainer and the history
+and names two plain state-dict files beside it, ``generator_<epoch>.pth`` (the current weights) and
+``best_<epoch>.pth`` (the best epoch's, a hard link to the generator file of that epoch). The run
+folder's ``Generator_weight.pth`` and ``Generator_weight_best.pth`` are hard links to them at the end.
+Checkpoints written before, with the weights inside, still resume.
 """
+import contextlib
+import errno
 import glob
 import math
 import os
 import pickle
 import re
+import shutil
+import uuid
 
 import torch
 from ignite.handlers import Checkpoint
 from ignite.handlers.checkpoint import BaseSaveHandler
 
 from utils.errors import CheckpointError, RunConflictError
-from utils.file_io import atomic_write, os_errors_as_output_errors
+from utils.file_io import atomic_write, make_dirs, os_errors_as_output_errors
 
 _CHECKPOINT_PATTERN = re.compile(r"^checkpoint_(\d+)\.pt$")
+_WEIGHT_FILE_PATTERN = re.compile(r"^(generator|best)_(\d+)\.pth$")
+# The checkpoint's entry naming its weight files: {'generator': name, 'best': name (with a best epoch)}.
+WEIGHT_FILES_KEY = "weight_files"
+# Errors of os.link that mean "no hard links here" (another file system, FAT, some network shares).
+_NO_LINK_ERRNOS = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
 
 
 class AttackHistory:
@@ -110,6 +125,105 @@ class AtomicCheckpointSaver(BaseSaveHandler):
         self._pending_removal.append(filename)
 
 
+def atomic_link(source, path):
+    """Make ``path`` another name of the file ``source`` (a hard link, replacing ``path`` atomically).
+
+    Where the file system has no hard links, ``path`` becomes a copy. An OS failure is an
+    ``OutputError`` naming ``path``.
+    """
+    folder = os.path.dirname(path) or "."
+    make_dirs(folder)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with os_errors_as_output_errors(path):
+            try:
+                os.link(source, tmp)
+            except OSError as err:
+                if err.errno not in _NO_LINK_ERRNOS:
+                    raise
+                shutil.copyfile(source, tmp)
+            os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+    return path
+
+
+def _torch_save(obj, path):
+    return atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+class WeightFileCheckpointSaver(AtomicCheckpointSaver):
+    """The attack's checkpoints, each set of weights in its own file (module docstring), written atomically.
+
+    The generator's weights go to ``generator_<epoch>.pth``; the best epoch's to ``best_<epoch>.pth``,
+    a hard link to that epoch's generator file when it is this epoch, kept from the earlier save
+    otherwise; then the checkpoint, naming them, replaces the previous one, and only then are the
+    weight files it no longer names deleted.
+    """
+
+    def __call__(self, checkpoint, filename, metadata=None):
+        epoch = int(_CHECKPOINT_PATTERN.match(filename).group(1))
+        rest = dict(checkpoint)
+        names = {"generator": f"generator_{epoch}.pth"}
+        generator_path = os.path.join(self.dirname, names["generator"])
+        written = []  # removed again if the checkpoint cannot be completed: the previous one stays whole
+        try:
+            # On the CPU, so the published Generator_weight.pth (a link to this file) loads without a GPU.
+            weights = {key: value.detach().cpu() for key, value in rest.pop("generator").items()}
+            written.append(_torch_save(weights, generator_path))
+            best = rest.get("best")
+            if best is not None and best["epoch"] >= 0:
+                best = dict(best)
+                weights = best.pop("weights")
+                names["best"] = f"best_{best['epoch'] + 1}.pth"  # ignite's epoch count, as the generator files
+                best_path = os.path.join(self.dirname, names["best"])
+                if best["epoch"] + 1 == epoch:  # the best is the epoch just finished
+                    written.append(atomic_link(generator_path, best_path))
+                elif not os.path.isfile(best_path):
+                    written.append(_torch_save(weights, best_path))
+                rest["best"] = best
+            rest[WEIGHT_FILES_KEY] = names
+            super().__call__(rest, filename, metadata)
+        except BaseException:
+            for path in written:
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+            raise
+        for path in glob.glob(os.path.join(glob.escape(self.dirname), "*.pth")):
+            name = os.path.basename(path)
+            if _WEIGHT_FILE_PATTERN.match(name) and name not in names.values():
+                with os_errors_as_output_errors(path), contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+
+
+def weight_file(checkpoint_dir, saved, role):
+    """Path of the ``role`` ('generator' or 'best') weight file a checkpoint names, or None (inline weights)."""
+    name = (saved.get(WEIGHT_FILES_KEY) or {}).get(role)
+    return None if name is None else os.path.join(checkpoint_dir, name)
+
+
+def attach_weight_files(saved, checkpoint_dir, path):
+    """Put the weights a checkpoint names back into it, as ignite's ``load_objects`` expects them."""
+    for role in ("generator", "best"):
+        weights_path = weight_file(checkpoint_dir, saved, role)
+        if weights_path is None:
+            continue
+        try:
+            weights = torch.load(weights_path, map_location="cpu", weights_only=True)
+        except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
+            reason = " ".join(str(err).split())[:200]
+            raise CheckpointError(f"cannot read {weights_path}, the {role} weights of the attack checkpoint {path} "
+                                  f"({reason}); delete {checkpoint_dir} to train afresh, or pass another "
+                                  "--output") from None
+        if role == "generator":
+            saved["generator"] = weights
+        else:
+            saved["best"] = {**saved["best"], "weights": weights}
+    saved.pop(WEIGHT_FILES_KEY, None)
+    return saved
+
+
 def latest_checkpoint(checkpoint_dir):
     """Path of the highest-epoch ``checkpoint_<epoch>.pt`` in the folder, or None."""
     found = []
@@ -147,7 +261,8 @@ def resume_training(path, to_load, identity):
     """
     saved = read_checkpoint(path)
     _check_identity(saved["history"]["identity"], identity, path)
-    Checkpoint.load_objects(to_load, saved)
+    Checkpoint.load_objects(to_load, attach_weight_files(saved, os.path.dirname(path), path))
+    return saved
 
 
 def trained_epochs(saved):

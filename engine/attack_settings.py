@@ -1,11 +1,11 @@
 """What defines one recovery attacker's training: ``ATTACK.*`` checked, the optimizer, loader workers."""
 import dataclasses
 import math
-import os
 
 import torch
 
 from modeling.generators import GENERATORS
+from utils.cpus import available_cpus
 from utils.errors import ConfigError
 
 LOGGER_NAME = "pixelfade.attack"
@@ -15,6 +15,11 @@ LEARNED_ATTACKERS = ("reference", "strong", "identity")
 INVERSION_INITS = ("mean", "protected")
 OPTIMIZERS = ("adam", "sgd")
 SGD_MOMENTUM = 0.9
+# ATTACK.VAL_FRACTION's default: each attacker's own protocol, DEFAULT_VAL_FRACTION[mode].
+PER_ATTACKER = -1
+# The reference attacker trains on every train pair, as the paper's recovery_attack.py; the privacy
+# evaluation's attackers hold out a tenth of the train identities and keep their best epoch.
+DEFAULT_VAL_FRACTION = {"reference": 0.0, "strong": 0.1, "identity": 0.1, "inversion": 0.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +38,7 @@ class AttackSettings:
     num_grids: int = 20
     pixel_mean: tuple = (0.485, 0.456, 0.406)
     pixel_std: tuple = (0.229, 0.224, 0.225)
-    val_fraction: float = 0.0  # ATTACK.VAL_FRACTION (0.1 in the config): 0 here keeps a bare AttackSettings as before
+    val_fraction: float = 0.0  # resolved by from_config (resolve_val_fraction); a bare AttackSettings holds none out
     identity_weight: float = 1.0
     inversion_steps: int = 200
     inversion_lr: float = 0.01
@@ -77,14 +82,17 @@ class AttackSettings:
                  "positive values", list(self.pixel_std))
 
     @classmethod
-    def from_config(cls, cfg):
+    def from_config(cls, cfg, mode=None):
+        """The settings of attacker ``mode`` (default ATTACK.MODE), its validation share resolved."""
         attack = cfg.ATTACK
+        mode = attack.MODE if mode is None else mode
         return cls(generator=attack.GENERATOR, ngf=attack.NGF,
                    optimizer=str(attack.OPTIMIZER).lower(), lr=attack.LR,
                    total_epochs=attack.TOTAL_EPOCHS, eval_epochs=tuple(attack.EVAL_EPOCHS),
-                   mode=attack.MODE, shuffle=attack.SHUFFLE, seed=attack.SEED,
+                   mode=mode, shuffle=attack.SHUFFLE, seed=attack.SEED,
                    num_grids=attack.NUM_GRIDS, pixel_mean=tuple(cfg.INPUT.PIXEL_MEAN),
-                   pixel_std=tuple(cfg.INPUT.PIXEL_STD), val_fraction=attack.VAL_FRACTION,
+                   pixel_std=tuple(cfg.INPUT.PIXEL_STD),
+                   val_fraction=resolve_val_fraction(attack.VAL_FRACTION, mode),
                    identity_weight=attack.IDENTITY_WEIGHT, inversion_steps=attack.INVERSION_STEPS,
                    inversion_lr=attack.INVERSION_LR, inversion_tv=attack.INVERSION_TV,
                    inversion_init=attack.INVERSION_INIT)
@@ -104,6 +112,15 @@ class AttackSettings:
         return sorted(wanted | {self.total_epochs - 1})
 
 
+def resolve_val_fraction(configured, mode):
+    """ATTACK.VAL_FRACTION for attacker ``mode``: ``configured``, or its protocol's default when -1."""
+    if _is_number(configured) and configured == PER_ATTACKER:
+        return DEFAULT_VAL_FRACTION.get(mode, 0.0)
+    _require(_is_number(configured) and 0 <= configured < 1, "ATTACK.VAL_FRACTION",
+             f"a number in [0, 1), or {PER_ATTACKER} for each attacker's default {DEFAULT_VAL_FRACTION}", configured)
+    return configured
+
+
 def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -115,13 +132,6 @@ def _is_number(value):
 def _require(condition, key, expected, got):
     if not condition:
         raise ConfigError(f"{key} must be {expected}, got {got!r}")
-
-
-def available_cpus():
-    """CPUs this process may run on (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
 
 
 def loader_workers(configured):

@@ -14,9 +14,9 @@ import torch
 from evaluation.image_quality import ImageQuality, to_pixels
 from evaluation.leakage import chance_level, identity_leakage
 from evaluation.lpips_metric import NOT_COMPUTED_NOTE, build_lpips, lpips_distance
-from utils.file_io import atomic_save_image
 
 from .features import extract_features
+from .protect_handlers import save_labelled_grid
 
 FEATURE_CHUNK = 64
 # The smallest image (height, width) on which lpips' AlexNet keeps a feature map at every layer.
@@ -104,7 +104,7 @@ class PrivacyScorer:
             if grid_dir is not None and number < num_grids:
                 from .attack import grid_image
 
-                atomic_save_image(grid_image(protected, recovered, original), os.path.join(grid_dir, f"{number}.png"))
+                save_labelled_grid(grid_image(protected, recovered, original), os.path.join(grid_dir, f"{number}.png"))
         record = quality.compute()
         return {
             "num_images": record["num_images"],

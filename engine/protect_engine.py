@@ -13,11 +13,10 @@ import time
 import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import ProgressBar
+
+from utils.progress import attach_progress
 
 from .distributed import batch_spans, shard_range
-from .features import extract_features
-from .storage import PixelCodec
 from .protect_handlers import (
     BatchRecordWriter,
     EvalModelFeatures,
@@ -28,15 +27,17 @@ from .protect_handlers import (
     RandomStreamRestorer,
     StatisticsHandler,
 )
+from .storage import PixelCodec
 
 
-def create_protect_engine(method, model, device, batch_size, feature_chunk):
-    """An Engine whose step protects one batch and extracts its features.
+def create_protect_engine(protector, device, batch_size):
+    """An Engine whose step protects one batch with ``protector`` (the service API's own path).
 
     ``engine.state.output`` is a dict: split-wide ``batch_index``, global ``indices``, ``pids``,
-    ``camids``, ``original`` and ``protected`` images, the method's ``noise`` and per-image
-    ``constraint_held`` share (or None), the fp32 ``original_features`` and ``protected_features``,
-    ``seconds`` (the step) and ``method_seconds`` (the protection alone, CUDA synchronised); handlers add to it.
+    ``camids``, ``original`` and ``protected`` images, the method's ``noise``, the fp32
+    ``original_features`` and ``protected_features``, the per-image ``stats`` (with the share of
+    steps the constraint held), ``seconds`` (the step) and ``method_seconds`` (the protection alone,
+    CUDA synchronised); handlers add to it.
     """
     device = torch.device(device)
 
@@ -44,14 +45,7 @@ def create_protect_engine(method, model, device, batch_size, feature_chunk):
         started = time.perf_counter()
         original = batch["image"].to(device, non_blocking=True)
         indices = batch["index"]
-        method_started = time.perf_counter()
-        result = method(original, indices)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        method_seconds = time.perf_counter() - method_started
-        protected_features = result.features
-        if protected_features is None:
-            protected_features = extract_features(model, result.protected, feature_chunk)
+        result = protector.protect_batch(original, indices)
         return {
             "batch_index": int(indices[0]) // batch_size,
             "indices": indices,
@@ -60,11 +54,11 @@ def create_protect_engine(method, model, device, batch_size, feature_chunk):
             "original": original,
             "protected": result.protected,
             "noise": result.noise,
-            "constraint_held": result.constraint_held,
-            "original_features": extract_features(model, original, feature_chunk),
-            "protected_features": protected_features,
+            "stats": result.stats,
+            "original_features": result.original_features,
+            "protected_features": result.protected_features,
             "seconds": time.perf_counter() - started,
-            "method_seconds": method_seconds,
+            "method_seconds": result.method_seconds,
         }
 
     return Engine(protect_step)
@@ -92,8 +86,10 @@ def attach_outputs(
     for handler in handlers:
         engine.add_event_handler(Events.ITERATION_COMPLETED, handler)
     if show_progress and idist.get_rank() == 0:
-        ProgressBar(persist=True, desc=f"protect {split}").attach(
+        attach_progress(
             engine,
+            f"protect {split}",
+            persist=True,
             output_transform=lambda out: {
                 "feature MSE": out["feature_mse"],
                 "img/s": len(out["indices"]) / max(out["seconds"], 1e-9),

@@ -6,12 +6,15 @@ last: a record on disk means every other output of its batch is already written.
 """
 
 import math
+import os
 from dataclasses import dataclass, field
 
 import torch
+from PIL import Image, ImageDraw, PngImagePlugin
+from torchvision.utils import make_grid
 
-from evaluation.protection_stats import protection_statistics
 from utils.errors import NonFiniteError
+from utils.file_io import atomic_write
 
 from .features import extract_features
 from .storage import PixelCodec
@@ -51,15 +54,10 @@ class RandomStreamRestorer:
 
 
 class StatisticsHandler(OutputHandler):
-    """Per-image feature MSE and cosine, how noise-like each protected image is, and the share of
-    steps in which the feature constraint held (0 for methods without one)."""
+    """The batch's mean feature MSE, for the progress bar and the non-finite check (the per-image
+    statistics come from the step, ``Protector.protect_batch``)."""
 
     def handle(self, out):
-        out["stats"] = protection_statistics(
-            out["original"], out["protected"], out["noise"], out["original_features"], out["protected_features"]
-        )
-        held = out["constraint_held"]
-        out["stats"]["constraint_held"] = torch.zeros_like(out["stats"]["feature_mse"]) if held is None else held
         out["feature_mse"] = float(out["stats"]["feature_mse"].mean())
 
 
@@ -123,7 +121,7 @@ class PairWriter(OutputHandler):
 
 @dataclass
 class GridWriter(OutputHandler):
-    """An original (top) / protected (bottom) grid of each of the first ``num_grids`` batches."""
+    """``imgs/<split>_<i>.png`` of the first ``num_grids`` batches: rows ``GRID_ROWS``, labelled on the left."""
 
     store: object
     split: str
@@ -132,12 +130,48 @@ class GridWriter(OutputHandler):
 
     def handle(self, out):
         if out["batch_index"] < self.num_grids:
-            self.store.save_grid(
-                self.split,
-                out["batch_index"],
-                self.codec.to_pixels(out["original"]),
-                self.codec.to_pixels(out["protected"]),
-            )
+            rows = [self.codec.to_pixels(out[kind]).float().cpu() / 255.0 for kind in GRID_ROWS]
+            grid = make_grid(torch.cat(rows), nrow=rows[0].shape[0], padding=2, pad_value=1.0)
+            pixels = torch.round(grid * 255).to(torch.uint8).permute(1, 2, 0).numpy()
+            save_labelled_grid(labelled_grid(Image.fromarray(pixels), GRID_ROWS),
+                               os.path.join(self.store.grid_dir, f"{self.split}_{out['batch_index']}.png"))
+
+
+# The protection grid's rows, top to bottom (the reference's imgs/ grids, with their names drawn).
+GRID_ROWS = ("original", "protected")
+# Width of the label strip left of a grid, in pixels (PIL's default font: ~6 px per character).
+ROW_LABEL_MARGIN = 64
+
+
+def grid_row_names(image):
+    """The row labels of a grid written by :func:`save_labelled_grid` (its PNG text chunk 'rows'), or ()."""
+    names = image.info.get("rows", "")
+    return tuple(names.split(",")) if names else ()
+
+
+def labelled_grid(grid, labels, margin=ROW_LABEL_MARGIN):
+    """``grid`` (a PIL image of ``len(labels)`` equal rows) with a white strip on the left naming each row.
+
+    The image part is pasted unchanged at x = ``margin``; each label is centred on its row band. The
+    names also go into the PNG's text ('rows', read back by :func:`grid_row_names`).
+    """
+    canvas = Image.new("RGB", (grid.width + margin, grid.height), "white")
+    canvas.paste(grid.convert("RGB"), (margin, 0))
+    draw = ImageDraw.Draw(canvas)
+    band = grid.height / len(labels)
+    for number, label in enumerate(labels):
+        left, top, right, bottom = draw.textbbox((0, 0), label)
+        draw.text((max(0, (margin - (right - left)) // 2), int((number + 0.5) * band - (bottom - top) / 2) - top),
+                  label, fill="black")
+    canvas.info["rows"] = ",".join(labels)
+    return canvas
+
+
+def save_labelled_grid(image, path):
+    """Write a :func:`labelled_grid` image as PNG atomically, its row names in the text chunk 'rows'."""
+    text = PngImagePlugin.PngInfo()
+    text.add_text("rows", image.info["rows"])
+    return atomic_write(path, lambda handle: image.save(handle, format="PNG", pnginfo=text))
 
 
 def passes_per_image(method):

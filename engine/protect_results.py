@@ -8,8 +8,9 @@ import os
 
 import torch
 
+from data.splits import UNREADABLE
 from evaluation.protection_stats import STAT_NAMES
-from evaluation.reid import evaluate_protection_modes, format_results_table
+from evaluation.reid import PROTECTION_MODES, evaluate_protection_modes, format_results_table
 from utils.file_io import atomic_torch_save
 
 from .distributed import gather_rows_by_index
@@ -128,9 +129,23 @@ def protection_cost(store, spans_of_split, device):
     }
 
 
+def skipped_note(skipped):
+    """One Markdown line on the files left out of the run, or None when there were none."""
+    if not skipped:
+        return None
+    unreadable = sum(1 for entry in skipped if entry["reason"].startswith(UNREADABLE))
+    return (f"Skipped {len(skipped)} file(s) of the data set ({unreadable} unreadable image(s), "
+            f"{len(skipped) - unreadable} not taken as images); `skipped` in results.json lists each with the reason.")
+
+
 def results_markdown(cfg, results):
     lines = [f"# Protection results ({cfg.PIXELFADE.METHOD}, {cfg.DATASETS.NAMES})", ""]
-    if "reid" in results:
+    note = skipped_note(results.get("skipped"))
+    if note:
+        lines += [note, ""]
+    if "reid_protocols" in results:
+        lines += cross_modality_markdown(results)
+    elif "reid" in results:
         lines += [
             "Re-ID, features of the final protected images (float, normalised space):",
             "",
@@ -161,6 +176,14 @@ def results_markdown(cfg, results):
             f"| {split} | {stats['feature_mse']:.4f} | {stats['cosine']:.4f} | {stats['noise_share']:.1%} "
             f"| {stats['closer_to_noise']:.1%} | {stats['constraint_held']:.1%} | {stats['share_above_epsilon']:.1%} |"
         )
+    if "protection_modalities" in results:
+        header = ("| modality | feature MSE | cosine to original | values nearer noise than original "
+                  "| steps the constraint held | images above EPSILON |")
+        lines += ["", "Test images by modality:", "", header, "|---|---|---|---|---|---|"]
+        for name, stats in results["protection_modalities"].items():
+            lines.append(f"| {name} | {stats['feature_mse']:.4f} | {stats['cosine']:.4f} | "
+                         f"{stats['closer_to_noise']:.1%} | {stats['constraint_held']:.1%} "
+                         f"| {stats['share_above_epsilon']:.1%} |")
     bound = (
         "EPSILON"
         if cfg.PIXELFADE.EPSILON_MODE == "absolute"
@@ -188,6 +211,40 @@ def results_markdown(cfg, results):
             ),
         ]
     return "\n".join(lines) + "\n"
+
+
+SHORT_LIST_NOTE = ("Some ranked lists were shorter than 20: a rank beyond a list's length takes the cumulative "
+                   "match at its last position (the reference fails there).")
+# What the query and the gallery of each visible-infrared protocol are.
+PROTOCOL_ROLES = {
+    "all_search": "infrared queries (cam3, cam6) vs one visible image per identity and camera of cam1, 2, 4, 5",
+    "indoor_search": "infrared queries (cam3, cam6) vs one visible image per identity and camera of cam1, 2",
+    "visible_to_thermal": "visible queries vs thermal gallery",
+    "thermal_to_visible": "thermal queries vs visible gallery",
+}
+
+
+def cross_modality_markdown(results):
+    """One table per visible-infrared protocol (means over its trials), then Rank-1/mAP per trial."""
+    intro = ("Re-ID per protocol, mean over trials of the BNNeck features (L2-normalised, dot product, as the "
+             "reference scores them), of the final protected images; `reid` in results.json holds "
+             f"{results['reid_primary_protocol']}:")
+    lines = [intro, ""]
+    for protocol, modes in results["reid_protocols"].items():
+        trials = results["reid_trials"][protocol]["clean2clean"]
+        numbers = ", ".join(str(entry["trial"]) for entry in trials)
+        title = f"**{protocol}** ({PROTOCOL_ROLES.get(protocol, protocol)}; trials {numbers}):"
+        lines += [title, "", format_results_table(modes), ""]
+        if any(scores["short_list"] for scores in modes.values()):
+            lines += [SHORT_LIST_NOTE, ""]
+    lines += ["| protocol | trial | " + " | ".join(f"{mode} Rank-1 / mAP" for mode in PROTECTION_MODES) + " |",
+              "|---|---|" + "---|" * len(PROTECTION_MODES)]
+    for protocol, modes in results["reid_trials"].items():
+        for number, _ in enumerate(modes["clean2clean"]):
+            cells = [f"{100 * modes[mode][number]['rank1']:.1f} / {100 * modes[mode][number]['mAP']:.1f}"
+                     for mode in PROTECTION_MODES]
+            lines.append(f"| {protocol} | {modes['clean2clean'][number]['trial']} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def write_results(store, cfg, results):

@@ -23,14 +23,26 @@ from configs import config_with_flags, save_config
 from data.datasets.image_folder import describe_skipped, protected_relative_name
 from data.loaders import ImageDataset
 from data.splits import plan_splits
-from data.transforms import build_eval_transform
 from modeling import build_authorization_model, feature_dim, resolve_device
 from modeling.authorization import build_eval_models
+from utils.cpus import configure_threads, loader_workers
 from utils.errors import CheckpointError, ConfigError
 from utils.file_io import FolderLock
 from utils.logs import close_log_handlers
 
-from .methods import build_method
+from .cross_modality_protect import (
+    apply_input_defaults,
+    is_cross_modality,
+    per_trial,
+    score_cross_modality,
+    scoring_keys,
+    scoring_models,
+    split_models,
+    split_store,
+    split_transform,
+    trial_checkpoints_identity,
+    user_keys,
+)
 from .protect_engine import BatchSchedule, attach_outputs, create_protect_engine
 from .protect_results import (
     RECORD_STATS,
@@ -44,6 +56,7 @@ from .protect_results import (
     write_statistics_csv,
 )
 from .protect_settings import validate_protect_config
+from .protector import Protector
 from .run_store import RunStore
 
 logger = logging.getLogger("pixelfade.protect")
@@ -105,6 +118,9 @@ class ProtectOptions:
 def build_protect_config(config_file, opts, flag_values, flag_of_key=None):
     """Defaults < --config_file < trailing KEY VALUE overrides < flags; validated and frozen."""
     cfg = config_with_flags(config_file, opts, flag_values, "protect")
+    cfg.defrost()
+    apply_input_defaults(cfg, user_keys(config_file, opts, flag_values))
+    cfg.freeze()
     validate_protect_config(cfg, flag_of_key)
     return cfg
 
@@ -129,6 +145,9 @@ def run_fingerprint(cfg, checkpoint_digest):
         fingerprint["avih_key_model"] = file_digest(cfg.AVIH.KEY_MODEL)
     if cfg.PIXELFADE.MODE == "reference":
         fingerprint["processes"] = idist.get_world_size()
+    if is_cross_modality(cfg):
+        fingerprint.update({key: config_value(cfg, key) for key in ("MODEL.VI_FEATURE", "DATASETS.TRIALS")})
+        fingerprint["input_transform"] = "agw_vi test transform (Lanczos resize, then bilinear)"
     return fingerprint
 
 
@@ -143,6 +162,8 @@ def file_digest(path, chunk=1 << 20):
 def checkpoint_identity(cfg, random_init):
     """A digest that identifies the authorization model's weights."""
     if cfg.TEST.WEIGHT:
+        if per_trial(cfg):
+            return trial_checkpoints_identity(cfg, file_digest)
         if not os.path.isfile(cfg.TEST.WEIGHT):
             raise CheckpointError(
                 f"Re-ID checkpoint not found: {cfg.TEST.WEIGHT} (--reid_ckpt_path / TEST.WEIGHT); "
@@ -156,8 +177,10 @@ def checkpoint_identity(cfg, random_init):
     )
 
 
-def load_authorization_model(cfg, device):
-    model = build_authorization_model(cfg, cfg.TEST.WEIGHT, device, logger)
+def load_authorization_model(cfg, device, checkpoint_path=None):
+    """The model of ``checkpoint_path`` (default TEST.WEIGHT), in the configured memory layout."""
+    path = cfg.TEST.WEIGHT if checkpoint_path is None else checkpoint_path
+    model = build_authorization_model(cfg, path, device, logger)
     if cfg.PIXELFADE.CHANNELS_LAST:
         model = model.to(memory_format=torch.channels_last)
     return model
@@ -192,7 +215,7 @@ def run(cfg, options, nproc_per_node=None, backend=None):
     if spawn is None and not under_launcher:
         return run_protection(0, cfg, options, plan, checkpoint_digest)
     # A spawned process's error reaches this one as a traceback: check the weights fit here first.
-    load_authorization_model(cfg, "cpu")
+    split_models(cfg, plan, "cpu", load_authorization_model)
     with idist.Parallel(backend=backend, nproc_per_node=spawn) as parallel:
         parallel.run(run_protection, cfg, options, plan, checkpoint_digest)
     return None
@@ -202,13 +225,18 @@ def run_protection(local_rank, cfg, options, plan, checkpoint_digest):
     """One process's run: open (or resume) the output folder, protect its shard of every split, score on rank 0."""
     rank = idist.get_rank()
     setup_logger("pixelfade", distributed_rank=rank, reset=True)
+    if idist.get_world_size() > 1:
+        configure_threads(cfg.SYSTEM.THREADS, processes=idist.get_nproc_per_node())
     # What is logged before the folder may be written (model loading) reaches log.txt once it is.
     early_records = logging.handlers.MemoryHandler(capacity=10_000, flushLevel=logging.CRITICAL + 1)
     logging.getLogger("pixelfade").addHandler(early_records)
     device = idist.device() if idist.get_world_size() > 1 else resolve_device(cfg.MODEL.DEVICE)
     started = time.perf_counter()
-    torch.backends.cudnn.benchmark = True
-    model = load_authorization_model(cfg, device)
+    # Exact resume and the same images run to run on CUDA need the same deterministic cuDNN kernels in every
+    # process: autotuning (benchmark) may pick another algorithm in the next run, atomics-based ones vary.
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    model, models = split_models(cfg, plan, device, load_authorization_model)
     store = RunStore(cfg.OUTPUT_DIR)
     fingerprint = run_fingerprint(cfg, checkpoint_digest)
     lock = FolderLock(cfg.OUTPUT_DIR, "protect_image.py") if rank == 0 else None
@@ -235,7 +263,7 @@ def run_protection(local_rank, cfg, options, plan, checkpoint_digest):
         if rank != 0:
             store.open_run(fingerprint)
         eval_models = build_eval_models(cfg, device, logger)
-        shards = protect_splits(cfg, options, plan, model, store, device, list(eval_models.values()))
+        shards = protect_splits(cfg, options, plan, model, store, device, list(eval_models.values()), models)
         results = collect_results(cfg, plan, model, store, shards, eval_models, device)
         if rank == 0:
             results["run"] = {
@@ -246,10 +274,11 @@ def run_protection(local_rank, cfg, options, plan, checkpoint_digest):
                 "device": str(device),
                 "processes": idist.get_world_size(),
                 "seconds_this_run": round(time.perf_counter() - started, 2),
-                "num_query": plan.splits["test"].num_query if "test" in plan.splits else None,
+                "num_query": plan.splits["test"].num_query if "test" in plan.splits else plan.num_query,
                 "features": "extracted from the final protected images (the reference scores the previous step's)",
             }
             results["cost"] = protection_cost(store, {split: spans for split, (spans, _) in shards.items()}, device)
+            results["skipped"] = [{"path": path, "reason": reason} for path, reason in plan.skipped]
             write_results(store, cfg, results)
         return results
     finally:
@@ -258,17 +287,27 @@ def run_protection(local_rank, cfg, options, plan, checkpoint_digest):
         close_log_handlers()
 
 
-def protect_splits(cfg, options, plan, model, store, device, eval_models=()):
-    """Protect this process's shard of every split (skipping finished batches); returns the shards."""
+def protect_splits(cfg, options, plan, model, store, device, eval_models=(), models=None):
+    """Protect this process's shard of every split (skipping finished batches); returns the shards.
+
+    ``models``: {split: model} where splits differ (visible-infrared: one stem per modality); one
+    Protector per model, the random stream running on through the splits in order.
+    """
     rank = idist.get_rank()
-    method = build_method(cfg, model, device, rank)
+    models = models or {split: model for split in plan.splits}
+    protectors = {}
+    for split_model in models.values():
+        if id(split_model) not in protectors:
+            protectors[id(split_model)] = Protector(split_model, cfg, device=device, rank=rank)
+    extra_models = scoring_models(cfg, models)
     schedule = BatchSchedule()
     shards = {
         split: schedule.add_split(split, len(sp.records), cfg.PIXELFADE.BATCH_SIZE) for split, sp in plan.splits.items()
     }
     plain_folder = cfg.DATASETS.NAMES == "image_folder"
-    transform = build_eval_transform(cfg)
+    transform = split_transform(cfg)
     for split, split_plan in plan.splits.items():
+        protector = protectors[id(models[split])]
         spans, shard = shards[split]
         pending = pending_batches(store, split, split_plan, spans, shard)
         if not pending:
@@ -276,25 +315,25 @@ def protect_splits(cfg, options, plan, model, store, device, eval_models=()):
         loader = torch.utils.data.DataLoader(
             ImageDataset(split_plan.records, transform, flips=split_plan.flips),
             batch_sampler=[list(range(*spans[i])) for i in pending],
-            num_workers=cfg.DATALOADER.NUM_WORKERS,
+            num_workers=loader_workers(cfg.DATALOADER.NUM_WORKERS),
             pin_memory=torch.device(device).type == "cuda",
         )
-        engine = create_protect_engine(method, model, device, cfg.PIXELFADE.BATCH_SIZE, cfg.TEST.IMS_PER_BATCH)
+        engine = create_protect_engine(protector, device, cfg.PIXELFADE.BATCH_SIZE)
         # A failing step reaches the caller as its exception; ignite's own error log would repeat it.
         engine.logger.setLevel(logging.CRITICAL)
         attach_outputs(
             engine,
             split=split,
-            method=method,
-            model=model,
-            store=store,
+            method=protector.method,
+            model=models[split],
+            store=split_store(store, split_plan),
             schedule=schedule,
             cfg=cfg,
             item_keys=split_plan.keys,
             png_paths=png_names(split, split_plan, plan.root, plain_folder),
             save_png=cfg.PIXELFADE.SAVE_PNG or plain_folder,
             show_progress=options.show_progress,
-            eval_models=eval_models if split == "test" else (),
+            eval_models=eval_models if split == "test" else extra_models.get(split, ()),
         )
         engine.run(loader, max_epochs=1)
         logger.info("%s: protected %d batches on rank %d", split, len(pending), rank)
@@ -328,6 +367,7 @@ def collect_results(cfg, plan, model, store, shards, eval_models, device):
     plain_folder = cfg.DATASETS.NAMES == "image_folder"
     save_png = cfg.PIXELFADE.SAVE_PNG or plain_folder
     dim = feature_dim(model, cfg, device)
+    gathered_of = {}
     for split, split_plan in plan.splits.items():
         feature_keys = ["original_features", "protected_features"] + (["stored_features"] if save_png else [])
         row_shapes = {key: (dim,) for key in feature_keys}
@@ -338,9 +378,12 @@ def collect_results(cfg, plan, model, store, shards, eval_models, device):
                 row_shapes.update(
                     {f"eval{k}_original_features": (extra_dim,), f"eval{k}_protected_features": (extra_dim,)}
                 )
+        if split_plan.modality:
+            row_shapes.update({key: (dim,) for key in scoring_keys(cfg)})
         gathered = gather_split(store, split, shards[split][1], len(split_plan.records), row_shapes)
         if idist.get_rank() != 0:
             continue
+        gathered_of[split] = gathered
         stats = summarize_statistics(gathered, cfg.PIXELFADE.EPSILON, cfg.PIXELFADE.EPSILON_MODE)
         results["protection"][split] = stats
         warn_above_epsilon(cfg, split, stats)
@@ -356,4 +399,6 @@ def collect_results(cfg, plan, model, store, shards, eval_models, device):
                     label: score(cfg, gathered, split_plan, f"eval{k}_protected_features", f"eval{k}_original_features")
                     for k, label in enumerate(eval_models)
                 }
+    if plan.protocols and idist.get_rank() == 0:
+        results.update(score_cross_modality(cfg, plan, gathered_of))
     return results

@@ -9,10 +9,12 @@ import math
 
 from utils.errors import ConfigError
 
+from modeling.agw_vi import FEATURES as VI_FEATURES
 from modeling.authorization import MODEL_INPUTS, STATE_DICT_FORMATS, parse_eval_model
 from modeling.fastreid.format import POOL_OPTIONS
 from modeling.fastreid.resnet import MAXPOOL_VARIANTS
 
+from . import cross_modality_protect
 from .avih import AvihParams, load_key_model
 from .methods import METHODS
 from .pixelfade import EPSILON_MODES, REPLACEMENTS
@@ -86,6 +88,8 @@ def validate_protect_config(cfg, flag_of_key=None):
     check.choice("MODEL.FASTREID_MAXPOOL", tuple(MAXPOOL_VARIANTS))
     check.choice("MODEL.FASTREID_POOL", POOL_OPTIONS)
     check.choice("INPUT.MODEL_INPUT", MODEL_INPUTS)
+    check.choice("MODEL.VI_FEATURE", VI_FEATURES)
+    cross_modality_protect.validate(cfg, check)
     check.positive("INPUT.PIXEL_RANGE")
     if cfg.MODEL.FORMAT == "module" and ":" not in str(cfg.MODEL.FACTORY):
         check.fail("MODEL.FACTORY", "'package.module:function' with MODEL.FORMAT module")
@@ -105,7 +109,8 @@ def validate_protect_config(cfg, flag_of_key=None):
         check.positive(key)
     check.integer("PIXELFADE.MOSAIC_BLOCK", 1)
     check.non_negative("PIXELFADE.NOISE_STD")
-    for key in ("PIXELFADE.CHANNELS_LAST", "PIXELFADE.SAVE_IMAGE_NPY", "PIXELFADE.SAVE_PNG"):
+    switches = ("PIXELFADE.CHANNELS_LAST", "PIXELFADE.SAVE_IMAGE_NPY", "PIXELFADE.SAVE_PNG", "DATASETS.SKIP_UNREADABLE")
+    for key in switches:
         check.boolean(key)
     size = check.value("INPUT.IMG_SIZE")
     if len(size) != 2 or not all(_is_int(v) and v >= 1 for v in size):
@@ -120,6 +125,7 @@ def validate_protect_config(cfg, flag_of_key=None):
     if not _is_number(probability) or not 0.0 <= probability <= 1.0:
         check.fail("INPUT.PROB", "a probability in [0, 1]")
     check.integer("DATALOADER.NUM_WORKERS", 0)
+    check.integer("SYSTEM.THREADS", 0)
     check.integer("DATALOADER.NUM_INSTANCE", 1)
     check.integer("TEST.IMS_PER_BATCH", 1)
     check.choice("TEST.FEAT_NORM", SWITCHES)

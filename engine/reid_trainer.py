@@ -30,16 +30,17 @@ import random
 import re
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import ignite.distributed as idist
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import Checkpoint, ProgressBar
+from ignite.handlers import Checkpoint
 from ignite.handlers.checkpoint import BaseSaveHandler
-from ignite.metrics import RunningAverage
+from ignite.metrics import Average
+from ignite.metrics.metric import SingleEpochRunningBatchWise
 from ignite.utils import setup_logger
 
 from configs import save_config
@@ -51,11 +52,13 @@ from evaluation.reid import evaluate_reid
 from modeling import build_model, resolve_device
 from modeling.backbones import BACKBONES
 from modeling.losses import AGWCriterion
+from utils.cpus import configure_threads, loader_workers
 from utils.errors import CheckpointError, ConfigError, DatasetError, NonFiniteError, RunConflictError
 from utils.file_io import FolderLock, atomic_write, atomic_write_json, atomic_write_text
 from utils.logs import close_log_handlers
+from utils.progress import attach_progress
 
-from .attack import AtomicCheckpointSaver
+from .attack_checkpoint import AtomicCheckpointSaver
 from .lr_schedule import WarmupMultiStepLR, lr_at_epoch
 from .protect_settings import _Checker, _is_int
 
@@ -78,6 +81,7 @@ FREE_KEYS = (
     "DATALOADER.NUM_WORKERS",
     "MODEL.DEVICE",
     "TEST",
+    "SYSTEM",
 )
 
 
@@ -87,7 +91,7 @@ class TrainOptions:
 
     show_progress: bool = True
     # Called with the trainer after every handler is attached (tests interrupt runs with it).
-    on_trainer: Optional[Callable] = None
+    on_trainer: Callable | None = None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -114,6 +118,7 @@ def validate_train_config(cfg, flag_of_key=None):
         ("SOLVER.SEED", 0),
         ("DATALOADER.NUM_INSTANCE", 1),
         ("DATALOADER.NUM_WORKERS", 0),
+        ("SYSTEM.THREADS", 0),
         ("TEST.IMS_PER_BATCH", 1),
         ("INPUT.PADDING", 0),
         ("MODEL.INIT_SEED", 0),
@@ -462,51 +467,10 @@ def results_markdown(results):
 
 
 def draw_curves(results, path):
-    """Training loss per epoch (left) and mAP / Rank-1 at the evaluated epochs (right), drawn with PIL."""
-    from PIL import Image, ImageDraw
+    """``training_curves.png``: losses per epoch and mAP / Rank-1 at the evaluated epochs (experiments.plots)."""
+    from experiments.plots import save_figure, training_curves_figure
 
-    width, height, pad = 900, 360, 50
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    panels = [
-        (
-            "training loss",
-            [("loss", (200, 30, 30)), ("id", (30, 120, 200)), ("triplet", (30, 160, 60))],
-            results["epochs"],
-        ),
-        ("mAP / Rank-1 (%)", [("mAP", (200, 30, 30)), ("rank1", (30, 120, 200))], results["evaluations"]),
-    ]
-    panel_width = width // 2
-    for index, (title, series, rows) in enumerate(panels):
-        left, right = index * panel_width + pad, (index + 1) * panel_width - 20
-        top, bottom = 30, height - pad
-        draw.rectangle([left, top, right, bottom], outline="black")
-        draw.text((left, 10), title, fill="black")
-        scale = 100.0 if index == 1 else 1.0
-        values = [row[key] * scale for row in rows for key, _ in series if key in row]
-        epochs = [row["epoch"] for row in rows]
-        if not values:
-            continue
-        low, high = min(0.0, min(values)), max(values) or 1.0
-        first, last = min(epochs), max(max(epochs), min(epochs) + 1)
-
-        def point(epoch, value):
-            x = left + (right - left) * (epoch - first) / (last - first)
-            y = bottom - (bottom - top) * (value - low) / ((high - low) or 1.0)
-            return x, y
-
-        draw.text((left - 45, top), f"{high:.3g}", fill="black")
-        draw.text((left - 45, bottom - 10), f"{low:.3g}", fill="black")
-        draw.text((left, bottom + 5), f"epoch {first}", fill="black")
-        draw.text((right - 60, bottom + 5), f"epoch {last}", fill="black")
-        for number, (key, color) in enumerate(series):
-            points = [point(row["epoch"], row[key] * scale) for row in rows if key in row]
-            if len(points) > 1:
-                draw.line(points, fill=color, width=2)
-            for x, y in points:
-                draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=color)
-            draw.text((left + 10 + 80 * number, bottom - 20), key, fill=color)
-    atomic_write(path, lambda handle: image.save(handle, format="PNG"))
+    return save_figure(training_curves_figure(results), path)
 
 
 def write_results(cfg, progress, run_info):
@@ -551,6 +515,8 @@ def run(cfg, options=None, nproc_per_node=None, backend=None):
 def train_process(local_rank, cfg, options, dataset):
     rank, world_size = idist.get_rank(), idist.get_world_size()
     setup_logger("pixelfade", distributed_rank=rank, reset=True)
+    if world_size > 1:
+        configure_threads(cfg.SYSTEM.THREADS, processes=idist.get_nproc_per_node())
     device = idist.device() if world_size > 1 else resolve_device(cfg.MODEL.DEVICE)
     lock = FolderLock(cfg.OUTPUT_DIR, "train_reid.py") if rank == 0 else None
     if lock is not None:
@@ -612,11 +578,12 @@ def _train(cfg, options, dataset, device, rank, world_size):
     batches = RankSlicedBatches(IdentityBatchSampler(pids, P, K, seed=cfg.SOLVER.SEED), K, world_size, rank)
     pin = torch.device(device).type == "cuda"
     train_data = EpochData(
-        ImageDataset(train_records, build_train_transform(cfg)), batches, cfg.DATALOADER.NUM_WORKERS, pin
+        ImageDataset(train_records, build_train_transform(cfg)), batches, loader_workers(cfg.DATALOADER.NUM_WORKERS), pin
     )
     epoch_length = max_batches_per_epoch(pids, P, K)
     eval_recs, num_query = eval_records(dataset)
-    eval_loader = build_loader(eval_recs, build_eval_transform(cfg), cfg.TEST.IMS_PER_BATCH, cfg.DATALOADER.NUM_WORKERS)
+    eval_loader = build_loader(eval_recs, build_eval_transform(cfg), cfg.TEST.IMS_PER_BATCH,
+                               loader_workers(cfg.DATALOADER.NUM_WORKERS))
     center_weight = float(cfg.SOLVER.CENTER_LOSS_WEIGHT)
     timer = {"last": time.perf_counter()}
 
@@ -648,9 +615,11 @@ def _train(cfg, options, dataset, device, rank, world_size):
     progress = TrainProgress(identity)
     loss_names = ["loss", "id", "triplet"] + (["center"] if center_optimizer is not None else [])
     for name in loss_names + ["images_per_s"]:
-        RunningAverage(output_transform=lambda out, name=name: out[name]).attach(trainer, name)
+        # The mean over the current epoch's steps so far (reset when an epoch starts), as the bar shows it.
+        Average(output_transform=lambda out, name=name: out[name]).attach(
+            trainer, name, usage=SingleEpochRunningBatchWise())
     if options.show_progress and rank == 0:
-        ProgressBar(persist=False, desc="train").attach(trainer, metric_names=loss_names + ["images_per_s"])
+        attach_progress(trainer, "train", metric_names=loss_names + ["images_per_s"])
     epoch_state = {}
 
     @trainer.on(Events.EPOCH_STARTED)
@@ -760,7 +729,9 @@ def _train(cfg, options, dataset, device, rank, world_size):
         include_self=True,
         global_step_transform=lambda engine, _: engine.state.epoch,
     )
-    trainer.add_event_handler(Events.EPOCH_COMPLETED(event_filter=should_save), checkpointer)
+    # The resume point follows every epoch (the latest only, replaced atomically); the model files
+    # above keep SOLVER.CHECKPOINT_PERIOD.
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, checkpointer)
 
     @trainer.on(Events.EPOCH_COMPLETED(event_filter=should_save))
     def _write_results(engine):

@@ -11,7 +11,8 @@ from .checkpoint import (
     state_dict_from,
 )
 from .errors import CheckpointError
-from . import fastreid, torchreid  # noqa: F401  (register their formats)
+from . import agw_vi, fastreid, torchreid  # noqa: F401  (register their formats)
+from . import clip_reid  # noqa: F401  (registers irra and clip; imports open_clip on first use)
 
 __all__ = [
     "Baseline",

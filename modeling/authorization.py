@@ -28,7 +28,7 @@ from .checkpoint import read_checkpoint
 from .formats import AUTO_ORDER, MODEL_FORMATS
 
 _log = logging.getLogger("pixelfade.model")
-STATE_DICT_FORMATS = ("agw", "torchreid", "fastreid")
+STATE_DICT_FORMATS = ("agw", "torchreid", "fastreid", "agw_vi")
 MODEL_INPUTS = ("normalized", "pixels")
 
 

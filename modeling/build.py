@@ -3,6 +3,7 @@
 It is registered as the ``agw`` checkpoint format.
 """
 
+import functools
 import logging
 import os
 
@@ -10,10 +11,12 @@ import torch
 
 from configs import ConfigError
 
-from .backbones import build_backbone
+from .backbones import BACKBONES, build_backbone
 from .baseline import Baseline
-from .checkpoint import load_imagenet_backbone, load_reid_weights
+from .checkpoint import REID_IGNORED_PREFIXES, load_imagenet_backbone, load_reid_weights
+from .errors import CheckpointError
 from .formats import MODEL_FORMATS, ModelFormat
+from .load_report import state_signature
 
 PRETRAIN_CHOICES = ("imagenet", "self")
 SWITCH_VALUES = {"on": True, "off": False, True: True, False: False}
@@ -54,6 +57,9 @@ def resolve_device(device):
         raise ConfigError(f"MODEL.DEVICE: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"MODEL.DEVICE is {device!r} but CUDA is not available on this machine")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ConfigError(f"MODEL.DEVICE is {device!r} but this machine has {torch.cuda.device_count()} CUDA "
+                          f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return resolved
 
 
@@ -84,7 +90,50 @@ def _build_agw(cfg):
 
 def _load_agw(model, state, source, logger):
     architecture = f"the AGW Baseline with MODEL.NAME {getattr(model, 'architecture', '?')}"
-    return load_reid_weights(model, state, logger, source=source, architecture=architecture)
+    try:
+        return load_reid_weights(model, state, logger, source=source, architecture=architecture)
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}; {fitting_agw_hint(state, 'global_pool.p' in model.state_dict())}") from None
+
+
+@functools.cache
+def _agw_signature(name):
+    """Key -> shape of the AGW Baseline (GeM on) on backbone ``name``, built on the meta device: no memory,
+    no initialisation, about 0.05-0.3 s per backbone; the global random stream is left as it was."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        backbone = build_backbone(name, 1)
+        model = Baseline(backbone, 0, True, in_planes=backbone.out_channels)
+    return state_signature(model.state_dict(), REID_IGNORED_PREFIXES)
+
+
+def fitting_agw_settings(state):
+    """``[(MODEL.NAME, generalized_mean_pool), ...]`` of the registered backbones whose Baseline ``state`` fits
+    exactly (keys and shapes; the classifier aside). Only the pooling's ``p`` tells GeM from average pooling."""
+    given = state_signature(state, REID_IGNORED_PREFIXES)
+    fits = []
+    for name in BACKBONES.names():
+        with_gem = _agw_signature(name)
+        if given == with_gem:
+            fits.append((name, True))
+        elif given == {key: shape for key, shape in with_gem.items() if not key.startswith("global_pool.")}:
+            fits.append((name, False))
+    return fits
+
+
+def fitting_agw_hint(state, generalized_mean_pool):
+    """Which MODEL.NAME (and MODEL.GENERALIZED_MEAN_POOL) the weights would fit, as part of one error line."""
+    fits = fitting_agw_settings(state)
+    if not fits:
+        return ("they fit none of the AGW backbones (MODEL.NAME); a torchreid or fast-reid file needs "
+                "MODEL.FORMAT torchreid|fastreid (or auto)")
+    choices = []
+    for gem in (generalized_mean_pool, not generalized_mean_pool):
+        names = " or ".join(name for name, fit_gem in fits if fit_gem == gem)
+        if names:
+            switch = "on" if gem else "off"
+            pooling = "" if gem == generalized_mean_pool else f" with MODEL.GENERALIZED_MEAN_POOL {switch}"
+            choices.append(f"MODEL.NAME {names}{pooling}")
+    return f"they fit {'; or '.join(choices)}"
 
 
 def _looks_like_agw(state):

@@ -17,7 +17,7 @@ from .load_report import LoadReport
 from .safe_unpickle import ModuleRecord, load_untrusted, module_record_state_dict
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-NESTED_STATE_ENTRIES = ("state_dict", "model")
+NESTED_STATE_ENTRIES = ("state_dict", "model", "net")  # net: the AGW cross-modality train.py
 REID_IGNORED_PREFIXES = ("classifier.", "base.fc.")
 IMAGENET_IGNORED_PREFIXES = ("fc.", "last_linear.", "classifier.")
 IMAGENET_ABSENT_PREFIXES = ("NL_",)
@@ -88,7 +88,7 @@ def _find_tensors(content, source):
         keys = ", ".join(repr(k) for k in list(content)[:10])
         raise CheckpointError(
             f"{source}: no weights found: expected a mapping of names to tensors or a "
-            f"'state_dict'/'model' entry; it has keys {keys or '(none)'}"
+            f"'state_dict'/'model'/'net' entry; it has keys {keys or '(none)'}"
         )
     raise CheckpointError(f"{source}: holds a {type(content).__name__}, not weights")
 

@@ -16,7 +16,7 @@ from utils.registry import Registry
 
 MODEL_FORMATS = Registry("model format", config_key="MODEL.FORMAT")
 # Formats tried by MODEL.FORMAT auto, in this order; the first whose ``detect`` accepts the keys wins.
-AUTO_ORDER = ("fastreid", "torchreid", "agw")
+AUTO_ORDER = ("agw_vi", "fastreid", "torchreid", "irra", "clip", "agw")
 
 
 @dataclass(frozen=True)

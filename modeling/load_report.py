@@ -13,6 +13,17 @@ def key_group(key):
     return parts[0]
 
 
+def state_signature(state, ignored_prefixes=()):
+    """{key: shape} of the tensors a load compares: ignored prefixes and BatchNorm step counters left out.
+
+    Two state dicts with one signature load into each other's models; comparing signatures tells
+    which architecture a file fits without building anything from its tensors.
+    """
+    ignored_prefixes = tuple(ignored_prefixes)
+    return {key: tuple(tensor.shape) for key, tensor in state.items()
+            if not key.startswith(ignored_prefixes) and not key.endswith("num_batches_tracked")}
+
+
 def grouped_counts(keys, label):
     """One 'group: count label' line per key group, in first-seen order."""
     counts = Counter(key_group(key) for key in keys)

@@ -2,7 +2,8 @@
 
 * ``CrossEntropyLabelSmooth``: q = (1 - eps) * onehot + eps / K, loss = mean_i sum_k -q_k log p_k.
 * ``WeightedRegularizedTriplet`` (WRT): softmax-weighted furthest positive / closest negative on
-  the batch's Euclidean distances, soft-margin loss log(1 + exp(-(d_n - d_p))), no margin.
+  the batch's Euclidean distances, soft-margin loss log(1 + exp(-(d_n - d_p))), no margin; the
+  soft margin stays finite at any distance (``soft_margin``).
 * ``TripletLoss``: batch-hard mining (furthest positive, closest negative) with a margin ranking
   loss max(0, d_p - d_n + margin), or the soft margin when ``margin`` is None.
 * ``CenterLoss``: (1/B) sum_i ||f_i - c_{y_i}||^2 with learnable centers (randn init); the masked
@@ -39,8 +40,29 @@ def euclidean_dist(x, y):
     return squared.clamp(min=CLAMP_MIN).sqrt()
 
 
+# Below this gap exp(-gap) overflows float32 (exp(88.7) is its largest value): log(1 + exp(-gap)) = -gap there.
+_SOFT_MARGIN_OVERFLOW = -80.0
+
+
+def soft_margin(gap):
+    """mean log(1 + exp(-gap)): ``nn.SoftMarginLoss`` with targets 1, finite for any gap.
+
+    ``nn.SoftMarginLoss`` evaluates exp(-gap) directly and returns inf once a gap is below about -88
+    in float32, as the un-normalised distances of a randomly initialised backbone give (train_reid
+    stopped at epoch 1). The same expression is kept for gaps >= -80, so values are bit-identical
+    to the reference's wherever it is finite; below, log(1 + exp(-gap)) equals -gap to float precision.
+    """
+    safe = torch.log1p(torch.exp(-gap.clamp(min=_SOFT_MARGIN_OVERFLOW)))
+    return torch.where(gap < _SOFT_MARGIN_OVERFLOW, -gap, safe).mean()
+
+
 def _softmax_weights(dist, mask):
-    """exp(d - max(d*mask)) * mask, normalised over each row (+1e-6), as the reference's helper."""
+    """exp(d - max(d*mask)) * mask, normalised over each row (+1e-6), as the reference's helper.
+
+    The maximum counts the masked-out zeros, as the reference's does: for the negatives' -d it is 0,
+    so with every negative farther than ~14 the weights (and the closest-negative distance) fall
+    towards 0. That is the reference's training signal, kept; every term stays finite.
+    """
     max_v = torch.max(dist * mask, dim=1, keepdim=True)[0]
     diff = dist - max_v
     z = torch.sum(torch.exp(diff) * mask, dim=1, keepdim=True) + 1e-6
@@ -49,10 +71,6 @@ def _softmax_weights(dist, mask):
 
 class WeightedRegularizedTriplet(nn.Module):
     """AGW's weighted regularised triplet on un-normalised features."""
-
-    def __init__(self):
-        super().__init__()
-        self.ranking_loss = nn.SoftMarginLoss()
 
     def forward(self, features, targets):
         dist = euclidean_dist(features, features)
@@ -65,8 +83,7 @@ class WeightedRegularizedTriplet(nn.Module):
         weights_an = _softmax_weights(-dist_an, is_neg)
         furthest_positive = torch.sum(dist_ap * weights_ap, dim=1)
         closest_negative = torch.sum(dist_an * weights_an, dim=1)
-        y = torch.ones_like(furthest_positive)
-        return self.ranking_loss(closest_negative - furthest_positive, y)
+        return soft_margin(closest_negative - furthest_positive)
 
 
 class TripletLoss(nn.Module):
@@ -75,7 +92,7 @@ class TripletLoss(nn.Module):
     def __init__(self, margin=0.3):
         super().__init__()
         self.margin = margin
-        self.ranking_loss = nn.MarginRankingLoss(margin=margin) if margin is not None else nn.SoftMarginLoss()
+        self.ranking_loss = nn.MarginRankingLoss(margin=margin) if margin is not None else None
 
     def forward(self, features, targets):
         dist = euclidean_dist(features, features)
@@ -85,7 +102,7 @@ class TripletLoss(nn.Module):
         y = torch.ones_like(dist_an)
         if self.margin is not None:
             return self.ranking_loss(dist_an, dist_ap, y)
-        return self.ranking_loss(dist_an - dist_ap, y)
+        return soft_margin(dist_an - dist_ap)
 
 
 class CenterLoss(nn.Module):

@@ -8,6 +8,9 @@ a fixed allowlist only:
 * storage types (``torch.FloatStorage``, ``torch.cuda.FloatStorage``, ...) -> dtype markers;
 * ``collections.OrderedDict``, ``set``, ``frozenset``, ``copyreg._reconstructor`` and
   ``_codecs.encode`` (latin-1 only) -> their plain-data meaning;
+* numpy's array and scalar reconstruction (``_reconstruct``, ``scalar`` of ``numpy.core.multiarray``
+  in files of numpy 1 and ``numpy._core.multiarray`` of numpy 2, ``numpy.ndarray``, ``numpy.dtype``)
+  for numeric dtypes only: the AGW cross-modality checkpoints store ``cmc`` and ``mINP`` as numpy values;
 * nn.Module classes (``torch.nn.*`` classes already imported, and any ``modeling.*`` name of
   the reference code) -> inert :class:`ModuleRecord` classes that only store the pickled
   attribute dict; nothing of the named class is imported or run.
@@ -24,6 +27,7 @@ import sys
 import zipfile
 from collections import OrderedDict
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -153,6 +157,37 @@ def _ordered_dict(items=()):
     return OrderedDict(items)
 
 
+NUMERIC_DTYPE_KINDS = "biufc"  # bool, signed, unsigned, float, complex: no objects, no structured records
+_NUMPY_RECONSTRUCT = np.ndarray.__reduce__(np.zeros(1))[0]
+_NUMPY_SCALAR = np.float64(0).__reduce__()[0]
+
+
+def _numeric_dtype(spec, align=False, copy=False):
+    """``numpy.dtype(spec, align, copy)`` for a numeric type code such as 'f4' or 'i8', nothing else."""
+    if not isinstance(spec, str):
+        raise pickle.UnpicklingError(f"numpy dtype from {type(spec).__name__}, expected a type code")
+    dtype = np.dtype(spec, bool(align), bool(copy))
+    if dtype.kind not in NUMERIC_DTYPE_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+        raise pickle.UnpicklingError(f"numpy dtype {spec!r} is not a plain numeric type")
+    return dtype
+
+
+class NumpyArrayClass:
+    """What ``numpy.ndarray`` resolves to: only an argument of ``_reconstruct``, never called itself."""
+
+
+def _numpy_reconstruct(cls, shape, typecode):
+    if cls is not NumpyArrayClass:
+        raise pickle.UnpicklingError("numpy _reconstruct is only allowed for numpy.ndarray")
+    return _NUMPY_RECONSTRUCT(np.ndarray, shape, typecode)
+
+
+def _numpy_scalar(dtype, data=None):
+    if not isinstance(dtype, np.dtype) or dtype.kind not in NUMERIC_DTYPE_KINDS or not isinstance(data, bytes):
+        raise pickle.UnpicklingError("numpy scalar is only allowed for numeric dtypes and raw bytes")
+    return _NUMPY_SCALAR(dtype, data)
+
+
 SAFE_GLOBALS = {
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
@@ -164,7 +199,12 @@ SAFE_GLOBALS = {
     ("builtins", "frozenset"): _plain_frozenset,
     ("copyreg", "_reconstructor"): _reconstructor,
     ("_codecs", "encode"): _latin1_encode,
+    ("numpy", "ndarray"): NumpyArrayClass,
+    ("numpy", "dtype"): _numeric_dtype,
 }
+for _module in ("numpy.core.multiarray", "numpy._core.multiarray"):  # numpy 1 and numpy 2 names
+    SAFE_GLOBALS[(_module, "_reconstruct")] = _numpy_reconstruct
+    SAFE_GLOBALS[(_module, "scalar")] = _numpy_scalar
 
 
 def _is_torch_module_class(module, name):

@@ -22,16 +22,33 @@ from PIL import Image
 import recovery_attack
 from configs import get_default_config, load_config
 from data.img_npy import batch_files, find_pairs, npy_dir_of, read_batch, write_batch
-from data.npy_pairs import PairDataset
+from data.npy_pairs import PairDataset, SavedBatchOrder
 from data.transforms import normalize
 from engine import attack as attack_module
 from engine import attack_settings as attack_settings_module
-from engine.attack import (EPOCH_METERS, attack_targets, create_attack_evaluator, create_attack_trainer,
-                           evaluate_generator, recovered_normalized, run_attack)
-from engine.attack_checkpoint import latest_checkpoint
+from engine.attack import (
+    ATTACK_GRID_ROWS,
+    EPOCH_METERS,
+    attack_targets,
+    create_attack_evaluator,
+    create_attack_trainer,
+    evaluate_generator,
+    recovered_normalized,
+    run_attack,
+)
+from engine.attack_checkpoint import AtomicCheckpointSaver, latest_checkpoint
 from engine.attack_results import results_markdown
-from engine.attack_settings import (ATTACKERS, OPTIMIZERS, AttackSettings, available_cpus, build_optimizer,
-                                    loader_workers)
+from engine.attack_settings import (
+    ATTACKERS,
+    DEFAULT_VAL_FRACTION,
+    OPTIMIZERS,
+    AttackSettings,
+    available_cpus,
+    build_optimizer,
+    loader_workers,
+)
+from engine.protect_handlers import GRID_ROWS, ROW_LABEL_MARGIN, GridWriter, grid_row_names, labelled_grid
+from engine.storage import PixelCodec
 from modeling.generators import GENERATORS, build_generator
 from utils.errors import ConfigError, NonFiniteError, RunConflictError
 from utils.file_io import FolderLock
@@ -39,7 +56,7 @@ from utils.file_io import FolderLock
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(1, 3, 1, 1)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(1, 3, 1, 1)
 HEIGHT, WIDTH, BATCH = 32, 16, 2
-TINY = dict(generator="resnet_6blocks", ngf=4, total_epochs=2, eval_epochs=(0,), num_grids=1)
+TINY = {"generator": "resnet_6blocks", "ngf": 4, "total_epochs": 2, "eval_epochs": (0,), "num_grids": 1}
 CLI_TINY = ["--generator", "resnet_6blocks", "--device", "cpu", "--no_progress",
             "ATTACK.NGF", "4", "ATTACK.NUM_GRIDS", "1", "DATALOADER.NUM_WORKERS", "0"]
 
@@ -104,11 +121,16 @@ def assert_record_matches(record, npy_dir, recover):
                 protocol, kind, metric)
 
 
+def cli_lines(err):
+    """The command's own lines on stderr (the log goes there too, one timestamped record a line)."""
+    return [line for line in err.splitlines() if line.startswith("recovery_attack.py:")]
+
+
 def one_error_line(capsys, *fragments):
-    """stderr holds exactly one line, the CLI's error, containing every fragment."""
+    """stderr holds exactly one line of the CLI's own, its error, containing every fragment, and no traceback."""
     err = capsys.readouterr().err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
+    lines = cli_lines(err)
+    assert len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith("recovery_attack.py: error: ")
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
@@ -135,6 +157,22 @@ def test_settings_default_to_the_reference_protocol():
     assert settings.evaluated_epochs() == [2, 99]
     assert dataclasses.replace(settings, total_epochs=2).evaluated_epochs() == [1]
     assert dataclasses.replace(settings, mode="strong").output_activation == "none"
+
+
+def test_each_attacker_follows_its_own_validation_protocol_by_default():
+    """Reference: every train pair, as the paper's script; the privacy evaluation's attackers: a tenth held out."""
+    cfg = get_default_config()
+    assert cfg.ATTACK.VAL_FRACTION == -1
+    defaults = {mode: AttackSettings.from_config(cfg, mode=mode).val_fraction for mode in ATTACKERS}
+    assert defaults == DEFAULT_VAL_FRACTION == {"reference": 0.0, "strong": 0.1, "identity": 0.1, "inversion": 0.0}
+    assert AttackSettings.from_config(cfg).val_fraction == 0.0  # ATTACK.MODE reference
+    for explicit in (0.0, 0.1, 0.3):  # a value set by the user applies to every attacker, the reference included
+        cfg.ATTACK.VAL_FRACTION = explicit
+        assert {AttackSettings.from_config(cfg, mode=mode).val_fraction for mode in ATTACKERS} == {explicit}
+    cfg.ATTACK.VAL_FRACTION = -0.5
+    with pytest.raises(ConfigError, match=r"ATTACK.VAL_FRACTION must be a number in \[0, 1\), or -1 for each "
+                                          r"attacker's default .*got -0.5"):
+        AttackSettings.from_config(cfg)
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -239,6 +277,32 @@ def test_a_generator_that_outputs_nan_is_refused_before_piq(tmp_path):
         evaluate_generator(Broken(), test_pairs, AttackSettings(**TINY), "cpu")
 
 
+def test_protection_grids_carry_a_label_strip_naming_their_rows(tmp_path):
+    """imgs/<split>_<i>.png: original / protected rows as a viewer sees them, a white strip naming each on the left."""
+    codec = PixelCodec(tuple(MEAN.ravel()), tuple(STD.ravel()))
+    generator = torch.Generator().manual_seed(0)
+    original, protected = torch.randn(2, 3, 3, 32, 16, generator=generator)
+    writer = GridWriter(store=type("Store", (), {"grid_dir": str(tmp_path / "imgs")})(), split="test", num_grids=1,
+                        codec=codec)
+    for batch_index in (0, 1):  # only the first num_grids batches are drawn
+        writer.handle({"batch_index": batch_index, "original": original, "protected": protected})
+    assert os.listdir(tmp_path / "imgs") == ["test_0.png"]
+    with Image.open(tmp_path / "imgs" / "test_0.png") as grid:
+        assert grid_row_names(grid) == GRID_ROWS == ("original", "protected")
+        # make_grid's 2-pixel white padding around and between 3 x 32 x 16 images, plus the label strip
+        assert grid.size == (ROW_LABEL_MARGIN + 3 * (16 + 2) + 2, 2 * (32 + 2) + 2)
+        pixels = np.asarray(grid.convert("RGB")).astype(np.int64)
+    for row, images in enumerate((original, protected)):
+        for column in range(3):
+            top, left = 2 + row * 34, ROW_LABEL_MARGIN + 2 + column * 18
+            expected = codec.to_pixels(images[column:column + 1])[0].permute(1, 2, 0).numpy()
+            assert np.array_equal(pixels[top:top + 32, left:left + 16], expected)
+        band = pixels[row * 34:(row + 1) * 34, :ROW_LABEL_MARGIN]
+        assert band.min() < 128 and band.max() == 255  # dark text on white, in this row's band
+    bare = labelled_grid(Image.new("RGB", (10, 20), "red"), ("a", "b"))
+    assert bare.size == (10 + ROW_LABEL_MARGIN, 20) and bare.getpixel((ROW_LABEL_MARGIN, 0)) == (255, 0, 0)
+
+
 # ---------------------------------------------------------------------------------------------
 # training, results, resume
 # ---------------------------------------------------------------------------------------------
@@ -264,8 +328,11 @@ def test_end_to_end_scores_equal_an_independent_computation(tmp_path):
         assert first[protocol]["protected"] == last[protocol]["protected"]
 
     with Image.open(tmp_path / "rec_images" / "reference" / "0.png") as grid:
-        assert grid.size == (BATCH * WIDTH, 3 * HEIGHT)
-        grid_pixels = np.asarray(grid.convert("RGB")).astype(np.int64)
+        assert grid.size == (ROW_LABEL_MARGIN + BATCH * WIDTH, 3 * HEIGHT)  # the label strip, then the images
+        assert grid_row_names(grid) == ATTACK_GRID_ROWS == ("protected", "recovered", "original")
+        strip = np.asarray(grid.convert("L"))[:, :ROW_LABEL_MARGIN]
+        grid_pixels = np.asarray(grid.convert("RGB"))[:, ROW_LABEL_MARGIN:].astype(np.int64)
+    assert [strip[row * HEIGHT:(row + 1) * HEIGHT].min() < 128 for row in range(3)] == [True] * 3  # text per row
     with torch.no_grad():
         protected, original = PairDataset(npy_dir, "test").load_batch(0)
         rows = torch.cat([protected, generator(protected), original])
@@ -274,7 +341,7 @@ def test_end_to_end_scores_equal_an_independent_computation(tmp_path):
     expected = expected.reshape(3, BATCH, 3, HEIGHT, WIDTH).transpose(0, 3, 1, 4, 2)
     assert np.abs(grid_pixels - expected.reshape(3 * HEIGHT, BATCH * WIDTH, 3)).max() <= 1
     assert os.listdir(tmp_path / "rec_images" / "reference") == ["0.png"]
-    assert os.listdir(tmp_path / "attack_ckpt" / "reference") == ["checkpoint_2.pt"]
+    assert sorted(os.listdir(tmp_path / "attack_ckpt" / "reference")) == ["checkpoint_2.pt", "generator_2.pth"]
     log = (tmp_path / "log_recovery.txt").read_text()
     assert f"[reference] epoch 1/1 L1 loss {entry['train_loss']['1']:.6f}" in log
 
@@ -301,6 +368,41 @@ def test_epoch_loss_and_weights_equal_a_plain_training_loop(tmp_path):
         assert entry["train_loss"][str(epoch)] == weighted / (3 * BATCH)
     saved = torch.load(tmp_path / "Generator_weight.pth", weights_only=True)
     assert all(torch.equal(saved[key], value) for key, value in generator.state_dict().items())
+
+
+def test_reference_attacker_at_the_defaults_trains_on_every_pair_like_the_papers_script(tmp_path):
+    """recovery_attack.py with no option but the size: the paper's loop (U-Net with Tanh, Adam 1e-3, L1 to the
+    normalised original, seed 0) over ALL train pairs, in the attack's seeded batch order; nothing held out."""
+    npy_dir = write_pairs(str(tmp_path), train_batches=4, test_batches=1)
+    for index in range(4):  # distinct identities per batch, so a validation split would take whole batches' rows
+        batch = read_batch(npy_dir, "train", index)
+        write_batch(npy_dir, "train", index, batch.clean, batch.protected, np.arange(BATCH) + BATCH * index,
+                    np.ones(BATCH))
+    assert recovery_attack.main(["--npy_path", str(tmp_path), "--total_epochs", "1", "--device", "cpu",
+                                 "--no_progress", "ATTACK.NGF", "4", "ATTACK.NUM_GRIDS", "0",
+                                 "DATALOADER.NUM_WORKERS", "0"]) == 0
+    results = json.loads((tmp_path / "attack_results.json").read_text())
+    assert results["reference"]["settings"]["val_fraction"] == 0.0 and "validation_l1" not in results["reference"]
+    assert load_config(str(tmp_path / "attack_config.yaml")).ATTACK.VAL_FRACTION == -1
+
+    torch.manual_seed(0)
+    generator = build_generator("unet_128", ngf=4, output_activation="tanh")
+    optimizer = torch.optim.Adam(generator.parameters(), lr=1e-3)
+    order = SavedBatchOrder(4, shuffle=True, seed=0)
+    order.set_epoch(1)  # ignite counts epochs from 1
+    visited = list(order)
+    assert sorted(visited) == [0, 1, 2, 3]
+    generator.train()
+    for index in visited:
+        batch = read_batch(npy_dir, "train", index)
+        loss = torch.nn.functional.l1_loss(generator(torch.from_numpy(batch.protected)), torch.from_numpy(batch.clean))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    saved = torch.load(tmp_path / "Generator_weight.pth", weights_only=True)
+    expected = generator.state_dict()
+    assert saved.keys() == expected.keys()
+    assert all(torch.equal(saved[key], expected[key]) for key in expected)
 
 
 def test_epoch_meters_are_ignite_metrics_in_the_bar_and_the_log(tmp_path, capsys):
@@ -371,7 +473,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
     assert all(torch.equal(straight[key], resumed[key]) for key in straight)
     assert sorted(entry["train_loss"]) == ["0", "1"] and sorted(entry["evaluations"]) == ["0", "1"]
     checkpoint_dir = os.path.join(resumed_dir, "attack_ckpt", "reference")
-    assert os.listdir(checkpoint_dir) == ["checkpoint_2.pt"]
+    assert sorted(os.listdir(checkpoint_dir)) == ["checkpoint_2.pt", "generator_2.pth"]
     assert latest_checkpoint(checkpoint_dir) == os.path.join(checkpoint_dir, "checkpoint_2.pt")
 
     again = run_attack(settings, npy_dir, resumed_dir, show_progress=False)
@@ -430,13 +532,13 @@ def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monke
     assert recovery_attack.main(argv) == 2
     checkpoint_dir = output / "attack_ckpt" / "reference"
     one_error_line(capsys, f"cannot write {checkpoint_dir / 'checkpoint_2.pt'}: the disk is full")
-    assert sorted(os.listdir(checkpoint_dir)) == ["checkpoint_1.pt"]
+    assert sorted(os.listdir(checkpoint_dir)) == ["checkpoint_1.pt", "generator_1.pth"]
     assert sorted(json.loads((output / "attack_results.json").read_text())["reference"]
                   ["evaluations"]) == ["0"]
     monkeypatch.setattr(torch, "save", real_save)
     assert recovery_attack.main(argv) == 0
     assert "resuming from" in (output / "log_recovery.txt").read_text()
-    assert sorted(os.listdir(checkpoint_dir)) == ["checkpoint_3.pt"]
+    assert sorted(os.listdir(checkpoint_dir)) == ["checkpoint_3.pt", "generator_3.pth"]
     assert sorted(json.loads((output / "attack_results.json").read_text())["reference"]
                   ["train_loss"]) == ["0", "1", "2"]
 
@@ -468,7 +570,7 @@ def test_diverged_training_stops_with_one_line_and_keeps_the_last_good_epoch(tmp
     assert recovery_attack.main(argv) == 2
     one_error_line(capsys, "[reference] the L1 loss of epoch 1 is nan", "--lr / ATTACK.LR",
                    str(output / "attack_ckpt" / "reference"))
-    assert os.listdir(output / "attack_ckpt" / "reference") == ["checkpoint_1.pt"]
+    assert sorted(os.listdir(output / "attack_ckpt" / "reference")) == ["checkpoint_1.pt", "generator_1.pth"]
     results = json.loads((output / "attack_results.json").read_text())
     assert sorted(results["reference"]["evaluations"]) == ["0"]
     assert "Engine run is terminating due to exception" in (
@@ -519,8 +621,8 @@ def test_help_is_quick_shows_config_defaults_and_imports_no_torch():
     for expected in ("default: 100 (ATTACK.TOTAL_EPOCHS)", "default: 0.001 (ATTACK.LR)",
                      "default: unet_128 (ATTACK.GENERATOR)", "default: adam (ATTACK.OPTIMIZER)",
                      "default: reference (ATTACK.MODE)", "default: auto (MODEL.DEVICE)",
-                     "default: 4 (DATALOADER.NUM_WORKERS), always capped at the CPUs this "
-                     f"process may use ({available_cpus()} here)",
+                     ("default: 4 (DATALOADER.NUM_WORKERS), always capped at the CPUs this "
+                      f"process may use ({available_cpus()} here)"),
                      "--initial_lr INITIAL_LR no effect", "--debug no effect"):
         assert expected in text, expected
     assert "default: None" not in text
@@ -534,7 +636,7 @@ def test_cli_flags_override_config_and_reference_order(tmp_path, capsys):
         "--lr", "0.002", "--generator", "resnet_6blocks", "--attacker", "strong",
         "--reference_order", "--device", "cpu", "--no_progress", "ATTACK.NGF", "4",
         "ATTACK.LR", "0.5", "ATTACK.NUM_GRIDS", "2", "DATALOADER.NUM_WORKERS", "0"]) == 0
-    assert capsys.readouterr().err == ""
+    assert cli_lines(capsys.readouterr().err) == []
     saved = load_config(str(output / "attack_config.yaml")).ATTACK
     assert (saved.TOTAL_EPOCHS, saved.LR, saved.GENERATOR, saved.NGF,
             saved.MODE) == (1, 0.002, "resnet_6blocks", 4, "strong")
@@ -557,12 +659,99 @@ def test_cli_both_attackers_write_next_to_img_npy_by_default(tmp_path):
     assert [results[a]["settings"]["mode"] for a in ("reference", "strong")] == [
         "reference", "strong"]
     names = sorted(os.listdir(tmp_path))
-    # ATTACK.VAL_FRACTION 0.1 holds out identities: the best epoch's weights are kept beside the last's.
-    assert names == [".lock", "Generator_weight.pth", "Generator_weight_best.pth", "Generator_weight_strong.pth",
+    # By default only the strong attacker holds out identities and keeps its best epoch's weights.
+    assert names == [".lock", "Generator_weight.pth", "Generator_weight_strong.pth",
                      "Generator_weight_strong_best.pth", "attack_ckpt", "attack_config.yaml",
                      "attack_results.json", "attack_results.md", "img_npy", "log_recovery.txt"]
     assert sorted(os.listdir(tmp_path / "attack_ckpt")) == ["reference", "strong"]
     assert results_markdown(results) == (tmp_path / "attack_results.md").read_text()
+    assert (tmp_path / "log_recovery.txt").read_text().count(results_markdown(results)) == 1  # the CLI prints them
+
+
+def _tensor_files(folder):
+    """{(device, inode): [paths]} of every .pt/.pth file under ``folder``: hard links are one file on disk."""
+    files = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            if name.endswith((".pt", ".pth")):
+                path = os.path.join(root, name)
+                info = os.stat(path)
+                files.setdefault((info.st_dev, info.st_ino), []).append(os.path.relpath(path, folder))
+    return files
+
+
+def _tensor_digests(value, found):
+    if isinstance(value, torch.Tensor):
+        if value.numel() > 1:
+            found.add(hashlib.sha256(value.detach().contiguous().cpu().numpy().tobytes()).hexdigest())
+    elif isinstance(value, dict):
+        for item in value.values():
+            _tensor_digests(item, found)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _tensor_digests(item, found)
+    return found
+
+
+class _FirstEpochIsBest(attack_module.BestWeights):
+    """The validation picks epoch 0 whatever comes after, so the best and the last weights differ."""
+
+    def offer(self, epoch, loss, module):
+        if epoch == 0:
+            super().offer(epoch, loss, module)
+
+
+def test_each_set_of_weights_is_on_disk_once(tmp_path, monkeypatch):
+    """Checkpoint = optimizer + trainer state; current and best weights in one file each; the published
+    Generator_weight*.pth are hard links to them: no two files hold the same tensor."""
+    monkeypatch.setattr(attack_module, "BestWeights", _FirstEpochIsBest)
+    write_pairs(str(tmp_path), train_batches=3, test_batches=1)
+    assert recovery_attack.main(["--npy_path", str(tmp_path), "--total_epochs", "3", "--attacker", "both",
+                                 *CLI_TINY, "ATTACK.NUM_GRIDS", "0"]) == 0
+    results = json.loads((tmp_path / "attack_results.json").read_text())
+    assert results["strong"]["best"]["epoch"] == 0 and "best" not in results["reference"]
+    files = _tensor_files(tmp_path)
+    assert sorted(sorted(paths) for paths in files.values()) == [
+        ["Generator_weight.pth", "attack_ckpt/reference/generator_3.pth"],
+        ["Generator_weight_strong.pth", "attack_ckpt/strong/generator_3.pth"],
+        ["Generator_weight_strong_best.pth", "attack_ckpt/strong/best_1.pth"],
+        ["attack_ckpt/reference/checkpoint_3.pt"], ["attack_ckpt/strong/checkpoint_3.pt"]]
+    owners = {}
+    for paths in files.values():
+        for digest in _tensor_digests(torch.load(tmp_path / paths[0], weights_only=True), set()):
+            owners.setdefault(digest, []).append(paths[0])
+    assert {digest: paths for digest, paths in owners.items() if len(paths) > 1} == {}
+    checkpoint = torch.load(tmp_path / "attack_ckpt" / "strong" / "checkpoint_3.pt", weights_only=True)
+    assert "generator" not in checkpoint and "weights" not in checkpoint["best"]
+    assert checkpoint["weight_files"] == {"generator": "generator_3.pth", "best": "best_1.pth"}
+    assert len(checkpoint["optimizer"]["state"]) == len(list(build_generator("resnet_6blocks", ngf=4).parameters()))
+
+    # The reference format: plain state dicts that the generator loads as they are.
+    for name, mode in (("Generator_weight.pth", "reference"), ("Generator_weight_strong_best.pth", "strong")):
+        activation = "tanh" if mode == "reference" else "none"
+        generator = build_generator("resnet_6blocks", ngf=4, output_activation=activation)
+        generator.load_state_dict(torch.load(tmp_path / name, weights_only=True))
+
+
+def test_a_run_folder_of_the_previous_layout_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """Checkpoints written with the weights inside (before weight files) resume, and end like a straight run."""
+    write_pairs(str(tmp_path / "data"), train_batches=2, test_batches=1)
+    settings = AttackSettings(**{**TINY, "total_epochs": 3, "eval_epochs": (), "mode": "strong", "val_fraction": 0.4})
+    run_attack(settings, str(tmp_path / "data" / "img_npy"), str(tmp_path / "straight"), show_progress=False)
+    monkeypatch.setattr(attack_module, "WeightFileCheckpointSaver", AtomicCheckpointSaver)
+    old = str(tmp_path / "old")
+    run_attack(dataclasses.replace(settings, total_epochs=2), str(tmp_path / "data" / "img_npy"), old,
+               show_progress=False)
+    saved = torch.load(os.path.join(old, "attack_ckpt", "strong", "checkpoint_2.pt"), weights_only=True)
+    assert "generator" in saved and "weights" in saved["best"]  # the previous layout
+    monkeypatch.undo()
+    entry = run_attack(settings, str(tmp_path / "data" / "img_npy"), old, show_progress=False)
+    assert sorted(os.listdir(os.path.join(old, "attack_ckpt", "strong"))) == sorted(
+        {"checkpoint_3.pt", "generator_3.pth", f"best_{entry['best']['epoch'] + 1}.pth"})
+    for name in ("Generator_weight_strong.pth", "Generator_weight_strong_best.pth"):
+        straight = torch.load(tmp_path / "straight" / name, weights_only=True)
+        resumed = torch.load(os.path.join(old, name), weights_only=True)
+        assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight), name
 
 
 def test_cli_caps_loader_workers_so_torch_does_not_warn(tmp_path, recwarn):
@@ -578,7 +767,7 @@ def test_cli_initial_lr_and_debug_are_accepted_with_a_note_and_change_nothing(tm
     write_pairs(str(tmp_path), train_batches=1, test_batches=1)
     assert recovery_attack.main(["--npy_path", str(tmp_path), "--total_epochs", "1",
                                  "--initial_lr", "0.1", "--debug", *CLI_TINY]) == 0
-    assert capsys.readouterr().err.splitlines() == [
+    assert cli_lines(capsys.readouterr().err) == [
         "recovery_attack.py: note: " + recovery_attack.NO_EFFECT_NOTES["initial_lr"],
         "recovery_attack.py: note: " + recovery_attack.NO_EFFECT_NOTES["debug"]]
     assert load_config(str(tmp_path / "attack_config.yaml")).ATTACK.LR == 1e-3
@@ -624,8 +813,8 @@ def test_cli_gpus_on_a_gpu_machine(tmp_path, capsys):
 
 @pytest.mark.parametrize("arguments, message", [
     ([], "the following arguments are required: --npy_path"),
-    (["--npy_path", "{missing}"], "--npy_path: no saved image pairs found: neither "
-                                  "{missing}/img_npy nor {missing}"),
+    (["--npy_path", "{missing}"], ("--npy_path: no saved image pairs found: neither "
+                                   "{missing}/img_npy nor {missing}")),
     (["--npy_path", "{run}", "ATTACK.NOPE", "1"], "unknown config key 'ATTACK.NOPE'"),
     (["--npy_path", "{run}", "ATTACK.MODE", "weak"], "ATTACK.MODE must be one of"),
     (["--npy_path", "{run}", "--generator", "unet_64"],
@@ -692,19 +881,19 @@ def test_cli_non_finite_pairs_are_refused_before_anything_is_written(tmp_path, c
 
 @pytest.mark.parametrize("files, transform, message", [
     ([("train", 2, "clean"), ("train", 2, "protected")], lambda a: a[:, :, :24],
-     "{npy}/clean-train-2-images.npy and {npy}/encry-train-2-images.npy hold images of shape "
-     "(3, 24, 16); expected C x H x W = (3, 32, 16) (the shape of {npy}/clean-train-0-images.npy)"),
+     ("{npy}/clean-train-2-images.npy and {npy}/encry-train-2-images.npy hold images of shape "
+      "(3, 24, 16); expected C x H x W = (3, 32, 16) (the shape of {npy}/clean-train-0-images.npy)")),
     ([("train", 1, "clean"), ("train", 1, "protected")], lambda a: a[:, :1],
      "hold images of shape (1, 32, 16); expected C x H x W = (3, 32, 16)"),
     ([("test", 0, "clean"), ("test", 0, "protected")], lambda a: a[:, :, :, :12],
-     "{npy}/clean-test-0-images.npy and {npy}/encry-test-0-images.npy hold images of shape "
-     "(3, 32, 12); expected C x H x W = (3, 32, 16) (the shape of the train split)"),
+     ("{npy}/clean-test-0-images.npy and {npy}/encry-test-0-images.npy hold images of shape "
+      "(3, 32, 12); expected C x H x W = (3, 32, 16) (the shape of the train split)")),
     ([("train", 0, "protected")], lambda a: a[:, :, :, :12],
-     "shape mismatch in batch 0: {npy}/clean-train-0-images.npy is (2, 3, 32, 16) but "
-     "{npy}/encry-train-0-images.npy is (2, 3, 32, 12)"),
+     ("shape mismatch in batch 0: {npy}/clean-train-0-images.npy is (2, 3, 32, 16) but "
+      "{npy}/encry-train-0-images.npy is (2, 3, 32, 12)")),
     ([("test", 1, "protected")], lambda a: a[0],
-     "{npy}/encry-test-1-images.npy: expected a B x C x H x W array of images, got shape "
-     "(3, 32, 16)"),
+     ("{npy}/encry-test-1-images.npy: expected a B x C x H x W array of images, got shape "
+      "(3, 32, 16)")),
 ])
 def test_cli_reshaped_batches_are_one_line(tmp_path, capsys, files, transform, message):
     npy_dir = write_pairs(str(tmp_path))

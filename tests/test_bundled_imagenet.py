@@ -95,3 +95,14 @@ def test_cli_refuses_bad_paths_with_one_line_and_writes_nothing(tmp_path, capsys
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("bundled_imagenet: error:") and reason in lines[0], lines
     assert sorted(os.listdir(tmp_path)) == ["file.txt", "garbage.pt"]
+
+
+def test_two_same_shaped_tensors_in_swapped_places_are_refused_by_name(original):
+    # A BatchNorm's running mean and variance have one shape: only their names tell them apart.
+    items = list(original.items())
+    names = [key for key, _ in items]
+    mean_at, var_at = names.index("features.1.conv.1.running_mean"), names.index("features.1.conv.1.running_var")
+    items[mean_at], items[var_at] = items[var_at], items[mean_at]
+    with pytest.raises(CheckpointError, match=r"tensor 'features.1.conv.1.running_var' \(32,\) does not fit "
+                                              r"'features.1.conv.0.1.running_mean' \(32,\)"):
+        map_by_position(OrderedDict(items), bundled_imagenet_state(), "swapped.pt")

@@ -122,3 +122,64 @@ def test_a_reference_style_config_file_loads(tmp_path):
     cfg = load_config(str(path), ["DATASETS.ROOT_DIR", "/data"])
     assert cfg.DATASETS.NAMES == "cuhk03" and cfg.DATASETS.ROOT_DIR == "/data"
     assert tuple(cfg.SOLVER.STEPS) == (40, 70) and cfg.TEST.IMS_PER_BATCH == 128
+
+
+@pytest.mark.parametrize("source", ["override", "file"])
+def test_an_integer_is_accepted_for_a_float_key(tmp_path, source):
+    if source == "file":
+        path = tmp_path / "ints.yml"
+        path.write_text("ATTACK:\n  VAL_FRACTION: 0\nINPUT:\n  PIXEL_MEAN: [0, 1, 0]\nPIXELFADE:\n  BETA: 1\n")
+        cfg = load_config(str(path))
+    else:
+        cfg = load_config("", ["ATTACK.VAL_FRACTION", "0", "INPUT.PIXEL_MEAN", "[0, 1, 0]", "PIXELFADE.BETA", "1"])
+    assert cfg.ATTACK.VAL_FRACTION == 0.0 and type(cfg.ATTACK.VAL_FRACTION) is float
+    assert cfg.PIXELFADE.BETA == 1.0 and type(cfg.PIXELFADE.BETA) is float
+    assert list(cfg.INPUT.PIXEL_MEAN) == [0.0, 1.0, 0.0] and all(type(v) is float for v in cfg.INPUT.PIXEL_MEAN)
+    assert cfg.PIXELFADE.MAX_ITER == 100 and type(cfg.PIXELFADE.MAX_ITER) is int
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("PIXELFADE.MAX_ITER", "abc", "config override PIXELFADE.MAX_ITER: expected an integer, got 'abc'"),
+    ("PIXELFADE.MAX_ITER", "2.5", "config override PIXELFADE.MAX_ITER: expected an integer, got 2.5"),
+    ("PIXELFADE.BETA", "True", "config override PIXELFADE.BETA: expected a number, got True"),
+    ("PIXELFADE.CHANNELS_LAST", "1", "config override PIXELFADE.CHANNELS_LAST: expected true or false, got 1"),
+    ("MODEL.NAME", "[1]", "config override MODEL.NAME: expected a string, got [1]"),
+    ("INPUT.IMG_SIZE", "64", "config override INPUT.IMG_SIZE: expected a list, got 64"),
+    ("PIXELFADE", "1", "config override PIXELFADE: expected a mapping of its keys, got 1"),
+])
+def test_a_type_error_is_one_line_with_key_expected_type_and_value(key, value, message):
+    with pytest.raises(ConfigError) as caught:
+        load_config("", [key, value])
+    assert str(caught.value) == message
+
+
+def test_a_type_error_in_a_file_names_the_file_and_key(tmp_path):
+    path = tmp_path / "typed.yml"
+    path.write_text("PIXELFADE:\n  MAX_ITER: many\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path))
+    assert str(caught.value) == f"config file {path} PIXELFADE.MAX_ITER: expected an integer, got 'many'"
+
+
+@pytest.mark.parametrize("text, line, column", [
+    ("PIXELFADE:\n  BETA: 0.1\n   MAX_ITER: 3\n", 3, 12),
+    ("MODEL:\n  NAME: 'resnet50\n", 3, 1),
+])
+def test_a_yaml_syntax_error_is_one_line_with_file_line_and_column(tmp_path, text, line, column):
+    path = tmp_path / "broken.yml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path))
+    message = str(caught.value)
+    assert message.startswith(f"config file {path}: YAML syntax error at line {line}, column {column}: ")
+    assert "\n" not in message and "<unicode string>" not in message
+
+
+def test_a_config_file_that_is_not_a_mapping_is_refused(tmp_path):
+    path = tmp_path / "list.yml"
+    path.write_text("- PIXELFADE.BETA\n- 0.1\n")
+    with pytest.raises(ConfigError, match=r"list.yml: expected a mapping of config keys, got list"):
+        load_config(str(path))
+    empty = tmp_path / "empty.yml"
+    empty.write_text("")
+    assert load_config(str(empty)) == load_config("")

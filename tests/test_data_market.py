@@ -103,7 +103,7 @@ def test_badly_named_image_is_named(market_source, tmp_path):
 
 
 def test_unknown_name_and_option(market_source):
-    with pytest.raises(DatasetError, match="known: cuhk03, image_folder, market1501, msmt17"):
+    with pytest.raises(DatasetError, match="known: cuhk03, cuhk_pedes, icfg_pedes, image_folder, market1501, msmt17, regdb, rstpreid, sysu_mm01"):
         build_dataset("duke", "/nowhere")
     assert {"market1501", "cuhk03", "msmt17", "image_folder"} <= set(DATASETS)
     with pytest.raises(DatasetError, match="no option labeled"):

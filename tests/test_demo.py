@@ -147,3 +147,16 @@ def test_report_shows_identity_leakage_for_both_methods_with_chance(demo):
                     in report), (method, row_name)
     chance = privacy["pixelfade"]["chance"]
     assert f"| chance | random ranking | {100 * chance['rank1']:.1f} | {100 * chance['mAP']:.1f} |" in report
+
+
+def test_attack_tables_are_printed_once_in_the_report(demo):
+    """The attack runs of the demo name their result files; the tables themselves appear once, in the report."""
+    output, summary = demo
+    for method in METHODS:
+        with open(os.path.join(output, method, "log_recovery.txt")) as handle:
+            log = handle.read()
+        assert "# Recovery attack results" not in log and "| attacker | epoch |" not in log
+        assert f"results: {os.path.join(output, method, 'attack_results.json')} and " in log
+    assert summary["report"].count("## Recovery attack") == 1
+    assert summary["report"].count("| pixelfade | recovered |") == 1
+    assert "reference attacker's last epoch, trained on every train pair" in summary["report"]

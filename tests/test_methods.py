@@ -90,3 +90,12 @@ def test_each_method_reports_its_passes_per_image():
     for name in ("blur", "mosaic", "noise", "mosaic24_topleft", "blur12_pil", "noise0.5_uint8"):
         method = build_method(config("PIXELFADE.METHOD", repr(name)), model, "cpu")
         assert method.passes_per_image() == {"forward": 0, "backward": 0}
+
+
+@pytest.mark.parametrize("mode", ["reference", "per_image"])
+def test_constraint_share_counts_every_step_of_max_iter(mode):
+    # A bound no loss reaches: the test passes in every step but the TAIL_ITERS last ones (3 of 8 held -> 3/8).
+    cfg = config("PIXELFADE.MAX_ITER", "8", "PIXELFADE.TAIL_ITERS", "5", "PIXELFADE.EPSILON", "1e9",
+                 "PIXELFADE.MODE", repr(mode))
+    out = build_method(cfg, tiny_model(), "cpu")(images(), torch.arange(2))
+    assert out.constraint_held.tolist() == [0.375, 0.375]

@@ -7,10 +7,20 @@ import numpy as np
 import pytest
 import torch
 
-from data.img_npy import (NPY_DIRNAME, BatchFiles, batch_files, check_finite, find_pairs,
-                          npy_dir_of, read_batch, reference_file_order, resolve_npy_dir,
-                          run_dir_of, write_batch)
-from data.npy_pairs import PairDataset, SavedBatches, SavedBatchOrder
+from data.img_npy import (
+    NPY_DIRNAME,
+    BatchFiles,
+    batch_files,
+    check_finite,
+    find_pairs,
+    npy_dir_of,
+    read_batch,
+    reference_file_order,
+    resolve_npy_dir,
+    run_dir_of,
+    write_batch,
+)
+from data.npy_pairs import PairDataset, SavedBatches, SavedBatchOrder, split_by_identity
 from engine.run_store import RunStore
 from utils.errors import DatasetError, NonFiniteError, OutputError
 
@@ -267,3 +277,10 @@ def test_run_store_save_pairs_writes_through_the_format_module(tmp_path):
     assert np.array_equal(test.protected, -original.numpy()) and test.camids.tolist() == [1, 2]
     assert read_batch(npy_dir, "train", 0).camids is None
     assert PairDataset(npy_dir, "train").image_shape == (3, 16, 8)
+
+
+def test_held_out_identity_count_is_rounded_not_truncated():
+    assert len(split_by_identity(range(19), 0.1, seed=0)) == 2  # 1.9 -> 2
+    assert len(split_by_identity(range(9), 0.3, seed=0)) == 3  # 2.7 -> 3
+    assert len(split_by_identity(range(10), 0.01, seed=0)) == 1  # at least one
+    assert split_by_identity(range(10), 0.0, seed=0) == []

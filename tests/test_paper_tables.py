@@ -10,6 +10,7 @@ from data.synthetic import make_market1501
 from engine.attack_results import read_results
 from experiments.paper_tables import TableRun, TableSetting, run_tables, small_setting, untrained_checkpoint
 from experiments.points import Base
+from experiments.tables import REID_MODES, markdown_table, run_row
 from tools import paper_tables as paper_tables_cli
 from utils.errors import ConfigError
 
@@ -64,8 +65,9 @@ def assert_png(path):
 
 def assert_row_is_its_folder(row):
     results = load_json(os.path.join(row["run"], "results.json"))
-    for mode in ("clean2clean", "encry2clean", "encry2encry"):
-        assert row["reid"][mode]["mAP"] == results["reid"][mode]["mAP"]
+    for mode in ("clean2clean", "encry2clean", "encry2encry", "clean2encry"):
+        for metric in ("rank1", "mAP"):
+            assert row["reid"][mode][metric] == results["reid"][mode][metric]
     privacy = read_results(row["run"]).get("privacy")
     if privacy:
         assert row["images"]["protected"]["psnr"] == privacy["rows"]["protected"]["psnr_pixel"]
@@ -169,3 +171,25 @@ def test_small_setting_trains_the_demo_model_once_and_labels_the_untrained_one(t
     stamp = os.path.getmtime(trained)
     assert small_setting(str(tmp_path / "small"), "cpu", scale).backbones[0][2] == trained
     assert os.path.getmtime(trained) == stamp
+
+
+def test_a_row_holds_every_number_of_its_run_folder_and_the_markdown_shows_them(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    reid = {mode: {"rank1": 0.1 + k / 10, "mAP": 0.05 + k / 10, "mINP": 0.01} for k, mode in enumerate(REID_MODES)}
+    results = {"run": {"method": "pixelfade", "mode": "reference", "checkpoint": "m.pth sha256=0"}, "reid": reid,
+               "eval_models": {"torchreid:osnet": {mode: {"rank1": 0.6 + k / 100, "mAP": 0.4 + k / 100}
+                                                   for k, mode in enumerate(REID_MODES)}},
+               "protection": {"test": {"feature_mse": 0.0123, "constraint_held": 0.375}},
+               "cost": {"ms_per_image": 12.5, "forward": 22, "backward": 20}}
+    (run / "results.json").write_text(json.dumps(results))
+    row = run_row(str(run), "base")
+    assert row["reid"] == {mode: {"rank1": reid[mode]["rank1"], "mAP": reid[mode]["mAP"]} for mode in REID_MODES}
+    assert row["eval_models"] == results["eval_models"]
+    assert (row["feature_mse"], row["constraint_held"], row["cost"]) == (0.0123, 0.375, results["cost"])
+    assert (row["method"], row["mode"], row["checkpoint"]) == ("pixelfade", "reference", "m.pth sha256=0")
+    head, _, cells = (line.strip("| ").split(" | ") for line in markdown_table([row]).splitlines())
+    shown = dict(zip(head, cells))
+    assert shown["clean2clean mAP"] == "5.0" and shown["authorised mAP (encry2clean)"] == "15.0"
+    assert shown["encry2encry mAP"] == "25.0" and shown["feature MSE"] == "0.0123"
+    assert shown["constraint held (% of steps)"] == "37.5" and shown["ms per image (passes)"] == "12.5 (22F/20B)"

@@ -8,11 +8,12 @@ import torch
 from torch import nn
 
 from configs import get_default_config
-from data.synthetic import make_market1501
 from data.samplers import IdentityBatchSampler
+from data.synthetic import make_market1501
 from data.transforms import RandomErasing, build_train_transform
 from engine import reid_trainer
 from engine.lr_schedule import WarmupMultiStepLR, lr_at_epoch
+from experiments.plots import training_curves_figure
 from modeling import build_authorization_model, build_model
 from modeling.backbones import BACKBONES, register_backbone
 
@@ -161,14 +162,27 @@ def _interrupt_at(epoch):
     return attach
 
 
-def test_interrupted_run_resumes_to_identical_weights(data_root, tmp_path):
-    full = train_cfg(data_root, tmp_path / "full", epochs=3)
+def _record_started_epochs(started):
+    def attach(trainer):
+        trainer.add_event_handler(reid_trainer.Events.EPOCH_STARTED, lambda engine: started.append(engine.state.epoch))
+    return attach
+
+
+def test_interrupted_run_resumes_after_its_last_epoch_to_identical_weights(data_root, tmp_path):
+    """The resume point follows every epoch, not only SOLVER.CHECKPOINT_PERIOD's (2 here): stopped in epoch 2,
+    the run goes on from epoch 1 and ends with the uninterrupted run's weights."""
+    full = train_cfg(data_root, tmp_path / "full", epochs=3, CHECKPOINT_PERIOD=2)
     reid_trainer.run(full, reid_trainer.TrainOptions(show_progress=False))
-    broken = train_cfg(data_root, tmp_path / "broken", epochs=3)
+    broken = train_cfg(data_root, tmp_path / "broken", epochs=3, CHECKPOINT_PERIOD=2)
     with pytest.raises(KeyboardInterrupt):
         reid_trainer.run(broken, reid_trainer.TrainOptions(show_progress=False, on_trainer=_interrupt_at(2)))
-    assert sorted(f for f in os.listdir(broken.OUTPUT_DIR) if f.endswith(".pth")) == [f"{TINY}_model_1.pth"]
-    reid_trainer.run(broken, reid_trainer.TrainOptions(show_progress=False))
+    assert sorted(f for f in os.listdir(broken.OUTPUT_DIR) if f.endswith((".pth", ".pt"))) == [
+        "training_checkpoint_1.pt"]
+    started = []
+    reid_trainer.run(broken, reid_trainer.TrainOptions(show_progress=False, on_trainer=_record_started_epochs(started)))
+    assert started == [2, 3]
+    assert sorted(f for f in os.listdir(broken.OUTPUT_DIR) if f.endswith(".pth")) == [
+        f"{TINY}_model_2.pth", f"{TINY}_model_3.pth"]
     for name in (f"{TINY}_model_2.pth", f"{TINY}_model_3.pth"):
         a = torch.load(os.path.join(full.OUTPUT_DIR, name), weights_only=True)
         b = torch.load(os.path.join(broken.OUTPUT_DIR, name), weights_only=True)
@@ -180,6 +194,58 @@ def test_interrupted_run_resumes_to_identical_weights(data_root, tmp_path):
                                                  cb["optimizer"]["state"][0].values()))
     assert not [f for f in os.listdir(broken.OUTPUT_DIR) if f.startswith("training_checkpoint_")
                 and f != "training_checkpoint_3.pt"]
+
+
+def test_progress_bar_metrics_are_the_current_epochs_mean(data_root, tmp_path):
+    """What the bar shows after each step: the mean of this epoch's steps so far, restarting every epoch."""
+    seen = []
+
+    def attach(trainer):
+        @trainer.on(reid_trainer.Events.ITERATION_COMPLETED)
+        def _record(engine):
+            seen.append((engine.state.epoch, engine.state.output["loss"], engine.state.metrics["loss"],
+                         engine.state.output["triplet"], engine.state.metrics["triplet"]))
+
+    cfg = train_cfg(data_root, tmp_path / "bar", epochs=2)
+    results = reid_trainer.run(cfg, reid_trainer.TrainOptions(show_progress=False, on_trainer=attach))
+    for epoch in (1, 2):
+        steps = [row for row in seen if row[0] == epoch]
+        assert len(steps) >= 2
+        for count, row in enumerate(steps, start=1):
+            assert row[2] == pytest.approx(sum(r[1] for r in steps[:count]) / count, rel=1e-12)
+            assert row[4] == pytest.approx(sum(r[3] for r in steps[:count]) / count, rel=1e-12)
+        assert steps[-1][2] == pytest.approx(results["epochs"][epoch - 1]["loss"], rel=1e-12)
+
+
+def _overlapping(boxes):
+    return any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+@pytest.mark.parametrize("epochs, evaluated", [(40, (20, 40)), (1, (1,)), (120, (40, 80, 120))])
+def test_training_curves_span_the_trained_epochs_with_readable_ticks(epochs, evaluated):
+    rows = [{"epoch": e, "loss": 9.0 / e, "id": 6.0 / e, "triplet": 3.0 / e} for e in range(1, epochs + 1)]
+    results = {"epochs": rows,
+               "evaluations": [{"epoch": e, "mAP": 0.4 + e / 1000, "rank1": 0.6 + e / 1000} for e in evaluated]}
+    figure = training_curves_figure(results)
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    losses, scores = figure.axes
+    assert [line.get_label() for line in losses.get_lines()] == ["loss", "id", "triplet"]
+    assert [line.get_label() for line in scores.get_lines()] == ["mAP", "Rank-1"]
+    assert list(scores.get_lines()[0].get_xdata()) == list(evaluated)
+    for axis in (losses, scores):
+        low, high = axis.get_xlim()
+        assert (low, high) == ((1, epochs) if epochs > 1 else (0.5, 1.5))  # no epoch beyond the last trained one
+        x_ticks = [t for t in axis.get_xticks() if low <= t <= high]
+        y_ticks = [t for t in axis.get_yticks() if axis.get_ylim()[0] <= t <= axis.get_ylim()[1]]
+        assert x_ticks and all(float(t).is_integer() for t in x_ticks) and max(x_ticks) <= epochs
+        assert len(y_ticks) >= 4, y_ticks  # more than the minimum and the maximum
+        for labels in (axis.get_xticklabels(), axis.get_yticklabels()):
+            boxes = [label.get_window_extent(renderer) for label in labels if label.get_visible() and label.get_text()]
+            assert boxes and not _overlapping(boxes)
+    panels = [axis.get_tightbbox(renderer) for axis in figure.axes]
+    assert not _overlapping(panels)  # titles, tick labels and axis labels of the two panels stay apart
+    assert figure.get_layout_engine() is not None
 
 
 def test_checkpoint_loads_through_protect_image_path(data_root, tmp_path):
@@ -199,7 +265,7 @@ def test_checkpoint_loads_through_protect_image_path(data_root, tmp_path):
 
 def _cli(*args):
     return subprocess.run([sys.executable, os.path.join(REPO, "train_reid.py"), *args], capture_output=True,
-                          text=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          text=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
 
 
 def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(data_root, tmp_path):
@@ -214,3 +280,31 @@ def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(data_root, tmp_p
         assert len(lines) == 1 and lines[0].startswith("train_reid.py: error:"), result.stderr
     assert "SOLVER.OPTIMIZER_NAME" in bad_solver.stderr and "SOLVER.BASE_LR" in bad_lr.stderr
     assert not out.exists()
+
+
+def _fake_venv(tmp_path):
+    """A VENV for run.sh whose python is this one and whose stamp is current, so nothing is installed."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    python = venv / "bin" / "python"
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    digest = subprocess.run("cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1", shell=True, cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout
+    (venv / ".requirements.sha256").write_text(digest)
+    return venv
+
+
+def test_run_sh_train_warns_loudly_without_the_imagenet_file(tmp_path):
+    (tmp_path / "data").mkdir()
+    env = {**os.environ, "VENV": str(_fake_venv(tmp_path)), "CKPT_DIR": str(tmp_path / "ckpt"),
+           "DATA_ROOT": str(tmp_path / "data"), "OUTPUT_ROOT": str(tmp_path / "log"), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(["bash", os.path.join(REPO, "run.sh"), "train_market1501"], capture_output=True,
+                            text=True, env=env, check=False)
+    lines = result.stderr.splitlines()
+    start = lines.index("#" * 80)
+    warning = lines[start:start + 7]
+    assert warning[-1] == "#" * 80 and len(warning) == 7, result.stderr
+    assert warning[1] == f"run.sh: WARNING: ImageNet weights not found: {tmp_path / 'ckpt' / 'resnet50-19c8e357.pth'}"
+    assert "RANDOM weights" in warning[2] and "IMAGENET_WEIGHTS" in warning[4]
+    assert result.returncode == 2 and "warning" not in result.stdout.lower()  # then the missing data set stops it

@@ -299,6 +299,15 @@ def leakage_table(privacy):
     return "\n".join(lines)
 
 
+def scored_epoch_words(privacy):
+    """Which weights of the reference attacker the leakage rows score: its last epoch, or its best on validation."""
+    selections = {table["rows"]["reference"]["selection"] for table in privacy.values()
+                  if table is not None and "reference" in table["rows"]}
+    if selections == {"last"}:
+        return "last epoch, trained on every train pair"
+    return "best epoch on held-out identities" if selections == {"best_validation"} else "scored epoch"
+
+
 def demo_report(scale, numbers, figure_path):
     parts = ["# PixelFade demo", "", f"Authorization model: {numbers['model']['description']}.", "",
              model_table(numbers["reid"]["pixelfade"]["clean2clean"], numbers["model"]["references"]), "",
@@ -308,7 +317,8 @@ def demo_report(scale, numbers, figure_path):
                   format_results_table(numbers["reid"][method]), ""]
     parts += ["## Recovery attack (reference attacker, last epoch)", "",
               attack_table(numbers["attack"]), "",
-              "## Identity leakage (scored by the authorization model; reference attacker's best epoch)", "",
+              ("## Identity leakage (scored by the authorization model; reference attacker's "
+               f"{scored_epoch_words(numbers['privacy'])})"), "",
               leakage_table(numbers["privacy"]), "",
               ("Leakage by the authorization model is not a privacy measure for PixelFade: its protected images "
                "are built to match that model's features. Independent evaluators: `ATTACK.EVAL_MODELS` "
@@ -329,7 +339,7 @@ def run_demo(output, scale=DEFAULT_SCALE, device="auto", show_progress=True):
     for method in METHODS:
         attack_results[method] = run_recovery_attack(
             configs[method], configs[method].OUTPUT_DIR, ["reference"],
-            protection[method]["run"]["device"], show_progress=show_progress)
+            protection[method]["run"]["device"], show_progress=show_progress, print_tables=False)
     description = model_description(scale, training)
     numbers = {
         "model": {"description": description, "checkpoint": checkpoint, "training": training,

@@ -1,5 +1,7 @@
 """Re-ID data sets by name: ``build_dataset("market1501", root)`` and friends."""
 from . import cuhk03, image_folder, market1501, msmt17  # noqa: F401  (they register themselves)
+from . import text_person  # noqa: F401  (cuhk_pedes, icfg_pedes, rstpreid)
+from . import regdb, sysu_mm01  # noqa: F401  (visible-infrared; they register themselves)
 from .bases import DatasetError, ImageRecord, ReIDDataset
 from .registry import DATASETS, build_dataset, register_dataset
 
