@@ -24,7 +24,7 @@ from ignite.handlers import Checkpoint
 from ignite.handlers.checkpoint import BaseSaveHandler
 
 from utils.errors import CheckpointError, RunConflictError
-from utils.file_io import atomic_write, make_dirs, os_errors_as_output_errors
+from utils.file_io import atomic_write, latest_numbered_file, make_dirs, os_errors_as_output_errors
 
 _CHECKPOINT_PATTERN = re.compile(r"^checkpoint_(\d+)\.pt$")
 _WEIGHT_FILE_PATTERN = re.compile(r"^(generator|best)_(\d+)\.pth$")
@@ -226,12 +226,7 @@ def attach_weight_files(saved, checkpoint_dir, path):
 
 def latest_checkpoint(checkpoint_dir):
     """Path of the highest-epoch ``checkpoint_<epoch>.pt`` in the folder, or None."""
-    found = []
-    for path in glob.glob(os.path.join(glob.escape(checkpoint_dir), "checkpoint_*.pt")):
-        match = _CHECKPOINT_PATTERN.match(os.path.basename(path))
-        if match:
-            found.append((int(match.group(1)), path))
-    return max(found)[1] if found else None
+    return latest_numbered_file(checkpoint_dir, "checkpoint_", ".pt")
 
 
 def read_checkpoint(path, mmap=False):

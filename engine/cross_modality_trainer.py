@@ -55,7 +55,7 @@ from modeling.agw_vi import ARCHITECTURES, EmbedNet
 from modeling.checkpoint import _compare, read_checkpoint
 from modeling.losses import WeightedRegularizedTriplet
 from utils.errors import CheckpointError, DatasetError, NonFiniteError, RunConflictError
-from utils.file_io import FolderLock, atomic_write, atomic_write_json
+from utils.file_io import FolderLock, atomic_write, atomic_write_json, latest_numbered_file
 from utils.logs import close_log_handlers
 
 from .attack_checkpoint import AtomicCheckpointSaver
@@ -459,14 +459,7 @@ def run_identity(cfg, visible, thermal, num_classes):
 
 
 def latest_checkpoint(output_dir):
-    prefix, suffix = CHECKPOINT_PREFIX + "_checkpoint_", ".pt"
-    found = []
-    if os.path.isdir(output_dir):
-        for name in os.listdir(output_dir):
-            number = name[len(prefix):-len(suffix)]
-            if name.startswith(prefix) and name.endswith(suffix) and number.isdigit():
-                found.append((int(number), os.path.join(output_dir, name)))
-    return max(found)[1] if found else None
+    return latest_numbered_file(output_dir, CHECKPOINT_PREFIX + "_checkpoint_", ".pt")
 
 
 def read_resume_point(output_dir, identity):

@@ -27,7 +27,6 @@ import logging
 import math
 import os
 import random
-import re
 import time
 import warnings
 from collections.abc import Callable
@@ -54,7 +53,7 @@ from modeling.backbones import BACKBONES
 from modeling.losses import AGWCriterion
 from utils.cpus import configure_threads, loader_workers
 from utils.errors import CheckpointError, ConfigError, DatasetError, NonFiniteError, RunConflictError
-from utils.file_io import FolderLock, atomic_write, atomic_write_json, atomic_write_text
+from utils.file_io import FolderLock, atomic_write, atomic_write_json, atomic_write_text, latest_numbered_file
 from utils.logs import close_log_handlers
 from utils.progress import attach_progress
 
@@ -65,7 +64,6 @@ from .protect_settings import _Checker, _is_int
 logger = logging.getLogger("pixelfade.train")
 
 CHECKPOINT_PREFIX = "training"
-_CHECKPOINT_PATTERN = re.compile(r"^training_checkpoint_(\d+)\.pt$")
 OPTIMIZERS = ("Adam", "SGD")
 SWITCHES = ("on", "off")
 AMP_MODES = ("off", "fp16", "bf16")
@@ -215,13 +213,7 @@ def run_identity(cfg, dataset, world_size):
 
 
 def latest_checkpoint(output_dir):
-    found = []
-    if os.path.isdir(output_dir):
-        for name in os.listdir(output_dir):
-            match = _CHECKPOINT_PATTERN.match(name)
-            if match:
-                found.append((int(match.group(1)), os.path.join(output_dir, name)))
-    return max(found)[1] if found else None
+    return latest_numbered_file(output_dir, CHECKPOINT_PREFIX + "_checkpoint_", ".pt")
 
 
 def read_training_checkpoint(path):

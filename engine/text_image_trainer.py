@@ -51,7 +51,7 @@ from modeling import read_checkpoint, resolve_device
 from modeling.clip_reid import ARCHITECTURES, IRRA_PREFIX, ClipReIDModel, detect_clip, detect_irra, load_clip, load_irra
 from modeling.text_image_losses import IRRA_TEMPERATURE, id_loss, identity_classifier, sdm_loss
 from utils.errors import CheckpointError, ConfigError, DatasetError, NonFiniteError, RunConflictError
-from utils.file_io import FolderLock, atomic_torch_save, atomic_write_json
+from utils.file_io import FolderLock, atomic_torch_save, atomic_write_json, latest_numbered_file
 from utils.logs import close_log_handlers
 
 from .attack_checkpoint import AtomicCheckpointSaver
@@ -431,14 +431,7 @@ def run_identity(settings, dataset):
 
 
 def latest_checkpoint(output_dir):
-    prefix, suffix = CHECKPOINT_PREFIX + "_checkpoint_", ".pt"
-    found = []
-    if os.path.isdir(output_dir):
-        for name in os.listdir(output_dir):
-            number = name[len(prefix):-len(suffix)]
-            if name.startswith(prefix) and name.endswith(suffix) and number.isdigit():
-                found.append((int(number), os.path.join(output_dir, name)))
-    return max(found)[1] if found else None
+    return latest_numbered_file(output_dir, CHECKPOINT_PREFIX + "_checkpoint_", ".pt")
 
 
 def read_resume_point(settings, identity):

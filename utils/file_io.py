@@ -12,6 +12,7 @@ import fcntl
 import io
 import json
 import os
+import re
 import uuid
 
 import numpy as np
@@ -50,6 +51,18 @@ def make_dirs(path):
     """``os.makedirs(path, exist_ok=True)`` with a one-line error naming the folder."""
     with os_errors_as_output_errors(path):
         os.makedirs(path, exist_ok=True)
+
+
+def latest_numbered_file(folder, prefix, suffix):
+    """Path of ``<folder>/<prefix><N><suffix>`` with the highest integer N (the newest resume point), or None."""
+    pattern = re.compile(rf"^{re.escape(prefix)}(\d+){re.escape(suffix)}$")
+    found = []
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            match = pattern.match(name)
+            if match:
+                found.append((int(match.group(1)), os.path.join(folder, name)))
+    return max(found)[1] if found else None
 
 
 def atomic_write(path, write):
