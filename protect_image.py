@@ -69,7 +69,7 @@ FLAGS = (
         "PIXELFADE.METHOD",
         str,
         ("pixelfade", "avih", "blur", "mosaic", "noise", "mosaic24_topleft", "blur12_pil", "noise0.5_uint8"),
-        "protection method (engine/methods.py; avih needs AVIH.KEY_MODEL)",
+        "protection method (engine/methods/registry.py; avih needs AVIH.KEY_MODEL)",
     ),
     ("blur_sigma", "PIXELFADE.BLUR_SIGMA", float, None, "blur strength"),
     ("mosaic_block", "PIXELFADE.MOSAIC_BLOCK", int, None, "mosaic cell size in pixels"),
@@ -153,7 +153,7 @@ def flag_values(args):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    from engine.protect_run import ProtectOptions, build_protect_config, run
+    from engine.protect.run import ProtectOptions, build_protect_config, run
     from utils.cli import check_flags_before_overrides, check_nproc, report_interrupt
     from utils.cpus import configure_threads
     from utils.errors import PixelFadeError, report_error

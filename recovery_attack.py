@@ -23,7 +23,7 @@ from utils.cpus import available_cpus
 from utils.errors import ConfigError, DatasetError, PixelFadeError, report_error
 
 PROG = "recovery_attack.py"
-# engine.attack_settings.ATTACKERS and modeling.generators.GENERATORS, named here so that --help does not
+# engine.attack.settings.ATTACKERS and modeling.generators.GENERATORS, named here so that --help does not
 # import torch (tests/test_attack.py checks that the lists agree).
 ATTACKERS = ("reference", "strong", "identity", "inversion")
 # Groups of attackers one --attacker value names.
@@ -188,7 +188,7 @@ def run(args):
 
     from configs import load_config
     from data.img_npy import resolve_npy_dir
-    from engine.attack import run_recovery_attack
+    from engine.attack.run import run_recovery_attack
     from utils.cpus import configure_threads
 
     cfg = load_config(args.config_file, list(args.opts) + overrides)

@@ -62,7 +62,7 @@ def build_parser():
 def build_train_config(config_file, opts, flag_values):
     """Defaults < --config_file < trailing KEY VALUE overrides < flags; validated and frozen."""
     from configs import config_with_flags
-    from engine.reid_trainer import validate_train_config
+    from engine.train.reid import validate_train_config
 
     cfg = config_with_flags(config_file, opts, flag_values, "train")
     validate_train_config(cfg, FLAG_OF_KEY)
@@ -72,7 +72,7 @@ def build_train_config(config_file, opts, flag_values):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    from engine.reid_trainer import TrainOptions, run
+    from engine.train.reid import TrainOptions, run
     from utils.cli import check_flags_before_overrides, check_nproc, report_interrupt
     from utils.cpus import configure_threads
     from utils.errors import PixelFadeError, report_error

@@ -18,8 +18,8 @@ import torch
 
 from data.img_npy import find_pairs, read_batch, reference_file_order, write_batch
 from data.npy_pairs import PairDataset, SavedBatchOrder
-from engine.attack import create_attack_trainer, make_batch_loader
-from engine.attack_settings import AttackSettings, build_optimizer
+from engine.attack.run import create_attack_trainer, make_batch_loader
+from engine.attack.settings import AttackSettings, build_optimizer
 from ignite.engine import Events
 from modeling.generators import build_generator
 
@@ -103,7 +103,7 @@ def reference_loop_epochs(settings, npy_dir, device, epochs):
 
 
 def trainer_epochs(settings, npy_dir, device, epochs, num_workers):
-    """(wall, CPU) s per epoch of engine.attack's ignite trainer over memory-mapped batches."""
+    """(wall, CPU) s per epoch of engine.attack.run's ignite trainer over memory-mapped batches."""
     torch.manual_seed(settings.seed)
     generator = build_generator(settings.generator, ngf=settings.ngf).to(device)
     optimizer = build_optimizer(settings, generator.parameters())

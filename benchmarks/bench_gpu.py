@@ -2,8 +2,8 @@
 
 For each model, batch size and variant (the CUDA math settings, autocast precision, memory layout, torch.compile)
 three things are timed on the same random batch (reference mode, the default PixelFade hyper-parameters):
-  loop       engine.pixelfade.protect_batch: input gradient only, frozen model (the implementation);
-  reference  engine.pixelfade_reference.reference_protect: weight gradients, retained graph, a host sync per step;
+  loop       engine.methods.pixelfade.protect_batch: input gradient only, frozen model (the implementation);
+  reference  engine.methods.pixelfade_reference.reference_protect: weight gradients, retained graph, a host sync per step;
   floor      one forward + input gradient of the model (nothing else): what any loop must pay per step.
 Per-step time of the loops is (T(steps) - T(1)) / (steps - 1), which removes the fixed cost of the target and final
 forwards; images/s are at MAX_ITER 100 (the paper's setting): batch / (fixed + 100 x per step). Each timing follows a
@@ -45,8 +45,8 @@ import torch
 from torch import nn
 
 from configs import get_default_config
-from engine.pixelfade import PixelFadeParams, build_fade_masks, frozen_parameters, input_gradient, protect_batch
-from engine.pixelfade_reference import reference_protect
+from engine.methods.pixelfade import PixelFadeParams, build_fade_masks, frozen_parameters, input_gradient, protect_batch
+from engine.methods.pixelfade_reference import reference_protect
 from modeling import build_model
 
 REFERENCE_STEPS = 100

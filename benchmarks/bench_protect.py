@@ -1,4 +1,4 @@
-"""Protection speed: engine.pixelfade.protect_batch vs the reference loop vs the model floor.
+"""Protection speed: engine.methods.pixelfade.protect_batch vs the reference loop vs the model floor.
 
 On the AGW resnet50_nl authorization model (random weights from configs.get_default_config())
 at 256x128, per batch size:
@@ -24,7 +24,7 @@ import time
 import torch
 
 from configs import get_default_config
-from engine.pixelfade import (
+from engine.methods.pixelfade import (
     PixelFadeParams,
     build_fade_masks,
     frozen_parameters,
@@ -32,7 +32,7 @@ from engine.pixelfade import (
     precision_dtype,
     protect_batch,
 )
-from engine.pixelfade_reference import reference_protect
+from engine.methods.pixelfade_reference import reference_protect
 from modeling import build_model
 
 VARIANTS = {

@@ -238,7 +238,7 @@ _C.ATTACK.SEED = 0
 _C.ATTACK.NUM_GRIDS = 20
 # Share of the train split's identities held out for validation (0 = none): the validation L1 per
 # epoch picks the best epoch, whose weights are scored beside the last epoch's. -1 = each attacker's
-# own protocol (engine.attack_settings.DEFAULT_VAL_FRACTION): 0 for 'reference', which trains on
+# own protocol (engine.attack.settings.DEFAULT_VAL_FRACTION): 0 for 'reference', which trains on
 # every train pair as the paper's recovery_attack.py does, 0.1 for 'strong' and 'identity'. A value
 # >= 0 applies to every learned attacker (e.g. 0.1 gives the reference attacker a validation split).
 _C.ATTACK.VAL_FRACTION = -1.0

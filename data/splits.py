@@ -150,7 +150,7 @@ def plan_splits(cfg):
     if hasattr(dataset, "query_captions"):
         raise ConfigError(
             f"--dataset {name}: text-to-image data sets (caption queries) are not protected by protect_image.py "
-            "yet; protect their images with engine.protector.Protector (docs/text_to_image.md)"
+            "yet; protect their images with engine.protect.protector.Protector (docs/text_to_image.md)"
         )
     if name == "image_folder":
         parts = {"gallery": list(dataset.gallery)}

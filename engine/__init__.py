@@ -1,1 +1,1 @@
-"""Protection engine: the PixelFade algorithm, comparison methods, the ignite engines and run machinery."""
+"""The four pipelines (protect, attack, train; methods they share) and their common machinery."""

@@ -10,8 +10,8 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-from engine.attack import run_recovery_attack
-from engine.attack_settings import AttackSettings
+from engine.attack.run import run_recovery_attack
+from engine.attack.settings import AttackSettings
 from modeling import build_model, resolve_device
 from utils.errors import CheckpointError, ConfigError
 from utils.file_io import atomic_torch_save

@@ -1,23 +1,9 @@
-"""Figures (matplotlib, Agg): metrics against a swept value, the utility-privacy trade-off, training curves."""
-import io
-
-import matplotlib
-
-matplotlib.use("Agg")
+"""Figures (matplotlib, Agg): metrics against a swept value and the utility-privacy trade-off."""
 import matplotlib.pyplot as plt
-from matplotlib.ticker import MaxNLocator
 
-from utils.file_io import atomic_write
+from utils.figures import save_figure
 
 from .tables import AUTHORISED_MODE, attackers_of, worst_leakage
-
-
-def _save(figure, path):
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(figure)
-    atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
-    return path
 
 
 def _percent(value):
@@ -65,7 +51,7 @@ def sweep_figure(rows, key, path):
         axis.grid(alpha=0.3)
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=7)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def tradeoff_figure(rows, path, title="utility vs privacy"):
@@ -93,50 +79,4 @@ def tradeoff_figure(rows, path, title="utility vs privacy"):
     axis.set_ylabel("authorised mAP, encry2clean (%)")
     axis.set_title(title)
     axis.grid(alpha=0.3)
-    return _save(figure, path)
-
-
-TRAINING_LOSSES = ("loss", "id", "triplet")
-EVALUATION_SCORES = (("mAP", "mAP"), ("rank1", "Rank-1"))
-
-
-def _epoch_axis(axis, first, last):
-    """x from the first to the last trained epoch, whole-epoch ticks; one epoch gets a unit-wide window."""
-    if first == last:
-        axis.set_xlim(first - 0.5, last + 0.5)
-    else:
-        axis.set_xlim(first, last)
-    axis.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True, min_n_ticks=1))
-    axis.yaxis.set_major_locator(MaxNLocator(nbins=6, min_n_ticks=4))
-    axis.set_xlabel("epoch")
-    axis.grid(alpha=0.3)
-
-
-def training_curves_figure(results):
-    """train_reid's results (``epochs``, ``evaluations`` rows): losses per epoch (left), mAP / Rank-1 (%) (right).
-
-    Both panels span the epochs that were trained, so an evaluation at the last epoch sits on the
-    right edge; ticks come from matplotlib's locators and the constrained layout keeps labels apart.
-    """
-    figure, (losses, scores) = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
-    epochs = [row["epoch"] for row in results["epochs"]] or [row["epoch"] for row in results["evaluations"]] or [0]
-    for key in TRAINING_LOSSES:
-        rows = [row for row in results["epochs"] if key in row]
-        if rows:
-            losses.plot([row["epoch"] for row in rows], [row[key] for row in rows], "o-", markersize=3, label=key)
-    for key, label in EVALUATION_SCORES:
-        rows = [row for row in results["evaluations"] if key in row]
-        if rows:
-            scores.plot([row["epoch"] for row in rows], [100 * row[key] for row in rows], "o-", label=label)
-    for axis, title in ((losses, "training loss (epoch mean)"), (scores, "test split, mAP / Rank-1 (%)")):
-        _epoch_axis(axis, min(epochs), max(epochs))
-        axis.set_title(title)
-        if axis.get_legend_handles_labels()[0]:
-            axis.legend(fontsize=8)
-    scores.set_ylim(bottom=0)
-    return figure
-
-
-def save_figure(figure, path):
-    """Write ``figure`` as a PNG atomically and close it."""
-    return _save(figure, path)
+    return save_figure(figure, path)

@@ -10,10 +10,10 @@ import re
 from dataclasses import dataclass, field
 
 from configs import get_default_config
-from engine.attack import run_recovery_attack
-from engine.attack_results import read_results
-from engine.attack_settings import AttackSettings
-from engine.protect_run import ProtectOptions, build_protect_config, run
+from engine.attack.run import run_recovery_attack
+from engine.attack.results import read_results
+from engine.attack.settings import AttackSettings
+from engine.protect.run import ProtectOptions, build_protect_config, run
 from modeling import resolve_device
 from utils.errors import ConfigError
 

@@ -9,7 +9,7 @@ import ast
 import itertools
 import os
 
-from engine.attack_settings import ATTACKERS
+from engine.attack.settings import ATTACKERS
 from utils.errors import ConfigError
 from utils.file_io import atomic_write_json
 

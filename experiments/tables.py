@@ -9,7 +9,7 @@ table always equals its folders.
 import json
 import os
 
-from engine.attack_results import read_results
+from engine.attack.results import read_results
 from utils.errors import OutputError
 from utils.file_io import atomic_write_json, atomic_write_text
 

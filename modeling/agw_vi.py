@@ -30,7 +30,7 @@ from torchvision.models import resnet18, resnet50
 
 from utils.errors import CheckpointError, ConfigError
 
-from .checkpoint import _compare, read_state, strip_wrapper_prefixes
+from .checkpoint import compare_state_dicts, read_state, strip_wrapper_prefixes
 from .formats import MODEL_FORMATS, ModelFormat
 
 # name -> (torchvision constructor, NL blocks after layer1..layer4, blocks per layer)
@@ -254,7 +254,7 @@ def load(model, state, source="state dict", logger=None):
     if not isinstance(net, EmbedNet):
         raise TypeError(f"expected a model built by the agw_vi format, got {type(model).__name__}")
     state, source = read_state(state, source)
-    report = _compare(net.state_dict(), state, source, IGNORED_PREFIXES)
+    report = compare_state_dicts(net.state_dict(), state, source, IGNORED_PREFIXES)
     if not report.ok:
         fits = fitting_architecture(state)
         hint = f"; its keys fit MODEL.NAME {fits}" if fits and fits != net.architecture else ""

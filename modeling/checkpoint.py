@@ -93,7 +93,8 @@ def _find_tensors(content, source):
     raise CheckpointError(f"{source}: holds a {type(content).__name__}, not weights")
 
 
-def _compare(target_state, state, source, ignored_prefixes, absent_prefixes=()):
+def compare_state_dicts(target_state, state, source, ignored_prefixes, absent_prefixes=()):
+    """LoadReport of ``state`` against ``target_state``: ignored, unexpected, missing and mismatched keys."""
     report = LoadReport(source)
     for key, tensor in state.items():
         if key.startswith(ignored_prefixes):
@@ -144,7 +145,7 @@ def load_reid_weights(model, state_or_path, logger=None, source=None, architectu
     differ from the checkpoint's training and the features would silently be wrong.
     """
     state, source = read_state(state_or_path, source)
-    report = _compare(model.state_dict(), state, source, REID_IGNORED_PREFIXES)
+    report = compare_state_dicts(model.state_dict(), state, source, REID_IGNORED_PREFIXES)
     return _apply(model, state, report, logger, architecture)
 
 
@@ -153,7 +154,7 @@ def load_imagenet_backbone(model, path, logger=None):
     non-local blocks keep their identity initialisation. Returns the LoadReport."""
     source = os.fspath(path)
     state = read_checkpoint(source)
-    report = _compare(
+    report = compare_state_dicts(
         model.base.state_dict(), state, source, IMAGENET_IGNORED_PREFIXES, IMAGENET_ABSENT_PREFIXES
     )
     return _apply(model.base, state, report, logger)

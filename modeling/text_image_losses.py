@@ -12,7 +12,7 @@
 
 IRRA also passes optional image ids to SDM (soft labels mixing pid and image id); its training
 never does, and neither does this module. Its third loss, masked language modelling through a
-cross-modal transformer, is not implemented here (module docstring of engine.text_image_trainer).
+cross-modal transformer, is not implemented here (module docstring of engine.train.text_image).
 """
 import torch
 import torch.nn.functional as F

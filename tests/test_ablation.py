@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from configs import load_config
-from engine.methods import build_method
-from engine.pixelfade import (
+from engine.methods.registry import build_method
+from engine.methods.pixelfade import (
     PixelFadeParams,
     build_fade_masks,
     constraint_update,
@@ -15,7 +15,7 @@ from engine.pixelfade import (
     protect_batch,
     replacement_mask,
 )
-from engine.protect_settings import validate_protect_config
+from engine.protect.settings import validate_protect_config
 from utils.errors import ConfigError
 
 SHAPE = (2, 3, 16, 8)

@@ -24,10 +24,9 @@ from configs import get_default_config, load_config
 from data.img_npy import batch_files, find_pairs, npy_dir_of, read_batch, write_batch
 from data.npy_pairs import PairDataset, SavedBatchOrder
 from data.transforms import normalize
-from engine import attack as attack_module
-from engine import attack_settings as attack_settings_module
-from engine.attack import (
-    ATTACK_GRID_ROWS,
+from engine.attack import run as attack_module
+from engine.attack import settings as attack_settings_module
+from engine.attack.run import (
     EPOCH_METERS,
     attack_targets,
     create_attack_evaluator,
@@ -36,9 +35,10 @@ from engine.attack import (
     recovered_normalized,
     run_attack,
 )
-from engine.attack_checkpoint import AtomicCheckpointSaver, latest_checkpoint
-from engine.attack_results import results_markdown
-from engine.attack_settings import (
+from engine.attack.checkpoint import latest_checkpoint
+from engine.common.checkpoint import AtomicCheckpointSaver
+from engine.attack.results import results_markdown
+from engine.attack.settings import (
     ATTACKERS,
     DEFAULT_VAL_FRACTION,
     OPTIMIZERS,
@@ -47,8 +47,9 @@ from engine.attack_settings import (
     build_optimizer,
     loader_workers,
 )
-from engine.protect_handlers import GRID_ROWS, ROW_LABEL_MARGIN, GridWriter, grid_row_names, labelled_grid
-from engine.storage import PixelCodec
+from engine.protect.handlers import GRID_ROWS, GridWriter
+from utils.grids import ATTACK_GRID_ROWS, ROW_LABEL_MARGIN, grid_row_names, labelled_grid
+from engine.methods.codec import PixelCodec
 from modeling.generators import GENERATORS, build_generator
 from utils.errors import ConfigError, NonFiniteError, RunConflictError
 from utils.file_io import FolderLock

@@ -1,10 +1,10 @@
-"""engine/attack_checkpoint.py: the best epoch's weights (ties keep the earlier epoch, as the README says)."""
+"""engine/attack/checkpoint.py: the best epoch's weights (ties keep the earlier epoch, as the README says)."""
 import math
 
 import torch
 from torch import nn
 
-from engine.attack_checkpoint import BestWeights
+from engine.attack.checkpoint import BestWeights
 
 
 def module_with(value):

@@ -16,7 +16,7 @@ from data.datasets.image_folder import scan_folder
 from data.loaders import read_image
 from data.synthetic import make_market1501
 from data.transforms import build_eval_transform
-from engine.pixelfade import PixelFadeParams, constraint_bound, protect_batch
+from engine.methods.pixelfade import PixelFadeParams, constraint_bound, protect_batch
 from model_factories import NormalizingReID, TinyReID
 from modeling import build_authorization_model
 from modeling.authorization import is_torchscript_archive

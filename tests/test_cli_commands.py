@@ -17,7 +17,9 @@ import recovery_attack
 import train_reid
 from configs import load_config
 from data.synthetic import make_market1501
-from engine import attack, protect_run, reid_trainer
+from engine.attack import run as attack
+from engine.protect import run as protect_run
+from engine.train import reid as reid_trainer
 from utils import cpus
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,7 +88,7 @@ def test_bad_threads_and_bad_override_types_are_one_line(tmp_path, capsys, prog)
 def test_an_integer_for_a_float_key_reaches_the_run(tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr(protect_run, "run", lambda cfg, *args: seen.setdefault("protect", cfg))
-    monkeypatch.setattr("engine.attack.run_recovery_attack", lambda cfg, *args, **kw: seen.setdefault("attack", cfg))
+    monkeypatch.setattr("engine.attack.run.run_recovery_attack", lambda cfg, *args, **kw: seen.setdefault("attack", cfg))
     monkeypatch.setattr("data.img_npy.resolve_npy_dir", lambda path: path)
     assert protect_image.main(_argv("protect_image.py", tmp_path, "--random_init", "PIXELFADE.BETA", "1")) == 0
     assert recovery_attack.main(_argv("recovery_attack.py", tmp_path, "ATTACK.VAL_FRACTION", "0")) == 0

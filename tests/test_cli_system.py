@@ -8,7 +8,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.metrics import Average
 
-from engine import attack
+from engine.attack import run as attack
 from utils import cpus, progress
 from utils.errors import ConfigError
 

@@ -75,7 +75,7 @@ def protected_arrays(output):
 
 
 def per_image_batch(device, count=3, max_iter=4):
-    from engine.pixelfade import PixelFadeParams, per_image_noise_and_masks
+    from engine.methods.pixelfade import PixelFadeParams, per_image_noise_and_masks
 
     params = PixelFadeParams(max_iter=max_iter, beta=0.005, beta_temp=0.005, epsilon=0.1)
     images = torch.randn(count, 3, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(1))
@@ -97,7 +97,7 @@ def test_auto_device_is_cuda_and_a_missing_index_is_refused():
 
 
 def test_per_image_loop_on_cuda_matches_cpu():
-    from engine.pixelfade import protect_batch
+    from engine.methods.pixelfade import protect_batch
 
     images, masks, noise, params = per_image_batch("cpu")
     cpu = protect_batch(agw_model("cpu"), images, masks, noise, params, per_image=True)
@@ -148,7 +148,7 @@ def test_reference_mode_is_identical_run_to_run_on_cuda(data_root, tmp_path):
 @pytest.mark.parametrize("precision, channels_last", [("bf16", False), ("fp16", False), ("bf16", True),
                                                       ("none", True)])
 def test_autocast_and_channels_last_on_cuda(precision, channels_last):
-    from engine.pixelfade import PixelFadeParams, build_fade_masks, precision_dtype, protect_batch
+    from engine.methods.pixelfade import PixelFadeParams, build_fade_masks, precision_dtype, protect_batch
 
     params = PixelFadeParams(max_iter=3, beta=0.005, beta_temp=0.005, epsilon=0.1)
     images = torch.randn(4, 3, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(2)).cuda()
@@ -188,7 +188,7 @@ def test_loaders_pin_memory_for_cuda(data_root):
 def test_training_epoch_with_amp_on_cuda(data_root, tmp_path, amp):
     from torch import nn
 
-    from engine import reid_trainer
+    from engine.train import reid as reid_trainer
     from modeling.backbones import BACKBONES, register_backbone
 
     name = "tiny_cuda_test_cnn"

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from engine.distributed import batch_spans, gather_rows_by_index, shard_range
+from engine.protect.sharding import batch_spans, gather_rows_by_index, shard_range
 
 
 def test_batch_spans_cover_every_item_once_with_a_smaller_last_batch():

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from engine import inversion
-from engine.inversion import invert_features, lr_multiplier
+from engine.attack import inversion
+from engine.attack.inversion import invert_features, lr_multiplier
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from engine.reid_trainer import rescale_center_gradient
+from engine.train.reid import rescale_center_gradient
 from modeling.losses import (
     AGWCriterion,
     CenterLoss,

@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 from configs import load_config
-from engine.baselines import additive_noise, gaussian_blur, mosaic
-from engine.methods import METHODS, build_method
-from engine.pixelfade import PixelFadeParams, make_reference_masks, protect_batch
+from engine.methods.baselines import additive_noise, gaussian_blur, mosaic
+from engine.methods.registry import METHODS, build_method
+from engine.methods.pixelfade import PixelFadeParams, make_reference_masks, protect_batch
 from utils.errors import ConfigError
 
 

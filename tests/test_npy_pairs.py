@@ -21,7 +21,7 @@ from data.img_npy import (
     write_batch,
 )
 from data.npy_pairs import PairDataset, SavedBatches, SavedBatchOrder, split_by_identity
-from engine.run_store import RunStore
+from engine.protect.run_store import RunStore
 from utils.errors import DatasetError, NonFiniteError, OutputError
 
 

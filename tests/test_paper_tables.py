@@ -7,7 +7,7 @@ import pytest
 
 from configs import load_config
 from data.synthetic import make_market1501
-from engine.attack_results import read_results
+from engine.attack.results import read_results
 from experiments.paper_tables import TableRun, TableSetting, run_tables, small_setting, untrained_checkpoint
 from experiments.points import Base
 from experiments.tables import REID_MODES, markdown_table, run_row

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from configs import get_default_config
-from engine.pixelfade import (
+from engine.methods.pixelfade import (
     PixelFadeParams,
     build_fade_masks,
     constraint_update,
@@ -20,7 +20,7 @@ from engine.pixelfade import (
     protect_batch,
     reference_noise,
 )
-from engine.pixelfade_reference import reference_masks, reference_protect
+from engine.methods.pixelfade_reference import reference_masks, reference_protect
 
 SHAPE = (3, 16, 8)
 # The tiny model's feature MSE sits around this bound after the first steps, so the constraint

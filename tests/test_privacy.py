@@ -13,8 +13,8 @@ import protect_image
 import recovery_attack
 from data.npy_pairs import PairDataset, identity_rows, split_by_identity
 from data.synthetic import make_market1501
-from engine.attack_results import privacy_table, read_results
-from engine.inversion import invert_features, relative_feature_error, total_variation
+from engine.attack.results import privacy_table, read_results
+from engine.attack.inversion import invert_features, relative_feature_error, total_variation
 from evaluation.leakage import chance_level, expected_random_ap, identity_leakage
 from evaluation.lpips_metric import build_lpips, lpips_distance
 from evaluation.reid import evaluate_rank
@@ -110,7 +110,7 @@ def test_identity_split_holds_out_whole_identities_and_no_image_is_in_both_parts
 
 
 def test_lpips_is_not_computed_without_the_trunk_file_and_says_how_to_enable_it():
-    from engine.privacy import lpips_for
+    from evaluation.privacy import lpips_for
 
     metric, status = lpips_for("", (3, 128, 64), "cpu")
     assert metric is None and status["computed"] is False
@@ -239,8 +239,8 @@ def test_the_comparison_report_holds_each_runs_numbers_and_both_figures(protecte
 def test_identity_attacker_adds_the_weighted_relative_feature_error_to_the_l1():
     import copy
 
-    from engine.attack import create_attack_trainer
-    from engine.attack_settings import AttackSettings, build_optimizer
+    from engine.attack.run import create_attack_trainer
+    from engine.attack.settings import AttackSettings, build_optimizer
     from modeling.generators import build_generator
 
     torch.manual_seed(0)
@@ -269,8 +269,8 @@ def test_a_resumed_attack_with_a_validation_split_ends_like_an_uninterrupted_one
 
     from test_attack import TINY, write_pairs
 
-    from engine.attack import run_attack
-    from engine.attack_settings import AttackSettings
+    from engine.attack.run import run_attack
+    from engine.attack.settings import AttackSettings
 
     npy_dir = write_pairs(str(tmp_path / "data"), train_batches=4, test_batches=1)
     settings = AttackSettings(**{**TINY, "total_epochs": 3, "eval_epochs": (), "val_fraction": 0.25, "mode": "strong"})

@@ -1,11 +1,11 @@
-"""engine/privacy.py: the original gallery when the query count ends inside a saved batch."""
+"""evaluation/privacy.py: the original gallery when the query count ends inside a saved batch."""
 from types import SimpleNamespace
 
 import torch
 
 from data.img_npy import write_batch
 from data.npy_pairs import PairDataset
-from engine.privacy import PrivacyScorer
+from evaluation.privacy import PrivacyScorer
 from evaluation.leakage import identity_leakage
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -18,7 +18,7 @@ from helpers import protect_argv
 from configs import load_config
 from data import img_npy
 from data.synthetic import make_market1501
-from engine.run_store import RunStore
+from engine.protect.run_store import RunStore
 from modeling import build_authorization_model
 from utils import file_io
 from utils.file_io import FolderLock
@@ -420,7 +420,7 @@ def test_two_gloo_processes_equal_one_process_in_per_image_mode(data_root, tmp_p
 def test_a_diverging_batch_stops_the_run_with_a_clear_error_and_keeps_earlier_batches(
     data_root, tmp_path, monkeypatch, capsys
 ):
-    from engine.methods import PixelFade, ProtectedBatch
+    from engine.methods.registry import PixelFade, ProtectedBatch
 
     real_call = PixelFade.__call__
 
@@ -466,7 +466,7 @@ FLAG_CASES = {
 
 
 def config_from(argv):
-    from engine.protect_run import build_protect_config
+    from engine.protect.run import build_protect_config
 
     args = protect_image.build_parser().parse_args(argv)
     return build_protect_config(

@@ -1,4 +1,4 @@
-"""The Python API for services (engine/protector.py): README example, same path as the command, errors."""
+"""The Python API for services (engine/protect/protector.py): README example, same path as the command, errors."""
 
 import os
 import re
@@ -12,7 +12,7 @@ import protect_image
 from configs import get_default_config, load_config
 from data import img_npy
 from data.synthetic import make_market1501
-from engine.protector import Protector
+from engine.protect.protector import Protector
 from helpers import protect_argv
 from modeling import build_authorization_model
 from modeling.build import build_model

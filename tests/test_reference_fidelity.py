@@ -21,9 +21,9 @@ from helpers import protect_argv
 from configs import load_config
 from data import img_npy
 from data.synthetic import make_market1501
-from engine.pixelfade import PixelFadeParams
+from engine.methods.pixelfade import PixelFadeParams
 from modeling import build_authorization_model
-from engine.pixelfade_reference import reference_masks, reference_protect
+from engine.methods.pixelfade_reference import reference_masks, reference_protect
 
 SIZE = (32, 16)
 BATCH = 4

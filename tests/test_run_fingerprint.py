@@ -2,8 +2,8 @@
 import pytest
 
 from configs import load_config
-from engine.protect_run import run_fingerprint
-from engine.run_store import RunStore
+from engine.protect.run import run_fingerprint
+from engine.protect.run_store import RunStore
 from utils.errors import RunConflictError
 
 # Written out here, not taken from the code: each of these changes what a finished batch holds.

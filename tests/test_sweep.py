@@ -5,7 +5,7 @@ import os
 import pytest
 
 from data.synthetic import make_market1501
-from engine.attack_results import read_results
+from engine.attack.results import read_results
 from experiments.points import Base, folder_name, parse_value
 from experiments.sweep import grid_points, parse_grid, run_sweep
 from tools import sweep as sweep_cli

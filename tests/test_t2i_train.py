@@ -12,7 +12,7 @@ from data.datasets import build_dataset
 from data.loaders import read_image
 from data.synthetic_text import make_text_dataset
 from data.transforms import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD, build_clip_eval_transform
-from engine.text_image_trainer import CLASSIFIER_FILE, CLIP_FILE, IRRA_FILE, TextImageSettings, WarmupCosine, run
+from engine.train.text_image import CLASSIFIER_FILE, CLIP_FILE, IRRA_FILE, TextImageSettings, WarmupCosine, run
 from evaluation.text_to_image import evaluate_text_to_image
 from modeling import build_authorization_model, read_checkpoint
 from modeling.authorization import detect_format

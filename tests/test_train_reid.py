@@ -1,4 +1,4 @@
-"""train_reid.py / engine.reid_trainer: schedule, sampler, augmentation, learning, resume, CLI errors."""
+"""train_reid.py / engine.train.reid: schedule, sampler, augmentation, learning, resume, CLI errors."""
 import os
 import subprocess
 import sys
@@ -11,9 +11,9 @@ from configs import get_default_config
 from data.samplers import IdentityBatchSampler
 from data.synthetic import make_market1501
 from data.transforms import RandomErasing, build_train_transform
-from engine import reid_trainer
-from engine.lr_schedule import WarmupMultiStepLR, lr_at_epoch
-from experiments.plots import training_curves_figure
+from engine.train import reid as reid_trainer
+from engine.train.schedule import WarmupMultiStepLR, lr_at_epoch
+from engine.train.curves import training_curves_figure
 from modeling import build_authorization_model, build_model
 from modeling.backbones import BACKBONES, register_backbone
 

@@ -18,8 +18,8 @@ import recovery_attack
 from data.datasets import build_dataset
 from data.synthetic_vi import make_regdb, make_sysu_mm01
 from data.transforms import build_vi_eval_transform
-from engine.protect_run import build_protect_config
-from engine.run_store import RunStore
+from engine.protect.run import build_protect_config
+from engine.protect.run_store import RunStore
 from evaluation.cross_modality import eval_regdb, eval_sysu
 from modeling.agw_vi import EmbedNet
 

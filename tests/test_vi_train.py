@@ -13,7 +13,7 @@ from configs import config_with_flags
 from data import build_dataset
 from data.cross_modality_sampler import CrossModalityBatchSampler
 from data.synthetic_vi import make_sysu_mm01
-from engine import cross_modality_trainer as vt
+from engine.train import cross_modality as vt
 from evaluation.cross_modality import score_protocols
 from modeling import build_authorization_model
 from modeling.agw_vi import EmbedNet

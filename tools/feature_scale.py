@@ -25,8 +25,8 @@ def main(argv=None):
 
     from configs import load_config
     from data.datasets.image_folder import scan_folder
-    from engine.feature_scale import feature_scale_report, format_report, sample_batch
-    from engine.protect_settings import validate_protect_config
+    from evaluation.feature_scale import feature_scale_report, format_report, sample_batch
+    from engine.protect.settings import validate_protect_config
     from modeling import build_authorization_model
     from utils.errors import ConfigError, PixelFadeError, report_error
 

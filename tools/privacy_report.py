@@ -3,13 +3,13 @@
     python -m tools.privacy_report --runs log/privacy/pixelfade log/privacy/blur --output log/privacy/report
 
 Each run is a protect_image.py output folder whose attacks are done (recovery_attack.py --attacker all).
-The work is in ``engine.privacy_report``; ``collect_privacy`` and ``write_privacy_report`` are
+The work is in ``engine.attack.report``; ``collect_privacy`` and ``write_privacy_report`` are
 re-exported here for other commands.
 """
 import argparse
 import sys
 
-from engine.privacy_report import collect_privacy, write_privacy_report
+from engine.attack.report import collect_privacy, write_privacy_report
 
 __all__ = ["collect_privacy", "main", "write_privacy_report"]
 PROG = "privacy_report.py"

@@ -7,7 +7,7 @@
 Writes the reference's best file (``sysu_agw_p4_n8_lr_0.1_seed_0_best.t``, RegDB ``..._trial_<t>_best.t``),
 which ``protect_image.py --reid_ckpt_path`` reads (MODEL.FORMAT auto -> agw_vi, the same MODEL.NAME and
 INPUT.IMG_SIZE), ``results.json`` and a checkpoint after every epoch; rerunning the same command on the
-same --output resumes. See ``engine.cross_modality_trainer`` for the recipe.
+same --output resumes. See ``engine.train.cross_modality`` for the recipe.
 """
 import argparse
 import sys
@@ -42,7 +42,7 @@ def main(argv=None):
     parser.error = lambda message: sys.exit(report_error(PROG, message))
     args = parser.parse_args(argv)
     from configs import config_with_flags
-    from engine.cross_modality_trainer import TrainOptions, train_cross_modality, validate_vi_train_config
+    from engine.train.cross_modality import TrainOptions, train_cross_modality, validate_vi_train_config
 
     try:
         values = {key: getattr(args, flag) for flag, key, *_ in FLAGS if getattr(args, flag) is not None}

@@ -6,7 +6,7 @@
 Writes ``clip_model.pth`` (``MODEL.FORMAT clip``, found by ``auto``; pass it to ``protect_image.py`` with the
 same ``INPUT.IMG_SIZE``), ``classifier.pth``, ``results.json`` (text-to-image scores on the test split) and a
 checkpoint every epoch; rerunning the same command on the same --output resumes. See
-``engine.text_image_trainer`` for the recipe and how it compares with IRRA's. Nothing is downloaded.
+``engine.train.text_image`` for the recipe and how it compares with IRRA's. Nothing is downloaded.
 """
 import argparse
 import sys
@@ -43,7 +43,7 @@ def main(argv=None):
 
     parser.error = lambda message: sys.exit(report_error(PROG, message))
     args = parser.parse_args(argv)
-    from engine.text_image_trainer import TextImageSettings, run
+    from engine.train.text_image import TextImageSettings, run
 
     settings = TextImageSettings(
         dataset=args.dataset, root=args.root, output=args.output, epochs=args.epochs, batch_size=args.batch_size,

@@ -9,10 +9,12 @@ temporary file is removed.
 import contextlib
 import errno
 import fcntl
+import hashlib
 import io
 import json
 import os
 import re
+import shutil
 import uuid
 
 import numpy as np
@@ -154,3 +156,45 @@ class FolderLock:
     def __exit__(self, *exc):
         self.release()
         return False
+
+
+def file_digest(path, chunk=1 << 20):
+    """SHA-256 of a file's bytes, read in chunks (checkpoints can be hundreds of MiB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_label(path):
+    """How run records name a weight file: its name and the first 16 hex digits of its SHA-256."""
+    return f"{os.path.basename(path)} sha256={file_digest(path)[:16]}"
+
+
+# Errors of os.link that mean "no hard links here" (another file system, FAT, some network shares).
+_NO_LINK_ERRNOS = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
+
+
+def atomic_link(source, path):
+    """Make ``path`` another name of the file ``source`` (a hard link, replacing ``path`` atomically).
+
+    Where the file system has no hard links, ``path`` becomes a copy. An OS failure is an
+    ``OutputError`` naming ``path``.
+    """
+    folder = os.path.dirname(path) or "."
+    make_dirs(folder)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with os_errors_as_output_errors(path):
+            try:
+                os.link(source, tmp)
+            except OSError as err:
+                if err.errno not in _NO_LINK_ERRNOS:
+                    raise
+                shutil.copyfile(source, tmp)
+            os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+    return path

@@ -15,7 +15,7 @@ import torch
 from utils.errors import CheckpointError
 from utils.registry import Registry
 
-from ..checkpoint import _compare, read_state, strip_wrapper_prefixes
+from ..checkpoint import compare_state_dicts, read_state, strip_wrapper_prefixes
 from ..formats import MODEL_FORMATS, ModelFormat
 from .osnet import osnet
 from .osnet_ain import osnet_ain
@@ -75,7 +75,7 @@ def load(model, state, source="state dict", logger=None):
     """
     state, source = read_state(state, source)
     arch = getattr(model, "arch", type(model).__name__)
-    report = _compare(model.state_dict(), state, source, IGNORED_PREFIXES)
+    report = compare_state_dicts(model.state_dict(), state, source, IGNORED_PREFIXES)
     if not report.ok:
         fits = fitting_architectures(state)
         hint = f"the file fits {', '.join(fits)}" if fits else "the file fits no torchreid architecture"

@@ -16,11 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from data.transforms import denormalize, normalize
+from engine.methods.pixelfade import frozen_parameters, normalized_gradient
 from modeling.checkpoint import load_reid_weights
 from modeling.generators import build_generator
 from utils.errors import CheckpointError, ConfigError
-
-from .pixelfade import frozen_parameters, normalized_gradient
 
 KEY_GENERATOR = "resnet_9blocks"
 INITS = ("random", "original")

@@ -19,17 +19,24 @@ from typing import Optional
 
 import torch
 
-from utils.registry import Registry
-
-from .avih import AvihParams, avih_protect, load_key_model
-from .baselines import additive_noise, gaussian_blur, mosaic, mosaic_topleft, on_pixels, pil_gaussian_blur, pixel_noise
-from .pixelfade import (
+from engine.methods.avih import AvihParams, avih_protect, load_key_model
+from engine.methods.baselines import (
+    additive_noise,
+    gaussian_blur,
+    mosaic,
+    mosaic_topleft,
+    on_pixels,
+    pil_gaussian_blur,
+    pixel_noise,
+)
+from engine.methods.pixelfade import (
     PixelFadeParams,
     build_fade_masks,
     per_image_noise_and_masks,
     precision_dtype,
     protect_batch,
 )
+from utils.registry import Registry
 
 METHODS = Registry("protection method", config_key="PIXELFADE.METHOD")
 

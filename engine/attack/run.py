@@ -32,33 +32,14 @@ from ignite.handlers import Checkpoint
 from ignite.metrics import Average, Frequency
 from ignite.metrics.metric import SingleEpochRunningBatchWise, reinit__is_reduced
 from ignite.utils import setup_logger
-from PIL import Image
 from torch.utils.data import DataLoader
-from torchvision.utils import make_grid
 
 from configs import save_config
 from data.img_npy import resolve_npy_dir, run_dir_of
 from data.npy_pairs import PairDataset, SavedBatches, SavedBatchOrder, identity_rows, split_by_identity
 from data.transforms import normalize
-from evaluation.image_quality import SSIM_KERNEL_SIZE, ImageQuality, to_pixels
-from modeling.generators import build_generator
-from utils.errors import ConfigError, DatasetError, NonFiniteError
-from utils.file_io import FolderLock, atomic_torch_save, os_errors_as_output_errors
-from utils.progress import attach_progress
-
-from .attack_checkpoint import (
-    AttackHistory,
-    BestWeights,
-    WeightFileCheckpointSaver,
-    atomic_link,
-    check_resumable,
-    latest_checkpoint,
-    read_checkpoint,
-    resume_training,
-    run_identity,
-    weight_file,
-)
-from .attack_models import (
+from engine.attack.inversion import invert_protected, relative_feature_error
+from engine.attack.models import (
     authorization_model,
     evaluator_models,
     identity_model,
@@ -66,7 +47,7 @@ from .attack_models import (
     query_count,
     scoring_config,
 )
-from .attack_results import (
+from engine.attack.results import (
     IMAGE_KINDS,
     RESULTS_JSON,
     RESULTS_MARKDOWN,
@@ -77,7 +58,7 @@ from .attack_results import (
     write_privacy,
     write_results,
 )
-from .attack_settings import (
+from engine.attack.settings import (
     ATTACKERS,
     LEARNED_ATTACKERS,
     LOGGER_NAME,
@@ -85,9 +66,24 @@ from .attack_settings import (
     build_optimizer,
     loader_workers,
 )
-from .inversion import invert_protected, relative_feature_error
-from .privacy import PrivacyScorer
-from .protect_handlers import labelled_grid, save_labelled_grid
+from engine.attack.checkpoint import (
+    AttackHistory,
+    BestWeights,
+    WeightFileCheckpointSaver,
+    check_resumable,
+    latest_checkpoint,
+    read_checkpoint,
+    resume_training,
+    run_identity,
+    weight_file,
+)
+from evaluation.image_quality import SSIM_KERNEL_SIZE, ImageQuality, to_pixels
+from evaluation.privacy import PrivacyScorer
+from modeling.generators import build_generator
+from utils.errors import ConfigError, DatasetError, NonFiniteError
+from utils.file_io import FolderLock, atomic_link, atomic_torch_save, os_errors_as_output_errors
+from utils.grids import grid_image, save_labelled_grid
+from utils.progress import attach_progress
 
 # The trainer's epoch meters (engine.state.metrics), shown by the progress bar and logged.
 EPOCH_METERS = ("loss", "images_per_s")
@@ -103,7 +99,6 @@ WEIGHT_FILENAMES = {"reference": "Generator_weight.pth", "strong": "Generator_we
                     "identity": "Generator_weight_identity.pth"}
 LOCK_PURPOSE = "recovery_attack.py"
 # The rows of a rec_images/ grid, top to bottom.
-ATTACK_GRID_ROWS = ("protected", "recovered", "original")
 
 
 def best_weight_path(weight_path):
@@ -206,14 +201,6 @@ def create_attack_trainer(generator, optimizer, settings, device, feature_model=
     ImagesPerSecond(output_transform=lambda output: output["batch_size"]).attach(
         trainer, "images_per_s")
     return trainer
-
-
-def grid_image(protected, recovered, originals):
-    """Rows ``ATTACK_GRID_ROWS``, min-max scaled as a whole (the reference's grid), their names on the left."""
-    rows = torch.cat([protected, recovered, originals]).detach().float().cpu()
-    grid = make_grid(rows, nrow=protected.shape[0], padding=0, normalize=True)
-    pixels = grid.mul(255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8)
-    return labelled_grid(Image.fromarray(pixels.permute(1, 2, 0).numpy()), ATTACK_GRID_ROWS)
 
 
 def create_attack_evaluator(generator, test_pairs, settings, device, grid_dir=None):

@@ -4,10 +4,9 @@ import json
 import logging
 import os
 
+from engine.attack.settings import ATTACKERS, LOGGER_NAME
 from evaluation.image_quality import PROTOCOLS, PSNR_CAP_DB
 from utils.file_io import atomic_write_text
-
-from .attack_settings import ATTACKERS, LOGGER_NAME
 
 IMAGE_KINDS = ("protected", "recovered")
 RESULTS_JSON = "attack_results.json"

@@ -17,12 +17,10 @@ import os
 import torch
 from torchvision.utils import make_grid
 
-from utils.errors import RunConflictError
-
 from data import img_npy
+from engine.methods.codec import write_png
+from utils.errors import RunConflictError
 from utils.file_io import atomic_torch_save, atomic_write_text
-
-from .storage import write_png
 
 MANIFEST = "manifest.json"
 

@@ -42,10 +42,12 @@ from ignite.handlers import Checkpoint, ProgressBar
 from ignite.utils import setup_logger
 from torchvision import transforms as T
 
+from configs.checks import is_int
 from data.datasets import build_dataset
 from data.datasets.text_person import LAYOUTS
 from data.loaders import build_loader, read_image
 from data.transforms import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD, build_clip_eval_transform
+from engine.common.checkpoint import AtomicCheckpointSaver
 from evaluation.text_to_image import evaluate_text_to_image
 from modeling import read_checkpoint, resolve_device
 from modeling.clip_reid import ARCHITECTURES, IRRA_PREFIX, ClipReIDModel, detect_clip, detect_irra, load_clip, load_irra
@@ -53,8 +55,6 @@ from modeling.text_image_losses import IRRA_TEMPERATURE, id_loss, identity_class
 from utils.errors import CheckpointError, ConfigError, DatasetError, NonFiniteError, RunConflictError
 from utils.file_io import FolderLock, atomic_torch_save, atomic_write_json, latest_numbered_file
 from utils.logs import close_log_handlers
-
-from .attack_checkpoint import AtomicCheckpointSaver
 
 logger = logging.getLogger("pixelfade.train_t2i")
 
@@ -105,11 +105,7 @@ class TextImageSettings:
 
 
 def _is_pair(value):
-    return isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_int(v) for v in value)
-
-
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, (list, tuple)) and len(value) == 2 and all(is_int(v) for v in value)
 
 
 def validate_settings(settings):
@@ -123,7 +119,7 @@ def validate_settings(settings):
         fail("output", "a folder path", settings.output)
     for name, minimum in (("epochs", 1), ("batch_size", 2), ("seed", 0), ("num_workers", 0), ("eval_period", 1)):
         value = getattr(settings, name)
-        if not _is_int(value) or value < minimum:
+        if not is_int(value) or value < minimum:
             fail(name, f"a whole number >= {minimum}", value)
     for flag, value in (("lr", settings.learning_rate), ("temperature", settings.temperature)):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:

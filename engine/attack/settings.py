@@ -4,9 +4,9 @@ import math
 
 import torch
 
+from configs.checks import is_int, is_number, require
 from modeling.generators import GENERATORS
 from utils.cpus import available_cpus
-from utils.errors import ConfigError
 
 LOGGER_NAME = "pixelfade.attack"
 ATTACKERS = ("reference", "strong", "identity", "inversion")
@@ -46,39 +46,39 @@ class AttackSettings:
     inversion_init: str = "mean"
 
     def __post_init__(self):
-        _require(self.generator in GENERATORS, "ATTACK.GENERATOR",
+        require(self.generator in GENERATORS, "ATTACK.GENERATOR",
                  f"one of {sorted(GENERATORS)}", self.generator)
-        _require(self.optimizer in OPTIMIZERS, "ATTACK.OPTIMIZER", f"one of {OPTIMIZERS}",
+        require(self.optimizer in OPTIMIZERS, "ATTACK.OPTIMIZER", f"one of {OPTIMIZERS}",
                  self.optimizer)
-        _require(self.mode in ATTACKERS, "ATTACK.MODE", f"one of {ATTACKERS}", self.mode)
-        _require(_is_int(self.ngf) and self.ngf >= 1, "ATTACK.NGF", "a positive integer", self.ngf)
-        _require(_is_int(self.total_epochs) and self.total_epochs >= 1, "ATTACK.TOTAL_EPOCHS",
+        require(self.mode in ATTACKERS, "ATTACK.MODE", f"one of {ATTACKERS}", self.mode)
+        require(is_int(self.ngf) and self.ngf >= 1, "ATTACK.NGF", "a positive integer", self.ngf)
+        require(is_int(self.total_epochs) and self.total_epochs >= 1, "ATTACK.TOTAL_EPOCHS",
                  "a positive integer", self.total_epochs)
-        _require(_is_number(self.lr) and math.isfinite(self.lr) and self.lr > 0, "ATTACK.LR",
+        require(is_number(self.lr) and math.isfinite(self.lr) and self.lr > 0, "ATTACK.LR",
                  "a positive number", self.lr)
-        _require(all(_is_int(epoch) and epoch >= 0 for epoch in self.eval_epochs),
+        require(all(is_int(epoch) and epoch >= 0 for epoch in self.eval_epochs),
                  "ATTACK.EVAL_EPOCHS", "0-based epoch indices >= 0", list(self.eval_epochs))
-        _require(_is_int(self.num_grids) and self.num_grids >= 0, "ATTACK.NUM_GRIDS",
+        require(is_int(self.num_grids) and self.num_grids >= 0, "ATTACK.NUM_GRIDS",
                  "an integer >= 0", self.num_grids)
-        _require(_is_int(self.seed), "ATTACK.SEED", "an integer", self.seed)
-        _require(isinstance(self.shuffle, bool), "ATTACK.SHUFFLE", "True or False", self.shuffle)
-        _require(_is_number(self.val_fraction) and 0 <= self.val_fraction < 1, "ATTACK.VAL_FRACTION",
+        require(is_int(self.seed), "ATTACK.SEED", "an integer", self.seed)
+        require(isinstance(self.shuffle, bool), "ATTACK.SHUFFLE", "True or False", self.shuffle)
+        require(is_number(self.val_fraction) and 0 <= self.val_fraction < 1, "ATTACK.VAL_FRACTION",
                  "a number in [0, 1)", self.val_fraction)
-        _require(_is_number(self.identity_weight) and math.isfinite(self.identity_weight)
+        require(is_number(self.identity_weight) and math.isfinite(self.identity_weight)
                  and self.identity_weight >= 0, "ATTACK.IDENTITY_WEIGHT", "a number >= 0", self.identity_weight)
-        _require(_is_int(self.inversion_steps) and self.inversion_steps >= 1, "ATTACK.INVERSION_STEPS",
+        require(is_int(self.inversion_steps) and self.inversion_steps >= 1, "ATTACK.INVERSION_STEPS",
                  "a positive integer", self.inversion_steps)
-        _require(_is_number(self.inversion_lr) and math.isfinite(self.inversion_lr) and self.inversion_lr > 0,
+        require(is_number(self.inversion_lr) and math.isfinite(self.inversion_lr) and self.inversion_lr > 0,
                  "ATTACK.INVERSION_LR", "a positive number", self.inversion_lr)
-        _require(_is_number(self.inversion_tv) and math.isfinite(self.inversion_tv) and self.inversion_tv >= 0,
+        require(is_number(self.inversion_tv) and math.isfinite(self.inversion_tv) and self.inversion_tv >= 0,
                  "ATTACK.INVERSION_TV", "a number >= 0", self.inversion_tv)
-        _require(self.inversion_init in INVERSION_INITS, "ATTACK.INVERSION_INIT", f"one of {INVERSION_INITS}",
+        require(self.inversion_init in INVERSION_INITS, "ATTACK.INVERSION_INIT", f"one of {INVERSION_INITS}",
                  self.inversion_init)
         for key, values in (("INPUT.PIXEL_MEAN", self.pixel_mean),
                             ("INPUT.PIXEL_STD", self.pixel_std)):
-            _require(len(values) == 3 and all(_is_number(value) for value in values), key,
+            require(len(values) == 3 and all(is_number(value) for value in values), key,
                      "3 numbers", list(values))
-        _require(all(value > 0 for value in self.pixel_std), "INPUT.PIXEL_STD",
+        require(all(value > 0 for value in self.pixel_std), "INPUT.PIXEL_STD",
                  "positive values", list(self.pixel_std))
 
     @classmethod
@@ -114,29 +114,16 @@ class AttackSettings:
 
 def resolve_val_fraction(configured, mode):
     """ATTACK.VAL_FRACTION for attacker ``mode``: ``configured``, or its protocol's default when -1."""
-    if _is_number(configured) and configured == PER_ATTACKER:
+    if is_number(configured) and configured == PER_ATTACKER:
         return DEFAULT_VAL_FRACTION.get(mode, 0.0)
-    _require(_is_number(configured) and 0 <= configured < 1, "ATTACK.VAL_FRACTION",
+    require(is_number(configured) and 0 <= configured < 1, "ATTACK.VAL_FRACTION",
              f"a number in [0, 1), or {PER_ATTACKER} for each attacker's default {DEFAULT_VAL_FRACTION}", configured)
     return configured
 
 
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _require(condition, key, expected, got):
-    if not condition:
-        raise ConfigError(f"{key} must be {expected}, got {got!r}")
-
-
 def loader_workers(configured):
     """DATALOADER.NUM_WORKERS capped at the usable CPUs (more only add processes and warnings)."""
-    _require(_is_int(configured) and configured >= 0, "DATALOADER.NUM_WORKERS",
+    require(is_int(configured) and configured >= 0, "DATALOADER.NUM_WORKERS",
              "an integer >= 0", configured)
     return min(configured, available_cpus())
 

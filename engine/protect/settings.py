@@ -5,19 +5,16 @@ corrected rerun; so the whole config is checked first and a bad value is reporte
 key and, where one exists, the command-line flag that sets it.
 """
 
-import math
-
-from utils.errors import ConfigError
-
+from configs.checks import ConfigChecker, is_int, is_number
+from engine.methods.avih import AvihParams, load_key_model
+from engine.methods.pixelfade import EPSILON_MODES, REPLACEMENTS
+from engine.methods.registry import METHODS
+from engine.protect import cross_modality as cross_modality_protect
 from modeling.agw_vi import FEATURES as VI_FEATURES
 from modeling.authorization import MODEL_INPUTS, STATE_DICT_FORMATS, parse_eval_model
 from modeling.fastreid.format import POOL_OPTIONS
 from modeling.fastreid.resnet import MAXPOOL_VARIANTS
-
-from . import cross_modality_protect
-from .avih import AvihParams, load_key_model
-from .methods import METHODS
-from .pixelfade import EPSILON_MODES, REPLACEMENTS
+from utils.errors import ConfigError
 
 MODES = ("reference", "per_image")
 PRECISIONS = ("none", "bf16", "fp16")
@@ -27,57 +24,9 @@ SWITCHES = ("on", "off")
 DISTANCES = ("euclidean", "cosine")
 
 
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-class _Checker:
-    def __init__(self, cfg, flag_of_key):
-        self.cfg = cfg
-        self.flag_of_key = flag_of_key or {}
-
-    def value(self, key):
-        node = self.cfg
-        for part in key.split("."):
-            node = node[part]
-        return node
-
-    def fail(self, key, expected):
-        flag = self.flag_of_key.get(key)
-        label = f"{key} ({flag})" if flag else key
-        raise ConfigError(f"{label} must be {expected}, got {self.value(key)!r}")
-
-    def integer(self, key, minimum):
-        value = self.value(key)
-        if not _is_int(value) or value < minimum:
-            self.fail(key, f"an integer >= {minimum}")
-
-    def positive(self, key):
-        value = self.value(key)
-        if not _is_number(value) or value <= 0:
-            self.fail(key, "a positive finite number")
-
-    def non_negative(self, key):
-        value = self.value(key)
-        if not _is_number(value) or value < 0:
-            self.fail(key, "a finite number >= 0")
-
-    def choice(self, key, choices):
-        if self.value(key) not in choices:
-            self.fail(key, f"one of {', '.join(map(str, choices))}")
-
-    def boolean(self, key):
-        if not isinstance(self.value(key), bool):
-            self.fail(key, "True or False")
-
-
 def validate_protect_config(cfg, flag_of_key=None):
     """Raise ConfigError for the first bad setting of a protection run, naming its key and flag."""
-    check = _Checker(cfg, flag_of_key)
+    check = ConfigChecker(cfg, flag_of_key)
     check.choice("PIXELFADE.METHOD", tuple(METHODS.names()))
     check.choice("PIXELFADE.MODE", MODES)
     check.choice("PIXELFADE.PRECISION", PRECISIONS)
@@ -103,7 +52,7 @@ def validate_protect_config(cfg, flag_of_key=None):
     check.integer("PIXELFADE.SEED", 0)
     check.integer("PIXELFADE.NUM_GRIDS", 0)
     momentum = check.value("PIXELFADE.MOMENTUM")
-    if not _is_number(momentum) or not 0.0 <= momentum < 1.0:
+    if not is_number(momentum) or not 0.0 <= momentum < 1.0:
         check.fail("PIXELFADE.MOMENTUM", "a number in [0, 1)")
     for key in ("PIXELFADE.BETA", "PIXELFADE.BETA_TEMP", "PIXELFADE.EPSILON", "PIXELFADE.BLUR_SIGMA"):
         check.positive(key)
@@ -113,16 +62,16 @@ def validate_protect_config(cfg, flag_of_key=None):
     for key in switches:
         check.boolean(key)
     size = check.value("INPUT.IMG_SIZE")
-    if len(size) != 2 or not all(_is_int(v) and v >= 1 for v in size):
+    if len(size) != 2 or not all(is_int(v) and v >= 1 for v in size):
         check.fail("INPUT.IMG_SIZE", "[height, width] of two positive integers")
-    if len(check.value("INPUT.PIXEL_MEAN")) != 3 or not all(_is_number(v) for v in check.value("INPUT.PIXEL_MEAN")):
+    if len(check.value("INPUT.PIXEL_MEAN")) != 3 or not all(is_number(v) for v in check.value("INPUT.PIXEL_MEAN")):
         check.fail("INPUT.PIXEL_MEAN", "three numbers")
     if len(check.value("INPUT.PIXEL_STD")) != 3 or not all(
-        _is_number(v) and v > 0 for v in check.value("INPUT.PIXEL_STD")
+        is_number(v) and v > 0 for v in check.value("INPUT.PIXEL_STD")
     ):
         check.fail("INPUT.PIXEL_STD", "three positive numbers")
     probability = check.value("INPUT.PROB")
-    if not _is_number(probability) or not 0.0 <= probability <= 1.0:
+    if not is_number(probability) or not 0.0 <= probability <= 1.0:
         check.fail("INPUT.PROB", "a probability in [0, 1]")
     check.integer("DATALOADER.NUM_WORKERS", 0)
     check.integer("SYSTEM.THREADS", 0)

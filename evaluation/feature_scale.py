@@ -11,9 +11,8 @@ import torch
 
 from data.loaders import read_image
 from data.transforms import build_eval_transform
-
-from .methods import build_method
-from .pixelfade import PixelFadeParams, feature_loss
+from engine.methods.pixelfade import PixelFadeParams, feature_loss
+from engine.methods.registry import build_method
 
 
 def sample_batch(cfg, paths, device):

@@ -1,6 +1,6 @@
 """Protect images as they arrive, in a service's own process: one object, built once.
 
-    from engine.protector import Protector
+    from engine.protect.protector import Protector
     protector = Protector.from_checkpoint("ckpt/market1501_resnet50_nl_model_120.pth",
                                           config_file="configs/AGW_baseline_market1501.yml", device="cuda")
     result = protector.protect([Image.open(path) for path in paths])
@@ -22,14 +22,13 @@ from torch import nn
 
 from configs import load_config, set_values
 from data.transforms import build_eval_transform
+from engine.common.features import extract_features
+from engine.methods.codec import PixelCodec
+from engine.methods.registry import build_method
+from engine.protect.settings import validate_protect_config
 from evaluation.protection_stats import protection_statistics
 from modeling import build_authorization_model, resolve_device
 from utils.errors import ConfigError
-
-from .features import extract_features
-from .methods import build_method
-from .protect_settings import validate_protect_config
-from .storage import PixelCodec
 
 
 @dataclass

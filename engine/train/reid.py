@@ -14,7 +14,7 @@ written, then trains in one process, under torchrun, or in ``nproc_per_node`` sp
 * Adam (or SGD) with one parameter group per trainable parameter, all with BASE_LR and
   WEIGHT_DECAY; the centers have their own SGD(CENTER_LR) and their gradient is multiplied by
   1 / CENTER_LOSS_WEIGHT before its step;
-* ``WarmupMultiStepLR`` stepped on EPOCH_STARTED (``engine.lr_schedule``);
+* ``WarmupMultiStepLR`` stepped on EPOCH_STARTED (``engine.train.schedule``);
 * evaluation every EVAL_PERIOD epochs and at the end (L2-normalised features, Euclidean).
 
 Every epoch re-seeds torch, numpy and random from (SOLVER.SEED, epoch, rank) and the sampler
@@ -43,23 +43,25 @@ from ignite.metrics.metric import SingleEpochRunningBatchWise
 from ignite.utils import setup_logger
 
 from configs import save_config
+from configs.checks import ConfigChecker, is_int
+from configs.keys import flat_items
 from data.datasets import build_dataset
 from data.loaders import ImageDataset, build_loader, eval_records
 from data.samplers import IdentityBatchSampler
 from data.transforms import build_eval_transform, build_train_transform
+from engine.common.checkpoint import AtomicCheckpointSaver
+from engine.train.curves import training_curves_figure
+from engine.train.schedule import WarmupMultiStepLR, lr_at_epoch
 from evaluation.reid import evaluate_reid
 from modeling import build_model, resolve_device
 from modeling.backbones import BACKBONES
 from modeling.losses import AGWCriterion
 from utils.cpus import configure_threads, loader_workers
 from utils.errors import CheckpointError, ConfigError, DatasetError, NonFiniteError, RunConflictError
+from utils.figures import save_figure
 from utils.file_io import FolderLock, atomic_write, atomic_write_json, atomic_write_text, latest_numbered_file
 from utils.logs import close_log_handlers
 from utils.progress import attach_progress
-
-from .attack_checkpoint import AtomicCheckpointSaver
-from .lr_schedule import WarmupMultiStepLR, lr_at_epoch
-from .protect_settings import _Checker, _is_int
 
 logger = logging.getLogger("pixelfade.train")
 
@@ -97,7 +99,7 @@ class TrainOptions:
 # ------------------------------------------------------------------------------------------------
 def validate_train_config(cfg, flag_of_key=None):
     """Raise ConfigError for the first bad training setting, naming its key (and flag)."""
-    check = _Checker(cfg, flag_of_key)
+    check = ConfigChecker(cfg, flag_of_key)
     check.choice("SOLVER.OPTIMIZER_NAME", OPTIMIZERS)
     for key in ("SOLVER.BASE_LR", "SOLVER.GAMMA", "SOLVER.WARMUP_FACTOR", "SOLVER.CENTER_LR"):
         check.positive(key)
@@ -123,7 +125,7 @@ def validate_train_config(cfg, flag_of_key=None):
     ):
         check.integer(key, minimum)
     steps = list(check.value("SOLVER.STEPS"))
-    if not all(_is_int(v) and v >= 0 for v in steps) or steps != sorted(steps):
+    if not all(is_int(v) and v >= 0 for v in steps) or steps != sorted(steps):
         check.fail("SOLVER.STEPS", "increasing whole numbers of epochs")
     check.choice("SOLVER.WARMUP_METHOD", ("linear", "constant"))
     check.choice("SOLVER.AMP", AMP_MODES)
@@ -146,7 +148,7 @@ def validate_train_config(cfg, flag_of_key=None):
     if cfg.MODEL.PRETRAIN_PATH and not os.path.isfile(cfg.MODEL.PRETRAIN_PATH):
         check.fail("MODEL.PRETRAIN_PATH", "an existing local torchvision-format file, or empty (random init)")
     size = check.value("INPUT.IMG_SIZE")
-    if len(size) != 2 or not all(_is_int(v) and v >= 1 for v in size):
+    if len(size) != 2 or not all(is_int(v) and v >= 1 for v in size):
         check.fail("INPUT.IMG_SIZE", "[height, width] of two positive integers")
     for key in ("INPUT.PROB", "INPUT.RE_PROB"):
         value = check.value(key)
@@ -193,19 +195,8 @@ def load_train_dataset(cfg):
 
 def run_identity(cfg, dataset, world_size):
     """What must not change between an interrupted run and its resumption."""
-    flat = {}
-
-    def walk(node, prefix):
-        for key, value in node.items():
-            name = f"{prefix}{key}"
-            if any(name == free or name.startswith(free + ".") for free in FREE_KEYS):
-                continue
-            if hasattr(value, "items"):
-                walk(value, name + ".")
-            else:
-                flat[name] = list(value) if isinstance(value, (list, tuple)) else value
-
-    walk(cfg, "")
+    flat = {name: value for name, value in flat_items(cfg)
+            if not any(name == free or name.startswith(free + ".") for free in FREE_KEYS)}
     flat["train_images"] = len(dataset.train)
     flat["train_ids"] = dataset.num_train_pids
     flat["processes"] = world_size
@@ -459,9 +450,7 @@ def results_markdown(results):
 
 
 def draw_curves(results, path):
-    """``training_curves.png``: losses per epoch and mAP / Rank-1 at the evaluated epochs (experiments.plots)."""
-    from experiments.plots import save_figure, training_curves_figure
-
+    """``training_curves.png``: losses per epoch and mAP / Rank-1 at the evaluated epochs."""
     return save_figure(training_curves_figure(results), path)
 
 

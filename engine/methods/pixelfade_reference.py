@@ -3,9 +3,9 @@
 It does what the reference's ``PixelFade.protect_image`` does, step for step: weight gradients
 of the frozen model with a retained graph, a Python-bool constraint test read on the host every
 step, boolean-index replacement; masks from its cumulative-then-XOR construction and noise from
-``torch.randn_like`` on the global generator. Nothing protects with it: ``engine.pixelfade`` is
+``torch.randn_like`` on the global generator. Nothing protects with it: ``engine.methods.pixelfade`` is
 the implementation, this is what it is measured and checked against (README, "What differs from
-the paper's code"). Written apart from ``engine.pixelfade`` so the check stays independent.
+the paper's code"). Written apart from ``engine.methods.pixelfade`` so the check stays independent.
 """
 from contextlib import nullcontext
 

@@ -15,14 +15,14 @@ from torchvision.utils import make_grid
 
 from data.img_npy import NPY_DIRNAME
 from data.npy_pairs import PairDataset
+from engine.attack.models import AUTHORIZATION, protect_run_results
+from engine.attack.results import attacker_entries, privacy_table, read_results
+from engine.attack.run import generator_recovery, scored_generator
+from engine.attack.settings import ATTACKERS, LEARNED_ATTACKERS, AttackSettings
 from evaluation.image_quality import to_pixels
 from utils.errors import ConfigError
-from utils.file_io import atomic_write, atomic_write_text
-
-from .attack import generator_recovery, scored_generator
-from .attack_models import AUTHORIZATION, protect_run_results
-from .attack_results import attacker_entries, privacy_table, read_results
-from .attack_settings import ATTACKERS, LEARNED_ATTACKERS, AttackSettings
+from utils.figures import plt, save_figure
+from utils.file_io import atomic_write_text
 
 REPORT_MARKDOWN = "privacy_report.md"
 REPORT_JSON = "privacy_report.json"
@@ -129,17 +129,8 @@ def figure_rows(item, count=FIGURE_IMAGES, device="cpu"):
     return rows
 
 
-def _save_figure(figure, path):
-    atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=120, bbox_inches="tight"))
-
-
 def rows_figure(collected, path, device="cpu"):
     """Original / protected / recovered rows per method, one image strip per row."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     strips = [(f"{item['method']}: {label}", images) for item in collected
               for label, images in figure_rows(item, device=device)]
     figure, axes = plt.subplots(len(strips), 1, figsize=(8, 1.6 * len(strips)), squeeze=False)
@@ -147,8 +138,7 @@ def rows_figure(collected, path, device="cpu"):
         axis.imshow(make_grid(images, nrow=images.shape[0], padding=1, pad_value=1.0).permute(1, 2, 0).numpy())
         axis.set_title(label, fontsize=8, loc="left")
         axis.axis("off")
-    _save_figure(figure, path)
-    plt.close(figure)
+    save_figure(figure, path, dpi=120)
 
 
 def leakage_evaluator(table):
@@ -160,11 +150,6 @@ def leakage_evaluator(table):
 
 def scatter_figure(collected, path):
     """Authorised mAP (y) against identity leakage mAP (x, by :func:`leakage_evaluator`), one point per row."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     markers = {"protected": "o", "reference": "s", "strong": "^", "identity": "D", "inversion": "x"}
     figure, axis = plt.subplots(figsize=(5.5, 4.5))
     for number, item in enumerate(collected):
@@ -180,8 +165,7 @@ def scatter_figure(collected, path):
     axis.set_xlabel("identity leakage: mAP of protected / recovered queries (%)")
     axis.set_ylabel("authorised mAP: protected queries vs original gallery (%)")
     axis.legend(fontsize=6, loc="best")
-    _save_figure(figure, path)
-    plt.close(figure)
+    save_figure(figure, path, dpi=120)
 
 
 def write_privacy_report(run_dirs, output_dir, device="cpu"):

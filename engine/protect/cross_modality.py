@@ -18,12 +18,11 @@ from data.datasets import regdb, sysu_mm01
 from data.datasets.visible_infrared import MODALITIES, select_trials
 from data.splits import CROSS_MODALITY_DATASETS, TRIAL_FIELD
 from data.transforms import AGW_VI_IMG_SIZE, build_eval_transform, build_vi_eval_transform
+from engine.protect.results import RECORD_STATS, summarize_statistics
 from evaluation.cross_modality import METRIC_KEYS, score_protocol
 from evaluation.reid import PROTECTION_MODES
 from modeling.agw_vi import VisibleInfraredAuthorization
 from utils.errors import CheckpointError
-
-from .protect_results import RECORD_STATS, summarize_statistics
 
 TRIALS = {"sysu_mm01": sysu_mm01.TRIALS, "regdb": regdb.TRIALS}
 # Where the features scored as the reference scores them are: the constrained ones when they are the BNNeck

@@ -11,12 +11,11 @@ import os
 import numpy as np
 import torch
 
+from engine.common.features import extract_features
 from evaluation.image_quality import ImageQuality, to_pixels
 from evaluation.leakage import chance_level, identity_leakage
 from evaluation.lpips_metric import NOT_COMPUTED_NOTE, build_lpips, lpips_distance
-
-from .features import extract_features
-from .protect_handlers import save_labelled_grid
+from utils.grids import grid_image, save_labelled_grid
 
 FEATURE_CHUNK = 64
 # The smallest image (height, width) on which lpips' AlexNet keeps a feature map at every layer.
@@ -102,8 +101,6 @@ class PrivacyScorer:
                     self.lpips, to_pixels(recovered, self.settings.pixel_mean, self.settings.pixel_std),
                     to_pixels(original, self.settings.pixel_mean, self.settings.pixel_std)).cpu())
             if grid_dir is not None and number < num_grids:
-                from .attack import grid_image
-
                 save_labelled_grid(grid_image(protected, recovered, original), os.path.join(grid_dir, f"{number}.png"))
         record = quality.compute()
         return {

@@ -10,28 +10,24 @@ folder's ``Generator_weight.pth`` and ``Generator_weight_best.pth`` are hard lin
 Checkpoints written before, with the weights inside, still resume.
 """
 import contextlib
-import errno
 import glob
 import math
 import os
 import pickle
 import re
-import shutil
-import uuid
 
 import torch
 from ignite.handlers import Checkpoint
-from ignite.handlers.checkpoint import BaseSaveHandler
 
 from utils.errors import CheckpointError, RunConflictError
-from utils.file_io import atomic_write, latest_numbered_file, make_dirs, os_errors_as_output_errors
+from utils.file_io import atomic_link, atomic_write, latest_numbered_file, os_errors_as_output_errors
+
+from engine.common.checkpoint import AtomicCheckpointSaver, identity_changes
 
 _CHECKPOINT_PATTERN = re.compile(r"^checkpoint_(\d+)\.pt$")
 _WEIGHT_FILE_PATTERN = re.compile(r"^(generator|best)_(\d+)\.pth$")
 # The checkpoint's entry naming its weight files: {'generator': name, 'best': name (with a best epoch)}.
 WEIGHT_FILES_KEY = "weight_files"
-# Errors of os.link that mean "no hard links here" (another file system, FAT, some network shares).
-_NO_LINK_ERRNOS = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
 
 
 class AttackHistory:
@@ -96,57 +92,6 @@ def run_identity(settings, train_pairs, reference_order, feature_model=""):
     if settings.mode == "identity":
         identity.update(identity_weight=float(settings.identity_weight), feature_model=feature_model)
     return identity
-
-
-class AtomicCheckpointSaver(BaseSaveHandler):
-    """ignite save handler: atomic writes through utils.file_io, deletions deferred.
-
-    ignite's ``Checkpoint`` deletes the checkpoint it drops *before* writing the new one; a full
-    disk or a kill in between would leave none. Here a deletion waits until the next checkpoint
-    is complete, so the folder always holds a whole one.
-    """
-
-    def __init__(self, dirname):
-        self.dirname = dirname
-        self._pending_removal = []
-
-    def __call__(self, checkpoint, filename, metadata=None):
-        atomic_write(os.path.join(self.dirname, filename),
-                     lambda handle: torch.save(checkpoint, handle))
-        for old in self._pending_removal:
-            if old != filename:
-                path = os.path.join(self.dirname, old)
-                with os_errors_as_output_errors(path):
-                    if os.path.exists(path):
-                        os.remove(path)
-        self._pending_removal = []
-
-    def remove(self, filename):
-        self._pending_removal.append(filename)
-
-
-def atomic_link(source, path):
-    """Make ``path`` another name of the file ``source`` (a hard link, replacing ``path`` atomically).
-
-    Where the file system has no hard links, ``path`` becomes a copy. An OS failure is an
-    ``OutputError`` naming ``path``.
-    """
-    folder = os.path.dirname(path) or "."
-    make_dirs(folder)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with os_errors_as_output_errors(path):
-            try:
-                os.link(source, tmp)
-            except OSError as err:
-                if err.errno not in _NO_LINK_ERRNOS:
-                    raise
-                shutil.copyfile(source, tmp)
-            os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-    return path
 
 
 def _torch_save(obj, path):
@@ -287,9 +232,8 @@ def check_resumable(checkpoint_dir, identity, total_epochs):
 
 
 def _check_identity(saved, current, checkpoint_path):
-    changed = sorted(key for key in set(saved) | set(current) if saved.get(key) != current.get(key))
-    if changed:
-        details = ", ".join(f"{key}: {saved.get(key)!r} -> {current.get(key)!r}" for key in changed)
+    details = identity_changes(saved, current)
+    if details:
         raise RunConflictError(
             f"{checkpoint_path} was written by a different attack ({details}); pass the same "
             f"settings to resume it, or delete {os.path.dirname(checkpoint_path)} or pass another "

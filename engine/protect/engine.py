@@ -14,10 +14,8 @@ import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 
-from utils.progress import attach_progress
-
-from .distributed import batch_spans, shard_range
-from .protect_handlers import (
+from engine.methods.codec import PixelCodec
+from engine.protect.handlers import (
     BatchRecordWriter,
     EvalModelFeatures,
     GridWriter,
@@ -27,7 +25,8 @@ from .protect_handlers import (
     RandomStreamRestorer,
     StatisticsHandler,
 )
-from .storage import PixelCodec
+from engine.protect.sharding import batch_spans, shard_range
+from utils.progress import attach_progress
 
 
 def create_protect_engine(protector, device, batch_size):

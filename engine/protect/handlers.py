@@ -10,14 +10,13 @@ import os
 from dataclasses import dataclass, field
 
 import torch
-from PIL import Image, ImageDraw, PngImagePlugin
+from PIL import Image
 from torchvision.utils import make_grid
 
+from engine.common.features import extract_features
+from engine.methods.codec import PixelCodec
 from utils.errors import NonFiniteError
-from utils.file_io import atomic_write
-
-from .features import extract_features
-from .storage import PixelCodec
+from utils.grids import labelled_grid, save_labelled_grid
 
 
 class OutputHandler:
@@ -139,41 +138,6 @@ class GridWriter(OutputHandler):
 
 # The protection grid's rows, top to bottom (the reference's imgs/ grids, with their names drawn).
 GRID_ROWS = ("original", "protected")
-# Width of the label strip left of a grid, in pixels (PIL's default font: ~6 px per character).
-ROW_LABEL_MARGIN = 64
-
-
-def grid_row_names(image):
-    """The row labels of a grid written by :func:`save_labelled_grid` (its PNG text chunk 'rows'), or ()."""
-    names = image.info.get("rows", "")
-    return tuple(names.split(",")) if names else ()
-
-
-def labelled_grid(grid, labels, margin=ROW_LABEL_MARGIN):
-    """``grid`` (a PIL image of ``len(labels)`` equal rows) with a white strip on the left naming each row.
-
-    The image part is pasted unchanged at x = ``margin``; each label is centred on its row band. The
-    names also go into the PNG's text ('rows', read back by :func:`grid_row_names`).
-    """
-    canvas = Image.new("RGB", (grid.width + margin, grid.height), "white")
-    canvas.paste(grid.convert("RGB"), (margin, 0))
-    draw = ImageDraw.Draw(canvas)
-    band = grid.height / len(labels)
-    for number, label in enumerate(labels):
-        left, top, right, bottom = draw.textbbox((0, 0), label)
-        draw.text((max(0, (margin - (right - left)) // 2), int((number + 0.5) * band - (bottom - top) / 2) - top),
-                  label, fill="black")
-    canvas.info["rows"] = ",".join(labels)
-    return canvas
-
-
-def save_labelled_grid(image, path):
-    """Write a :func:`labelled_grid` image as PNG atomically, its row names in the text chunk 'rows'."""
-    text = PngImagePlugin.PngInfo()
-    text.add_text("rows", image.info["rows"])
-    return atomic_write(path, lambda handle: image.save(handle, format="PNG", pnginfo=text))
-
-
 def passes_per_image(method):
     """The method's ``passes_per_image()`` dict of ints, or None for a method without one."""
     count = getattr(method, "passes_per_image", None)

@@ -9,11 +9,10 @@ import os
 import torch
 
 from data.splits import UNREADABLE
+from engine.protect.sharding import gather_rows_by_index
 from evaluation.protection_stats import STAT_NAMES
 from evaluation.reid import PROTECTION_MODES, evaluate_protection_modes, format_results_table
 from utils.file_io import atomic_torch_save
-
-from .distributed import gather_rows_by_index
 
 logger = logging.getLogger("pixelfade.protect")
 # Per-image values every batch record holds, beside the features.

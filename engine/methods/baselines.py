@@ -3,8 +3,8 @@
 The first group takes a normalised batch [B, C, H, W] and a strength. The literature's variants
 (SPEC-2 15.1, privacy-reid's data loader) work on the resized 8-bit image: ``exact_pixels``
 recovers it from the normalised batch, ``mosaic_topleft``, ``pil_gaussian_blur`` and
-``pixel_noise`` apply the operation to uint8 pixels, and ``engine.storage.dequantize`` normalises
-the result with the data loader's arithmetic. ``engine.methods`` registers all of them, so
+``pixel_noise`` apply the operation to uint8 pixels, and ``engine.methods.codec.dequantize`` normalises
+the result with the data loader's arithmetic. ``engine.methods.registry`` registers all of them, so
 PixelFade and the baselines are scored through the same pipeline.
 """
 import math
@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from PIL import Image, ImageFilter
 from torchvision.transforms.functional import gaussian_blur as _torchvision_blur
 
+from configs.checks import is_number
+from engine.methods.codec import dequantize, quantize_to_uint8
 from utils.errors import ConfigError
-
-from .storage import dequantize, quantize_to_uint8
 
 
 def gaussian_blur(images, sigma):
@@ -119,7 +119,7 @@ def _check_pixels(pixels, function):
 
 
 def _check_sigma(sigma):
-    if not _is_number(sigma) or not 0 < sigma < float("inf"):
+    if not is_number(sigma) or not 0 < sigma < float("inf"):
         raise ConfigError(f"gaussian_blur sigma (PIXELFADE.BLUR_SIGMA) must be a positive number, got {sigma!r}")
 
 
@@ -129,12 +129,8 @@ def _check_block(block):
 
 
 def _check_std(std):
-    if not _is_number(std) or not 0 <= std < float("inf"):
+    if not is_number(std) or not 0 <= std < float("inf"):
         raise ConfigError(f"additive_noise std (PIXELFADE.NOISE_STD) must be a non-negative number, got {std!r}")
-
-
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
 def _check_images(images, function):

@@ -44,22 +44,21 @@ from torch import nn
 from torchvision import transforms as T
 
 from configs import save_config
+from configs.checks import ConfigChecker, is_int
 from data.cross_modality_sampler import CrossModalityBatchSampler
 from data.datasets import build_dataset
 from data.datasets.visible_infrared import INFRARED, VISIBLE, unique_records
 from data.loaders import build_loader, read_image
 from data.transforms import IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD, build_vi_eval_transform
+from engine.common.checkpoint import AtomicCheckpointSaver
 from evaluation.cross_modality import score_trial
 from modeling import resolve_device
 from modeling.agw_vi import ARCHITECTURES, EmbedNet
-from modeling.checkpoint import _compare, read_checkpoint
+from modeling.checkpoint import compare_state_dicts, read_checkpoint
 from modeling.losses import WeightedRegularizedTriplet
 from utils.errors import CheckpointError, DatasetError, NonFiniteError, RunConflictError
 from utils.file_io import FolderLock, atomic_write, atomic_write_json, latest_numbered_file
 from utils.logs import close_log_handlers
-
-from .attack_checkpoint import AtomicCheckpointSaver
-from .protect_settings import _Checker, _is_int
 
 logger = logging.getLogger("pixelfade.train_vi")
 
@@ -91,7 +90,7 @@ class TrainOptions:
 # ------------------------------------------------------------------------------------------------
 def validate_vi_train_config(cfg, flag_of_key=None):
     """Raise ConfigError for the first bad setting of a cross-modality training run, naming its key (and flag)."""
-    check = _Checker(cfg, flag_of_key)
+    check = ConfigChecker(cfg, flag_of_key)
     check.choice("DATASETS.NAMES", tuple(DATASET_DEFAULTS))
     check.choice("MODEL.NAME", tuple(ARCHITECTURES))
     for key in ("VI_TRAIN.LR", "VI_TRAIN.GAMMA"):
@@ -101,10 +100,10 @@ def validate_vi_train_config(cfg, flag_of_key=None):
                          ("VI_TRAIN.TEST_BATCH", 1), ("VI_TRAIN.SEED", 0), ("DATALOADER.NUM_WORKERS", 0)):
         check.integer(key, minimum)
     steps = list(cfg.VI_TRAIN.STEPS)
-    if not all(_is_int(v) and v >= 0 for v in steps) or steps != sorted(steps):
+    if not all(is_int(v) and v >= 0 for v in steps) or steps != sorted(steps):
         check.fail("VI_TRAIN.STEPS", "increasing whole numbers of epochs")
     size = list(cfg.VI_TRAIN.IMG_SIZE)
-    if len(size) != 2 or not all(_is_int(v) and v >= 16 for v in size):
+    if len(size) != 2 or not all(is_int(v) and v >= 16 for v in size):
         check.fail("VI_TRAIN.IMG_SIZE", "[height, width], two integers >= 16")
     if cfg.VI_TRAIN.EVAL_PROTOCOL:
         protocols = ("all_search", "indoor_search") if cfg.DATASETS.NAMES == "sysu_mm01" else (
@@ -207,7 +206,7 @@ def load_imagenet_resnets(net, path):
     """Copy a torchvision ImageNet ResNet state dict into the visible, thermal and shared ResNets (``fc`` ignored)."""
     state = read_checkpoint(path)
     for resnet in (net.visible_module.visible, net.thermal_module.thermal, net.base_resnet.base):
-        report = _compare(resnet.state_dict(), state, path, ("fc.",))
+        report = compare_state_dicts(resnet.state_dict(), state, path, ("fc.",))
         if not report.ok:
             raise CheckpointError(f"{path}: not a torchvision ImageNet ResNet of MODEL.NAME {net.architecture}: "
                                   f"{'; '.join(report.problem_lines())}")

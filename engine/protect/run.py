@@ -8,7 +8,6 @@ then query + gallery as "test". Rank 0 gathers the features by image index, scor
 protected/original modes and writes the results.
 """
 
-import hashlib
 import logging
 import logging.handlers
 import os
@@ -19,18 +18,12 @@ import ignite.distributed as idist
 import torch
 from ignite.utils import setup_logger
 
+from configs.keys import get_key
 from configs import config_with_flags, save_config
 from data.datasets.image_folder import describe_skipped, protected_relative_name
 from data.loaders import ImageDataset
 from data.splits import plan_splits
-from modeling import build_authorization_model, feature_dim, resolve_device
-from modeling.authorization import build_eval_models
-from utils.cpus import configure_threads, loader_workers
-from utils.errors import CheckpointError, ConfigError
-from utils.file_io import FolderLock
-from utils.logs import close_log_handlers
-
-from .cross_modality_protect import (
+from engine.protect.cross_modality import (
     apply_input_defaults,
     is_cross_modality,
     per_trial,
@@ -43,8 +36,9 @@ from .cross_modality_protect import (
     trial_checkpoints_identity,
     user_keys,
 )
-from .protect_engine import BatchSchedule, attach_outputs, create_protect_engine
-from .protect_results import (
+from engine.protect.engine import BatchSchedule, attach_outputs, create_protect_engine
+from engine.protect.protector import Protector
+from engine.protect.results import (
     RECORD_STATS,
     gather_split,
     protection_cost,
@@ -55,9 +49,14 @@ from .protect_results import (
     write_results,
     write_statistics_csv,
 )
-from .protect_settings import validate_protect_config
-from .protector import Protector
-from .run_store import RunStore
+from engine.protect.run_store import RunStore
+from engine.protect.settings import validate_protect_config
+from modeling import build_authorization_model, feature_dim, resolve_device
+from modeling.authorization import build_eval_models
+from utils.cpus import configure_threads, loader_workers
+from utils.errors import CheckpointError, ConfigError
+from utils.file_io import FolderLock, file_digest, weights_label
+from utils.logs import close_log_handlers
 
 logger = logging.getLogger("pixelfade.protect")
 
@@ -126,10 +125,8 @@ def build_protect_config(config_file, opts, flag_values, flag_of_key=None):
 
 
 def config_value(cfg, key):
-    node = cfg
-    for part in key.split("."):
-        node = node[part]
-    return list(node) if isinstance(node, (list, tuple)) else node
+    value = get_key(cfg, key)
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def run_fingerprint(cfg, checkpoint_digest):
@@ -151,14 +148,6 @@ def run_fingerprint(cfg, checkpoint_digest):
     return fingerprint
 
 
-def file_digest(path, chunk=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def checkpoint_identity(cfg, random_init):
     """A digest that identifies the authorization model's weights."""
     if cfg.TEST.WEIGHT:
@@ -169,7 +158,7 @@ def checkpoint_identity(cfg, random_init):
                 f"Re-ID checkpoint not found: {cfg.TEST.WEIGHT} (--reid_ckpt_path / TEST.WEIGHT); "
                 "see ckpt/README.md for the released AGW files"
             )
-        return f"{os.path.basename(cfg.TEST.WEIGHT)} sha256={file_digest(cfg.TEST.WEIGHT)[:16]}"
+        return weights_label(cfg.TEST.WEIGHT)
     if random_init:
         return f"UNTRAINED {cfg.MODEL.NAME}, random weights from MODEL.INIT_SEED={cfg.MODEL.INIT_SEED}"
     raise ConfigError(

@@ -12,8 +12,7 @@ import os
 from configs import CONFIG_FILENAME, load_config
 from modeling.authorization import build_authorization_model, build_eval_models
 from utils.errors import CheckpointError, ConfigError
-
-from .protect_run import file_digest
+from utils.file_io import weights_label
 
 AUTHORIZATION = "authorization"
 PROTECT_RESULTS = "results.json"
@@ -63,7 +62,7 @@ def authorization_model(attack_cfg, run_dir, device, logger=None):
             raise CheckpointError(f"the protect run's checkpoint {weight} (TEST.WEIGHT in "
                                   f"{os.path.join(run_dir, CONFIG_FILENAME)}) is not there; expected it, or "
                                   "ATTACK.AUTH_MODEL 'FORMAT:NAME:PATH'")
-        digest = f"{os.path.basename(weight)} sha256={file_digest(weight)[:16]}"
+        digest = weights_label(weight)
         if recorded and recorded != digest:
             raise CheckpointError(f"{weight} is not the checkpoint the protect run used ({recorded}, now {digest}); "
                                   "expected the same file, or ATTACK.AUTH_MODEL to choose one")

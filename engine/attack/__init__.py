@@ -1,0 +1,1 @@
+"""Attack pipeline: learned recovery attackers and white-box inversion against protected images."""

@@ -1,0 +1,1 @@
+"""What every pipeline shares: the launcher, resume and checkpoints, feature extraction."""

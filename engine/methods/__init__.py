@@ -1,0 +1,1 @@
+"""Protection methods: tensors in, tensors out, no files (PixelFade, its reference loop, AVIH, baselines)."""

@@ -1,0 +1,1 @@
+"""Training pipeline: the Re-ID recipes (AGW, visible-infrared, text-to-image)."""
