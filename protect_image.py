@@ -69,7 +69,7 @@ FLAGS = (
         "PIXELFADE.METHOD",
         str,
         ("pixelfade", "avih", "blur", "mosaic", "noise", "mosaic24_topleft", "blur12_pil", "noise0.5_uint8"),
-        "protection method (engine/methods/registry.py; avih needs AVIH.KEY_MODEL)",
+        "protection method (engine/methods/; avih needs AVIH.KEY_MODEL)",
     ),
     ("blur_sigma", "PIXELFADE.BLUR_SIGMA", float, None, "blur strength"),
     ("mosaic_block", "PIXELFADE.MOSAIC_BLOCK", int, None, "mosaic cell size in pixels"),

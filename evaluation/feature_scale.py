@@ -12,7 +12,7 @@ import torch
 from data.loaders import read_image
 from data.transforms import build_eval_transform
 from engine.methods.pixelfade import PixelFadeParams, feature_loss
-from engine.methods.registry import build_method
+from engine.methods import build_method
 
 
 def sample_batch(cfg, paths, device):

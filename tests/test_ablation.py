@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from configs import load_config
-from engine.methods.registry import build_method
+from engine.methods import build_method
 from engine.methods.pixelfade import (
     PixelFadeParams,
     build_fade_masks,

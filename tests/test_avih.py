@@ -16,7 +16,7 @@ from data.img_npy import npy_dir_of, write_batch
 from data.synthetic import make_market1501
 from data.transforms import denormalize, normalize
 from engine.methods.avih import AvihParams, avih_protect, decay_step_sizes, load_key_model, local_variance_loss
-from engine.methods.registry import build_method
+from engine.methods import build_method
 from engine.protect.settings import validate_protect_config
 from engine.protect.run_store import RunStore
 from modeling.generators import build_generator

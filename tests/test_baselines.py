@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from configs import ConfigError, load_config
 from data.transforms import EvalTransform
 from engine.methods.baselines import additive_noise, exact_pixels, gaussian_blur, mosaic, mosaic_topleft, pixel_noise
-from engine.methods.registry import build_method
+from engine.methods import build_method
 
 
 def batch(seed=0, shape=(2, 3, 16, 8)):

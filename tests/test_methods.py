@@ -6,7 +6,7 @@ from torch import nn
 
 from configs import load_config
 from engine.methods.baselines import additive_noise, gaussian_blur, mosaic
-from engine.methods.registry import METHODS, build_method
+from engine.methods import METHODS, build_method
 from engine.methods.pixelfade import PixelFadeParams, make_reference_masks, protect_batch
 from utils.errors import ConfigError
 

@@ -420,7 +420,8 @@ def test_two_gloo_processes_equal_one_process_in_per_image_mode(data_root, tmp_p
 def test_a_diverging_batch_stops_the_run_with_a_clear_error_and_keeps_earlier_batches(
     data_root, tmp_path, monkeypatch, capsys
 ):
-    from engine.methods.registry import PixelFade, ProtectedBatch
+    from engine.methods import ProtectedBatch
+    from engine.methods.pixelfade import PixelFade
 
     real_call = PixelFade.__call__
 

@@ -1,7 +1,8 @@
 """8-bit PNG storage of protected images: what quantisation does and that files round-trip."""
 import torch
 
-from engine.methods.codec import dequantize, quantize_to_uint8, read_png, write_png
+from engine.methods.codec import dequantize, quantize_to_uint8
+from utils.file_io import read_png, write_png
 from helpers import IMAGENET_MEAN as MEAN
 from helpers import IMAGENET_STD as STD
 

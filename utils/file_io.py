@@ -198,3 +198,19 @@ def atomic_link(source, path):
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
     return path
+
+
+def write_png(pixels, path):
+    """Write one uint8 (3,H,W) image losslessly and atomically (no half-written file on a crash)."""
+    from PIL import Image
+
+    atomic_save_image(Image.fromarray(pixels.cpu().permute(1, 2, 0).numpy()), path)
+
+
+def read_png(path):
+    """Read a PNG written by ``write_png`` back as uint8 (3,H,W)."""
+    import torch
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()

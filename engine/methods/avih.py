@@ -19,6 +19,7 @@ from data.transforms import denormalize, normalize
 from engine.methods.pixelfade import frozen_parameters, normalized_gradient
 from modeling.checkpoint import load_reid_weights
 from modeling.generators import build_generator
+from engine.methods.base import METHODS, ProtectedBatch, ProtectionMethod
 from utils.errors import CheckpointError, ConfigError
 
 KEY_GENERATOR = "resnet_9blocks"
@@ -136,3 +137,29 @@ def load_key_model(path, ngf, device):
     generator = build_generator(KEY_GENERATOR, ngf=ngf, output_activation="none")
     load_reid_weights(generator, path, architecture=f"a {KEY_GENERATOR} key model with AVIH.KEY_NGF {ngf}")
     return generator.to(device).eval()
+
+
+@METHODS.register("avih")
+class Avih(ProtectionMethod):
+    """AVIH (SPEC-2 15.2): feature, key-model and texture terms, optimised in pixel space.
+
+    The N(0, 1) start is drawn from the run's stream, one batch after another.
+    """
+
+    def __init__(self, model, cfg, device, rank=0):
+        super().__init__(model, cfg, device, rank)
+        self.params = AvihParams.from_cfg(cfg)
+        self.key_model = load_key_model(cfg.AVIH.KEY_MODEL, cfg.AVIH.KEY_NGF, self.device)
+        self.mean, self.std = tuple(cfg.INPUT.PIXEL_MEAN), tuple(cfg.INPUT.PIXEL_STD)
+        self._stream_ready()
+
+    def __call__(self, original, indices):
+        start = None
+        if self.params.init == "random":
+            start = torch.randn(original.shape, generator=self.generator).to(self.device)
+        protected, features = avih_protect(self.model, self.key_model, original, start, self.params, self.mean, self.std)
+        return ProtectedBatch(protected, None, features)
+
+    def passes_per_image(self):
+        steps = self.params.steps
+        return {"forward": steps + 2, "backward": steps, "key_model_forward": steps, "key_model_backward": steps}

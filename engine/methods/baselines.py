@@ -4,7 +4,7 @@ The first group takes a normalised batch [B, C, H, W] and a strength. The litera
 (SPEC-2 15.1, privacy-reid's data loader) work on the resized 8-bit image: ``exact_pixels``
 recovers it from the normalised batch, ``mosaic_topleft``, ``pil_gaussian_blur`` and
 ``pixel_noise`` apply the operation to uint8 pixels, and ``engine.methods.codec.dequantize`` normalises
-the result with the data loader's arithmetic. ``engine.methods.registry`` registers all of them, so
+the result with the data loader's arithmetic. ``engine.methods`` registers all of them, so
 PixelFade and the baselines are scored through the same pipeline.
 """
 import math
@@ -17,6 +17,7 @@ from torchvision.transforms.functional import gaussian_blur as _torchvision_blur
 
 from configs.checks import is_number
 from engine.methods.codec import dequantize, quantize_to_uint8
+from engine.methods.base import METHODS, ProtectedBatch, ProtectionMethod
 from utils.errors import ConfigError
 
 
@@ -137,3 +138,86 @@ def _check_images(images, function):
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"{function} expects a float tensor [B, C, H, W], got {shape}")
+
+
+class _ImageFilter(ProtectionMethod):
+    """A comparison method that applies ``filter`` with the strength in ``cfg.PIXELFADE.<strength_key>``."""
+
+    strength_key = ""
+
+    def __init__(self, model, cfg, device, rank=0):
+        super().__init__(model, cfg, device, rank)
+        self.strength = cfg.PIXELFADE[self.strength_key]
+        self._stream_ready()
+
+    def __call__(self, original, indices):
+        return ProtectedBatch(self.filter(original), None)
+
+    def passes_per_image(self):
+        return {"forward": 0, "backward": 0}
+
+
+@METHODS.register("blur")
+class GaussianBlur(_ImageFilter):
+    """Gaussian blur of PIXELFADE.BLUR_SIGMA (normalised space)."""
+
+    strength_key = "BLUR_SIGMA"
+
+    def filter(self, original):
+        return gaussian_blur(original, self.strength)
+
+
+@METHODS.register("mosaic")
+class Mosaic(_ImageFilter):
+    """Pixelation into PIXELFADE.MOSAIC_BLOCK cells."""
+
+    strength_key = "MOSAIC_BLOCK"
+
+    def filter(self, original):
+        return mosaic(original, self.strength)
+
+
+@METHODS.register("noise")
+class AdditiveNoise(_ImageFilter):
+    """Gaussian noise of std PIXELFADE.NOISE_STD added in normalised units, from the run's stream."""
+
+    strength_key = "NOISE_STD"
+
+    def filter(self, original):
+        return additive_noise(original, self.strength, generator=self.generator)
+
+
+class _PixelFilter(_ImageFilter):
+    """A literature baseline with a fixed strength, applied to the 8-bit image behind the batch."""
+
+    def __init__(self, model, cfg, device, rank=0):
+        ProtectionMethod.__init__(self, model, cfg, device, rank)
+        self.mean, self.std = tuple(cfg.INPUT.PIXEL_MEAN), tuple(cfg.INPUT.PIXEL_STD)
+        self._stream_ready()
+
+    def filter(self, original):
+        return on_pixels(original, self.mean, self.std, self.pixel_filter)
+
+
+@METHODS.register("mosaic24_topleft")
+class MosaicTopLeft(_PixelFilter):
+    """privacy-reid's mosaic 24: each 24 x 24 cell filled with its top-left pixel."""
+
+    def pixel_filter(self, pixels):
+        return mosaic_topleft(pixels, 24)
+
+
+@METHODS.register("blur12_pil")
+class PilBlur(_PixelFilter):
+    """privacy-reid's blur 12: PIL GaussianBlur(radius=12)."""
+
+    def pixel_filter(self, pixels):
+        return pil_gaussian_blur(pixels, 12.0)
+
+
+@METHODS.register("noise0.5_uint8")
+class PixelNoise(_PixelFilter):
+    """privacy-reid's noise 0.5: N(0, 0.5) on [0, 1] pixels from the run's stream, clipped, to uint8."""
+
+    def pixel_filter(self, pixels):
+        return pixel_noise(pixels, 0.5, generator=self.generator)

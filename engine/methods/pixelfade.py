@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import torch
 
+from engine.methods.base import METHODS, ProtectedBatch, ProtectionMethod
 from utils.errors import ConfigError
 
 PRECISIONS = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -400,3 +401,62 @@ def _check_batch(model, original, masks, noise, params, per_image):
             f"reference masks must be [K={stages}, N >= {original.numel()}] (built for a full batch), "
             f"got {tuple(masks.shape)}"
         )
+
+
+@METHODS.register("pixelfade")
+class PixelFade(ProtectionMethod):
+    """Noise-guided progressive replacement under the feature constraint (the paper's method).
+
+    Reference mode keeps the reference code's stream: after seeding, the K stage masks are drawn
+    first (for a full batch), then each batch's noise, in batch order. Per-image mode derives each
+    image's noise and masks from (seed, image index) instead.
+    """
+
+    def __init__(self, model, cfg, device, rank=0):
+        super().__init__(model, cfg, device, rank)
+        pf = cfg.PIXELFADE
+        self.per_image = pf.MODE == "per_image"
+        self.seed = pf.SEED
+        self.params = PixelFadeParams.from_cfg(cfg)
+        self.autocast_dtype = precision_dtype(pf.PRECISION)
+        self.channels_last = pf.CHANNELS_LAST
+        self.image_shape = (3, *cfg.INPUT.IMG_SIZE)
+        self.masks = None
+        if not self.per_image:
+            channels, height, width = self.image_shape
+            num_elements = pf.BATCH_SIZE * channels * height * width
+            self.masks = build_fade_masks(num_elements, self.params.fade_num_iter, generator=self.generator).to(
+                self.device
+            )
+        self._stream_ready()
+
+    def __call__(self, original, indices):
+        if self.per_image:
+            pairs = [
+                per_image_noise_and_masks(
+                    self.seed, int(index), self.image_shape, self.params.fade_num_iter, self.device
+                )
+                for index in indices
+            ]
+            noise = torch.stack([pair[0] for pair in pairs])
+            masks = torch.stack([pair[1] for pair in pairs])
+        else:
+            noise = torch.randn(original.shape, generator=self.generator).to(self.device)
+            masks = self.masks
+        output = protect_batch(
+            self.model,
+            original,
+            masks,
+            noise,
+            self.params,
+            per_image=self.per_image,
+            autocast_dtype=self.autocast_dtype,
+            channels_last=self.channels_last,
+        )
+        features = output.features if self.autocast_dtype is None else None
+        held = output.steps_constraint_held.float() / self.params.max_iter
+        return ProtectedBatch(output.protected, noise, features, held)
+
+    def passes_per_image(self):
+        """One forward and backward per step, plus the original's and the result's features."""
+        return {"forward": self.params.max_iter + 2, "backward": self.params.max_iter}

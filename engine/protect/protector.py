@@ -24,7 +24,7 @@ from configs import load_config, set_values
 from data.transforms import build_eval_transform
 from engine.common.features import extract_features
 from engine.methods.codec import PixelCodec
-from engine.methods.registry import build_method
+from engine.methods import build_method
 from engine.protect.settings import validate_protect_config
 from evaluation.protection_stats import protection_statistics
 from modeling import build_authorization_model, resolve_device
@@ -99,23 +99,34 @@ class Protector:
     ``indices`` (for instance a database id) to make each image's result independent of the call.
     """
 
-    def __init__(self, model, cfg=None, *, config_file="", overrides=None, device="cpu", rank=0):
+    def __init__(self, model, cfg=None, *, config_file="", overrides=None, device="cpu"):
         if not isinstance(model, nn.Module):
             raise ConfigError(f"Protector: model must be a torch.nn.Module, got {type(model).__name__}")
-        self.cfg = protector_config(cfg, config_file, overrides)
+        self._bind(model, protector_config(cfg, config_file, overrides), device, rank=0)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint_path, cfg=None, *, config_file="", overrides=None, device="cpu"):
+        """Build the authorization model from a checkpoint of any ``MODEL.FORMAT`` (auto by default)."""
+        settings = protector_config(cfg, config_file, overrides)
+        protector = cls.__new__(cls)
+        protector._bind(build_authorization_model(settings, checkpoint_path, device), settings, device, rank=0)
+        return protector
+
+    @classmethod
+    def for_run(cls, model, cfg, device, rank):
+        """The data-set run's protector: ``cfg`` was validated once, when the run's config was built."""
+        protector = cls.__new__(cls)
+        protector._bind(model, cfg, device, rank)
+        return protector
+
+    def _bind(self, model, cfg, device, rank):
+        self.cfg = cfg
         self.device = resolve_device(device)
         self.model = _frozen(model, self.device)
         self.method = build_method(self.cfg, self.model, self.device, rank)
         self.transform = build_eval_transform(self.cfg)
         self.codec = PixelCodec(tuple(self.cfg.INPUT.PIXEL_MEAN), tuple(self.cfg.INPUT.PIXEL_STD))
         self.next_index = 0
-
-    @classmethod
-    def from_checkpoint(cls, checkpoint_path, cfg=None, *, config_file="", overrides=None, device="cpu"):
-        """Build the authorization model from a checkpoint of any ``MODEL.FORMAT`` (auto by default)."""
-        settings = protector_config(cfg, config_file, overrides)
-        model = build_authorization_model(settings, checkpoint_path, device)
-        return cls(model, settings, device=device)
 
     @property
     def batch_size(self):

@@ -287,7 +287,7 @@ def protect_splits(cfg, options, plan, model, store, device, eval_models=(), mod
     protectors = {}
     for split_model in models.values():
         if id(split_model) not in protectors:
-            protectors[id(split_model)] = Protector(split_model, cfg, device=device, rank=rank)
+            protectors[id(split_model)] = Protector.for_run(split_model, cfg, device, rank)
     extra_models = scoring_models(cfg, models)
     schedule = BatchSchedule()
     shards = {

@@ -15,12 +15,10 @@ import json
 import os
 
 import torch
-from torchvision.utils import make_grid
 
 from data import img_npy
-from engine.methods.codec import write_png
 from utils.errors import RunConflictError
-from utils.file_io import atomic_torch_save, atomic_write_text
+from utils.file_io import atomic_torch_save, atomic_write_text, write_png
 
 MANIFEST = "manifest.json"
 
@@ -106,12 +104,6 @@ class RunStore:
         """The reference's ``img_npy`` files for one batch, written by ``data.img_npy``."""
         img_npy.write_batch(img_npy.npy_dir_of(self.output_dir), split, batch_index, original, protected, pids,
                             camids)
-
-    def save_grid(self, split, batch_index, original_pixels, protected_pixels):
-        """Top row original, bottom row protected, in pixel space as a viewer sees them."""
-        rows = torch.cat([original_pixels, protected_pixels]).float().cpu() / 255.0
-        grid = make_grid(rows, nrow=original_pixels.shape[0], padding=2, pad_value=1.0)
-        write_png(torch.round(grid * 255).to(torch.uint8), os.path.join(self.grid_dir, f"{split}_{batch_index}.png"))
 
     def save_png(self, relative_path, pixels):
         write_png(pixels, self.path(relative_path))
