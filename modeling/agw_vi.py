@@ -31,6 +31,7 @@ from torchvision.models import resnet18, resnet50
 from utils.errors import CheckpointError, ConfigError
 
 from .checkpoint import compare_state_dicts, read_state, strip_wrapper_prefixes
+from .errors import check_architecture
 from .formats import MODEL_FORMATS, ModelFormat
 
 # name -> (torchvision constructor, NL blocks after layer1..layer4, blocks per layer)
@@ -221,11 +222,7 @@ class VisibleInfraredAuthorization(nn.Module):
 def build(cfg):
     """Eval-mode visible-modality :class:`VisibleInfraredAuthorization` of ``MODEL.NAME``, random from INIT_SEED."""
     name = cfg.MODEL.NAME
-    if name not in ARCHITECTURES:
-        raise ConfigError(
-            f"MODEL.NAME {name!r} is not an agw_vi architecture (MODEL.FORMAT agw_vi); "
-            f"known: {', '.join(ARCHITECTURES)}"
-        )
+    check_architecture(name, tuple(ARCHITECTURES), "an agw_vi", "agw_vi")
     feature = cfg.MODEL.VI_FEATURE
     if feature not in FEATURES:
         raise ConfigError(f"MODEL.VI_FEATURE must be one of {', '.join(FEATURES)}, got {feature!r}")

@@ -6,6 +6,7 @@ State-dict keys equal torchvision's minus ``fc.*``.
 """
 from torch import nn
 
+from ..layers.init import init_reid_weights
 from .registry import register_backbone
 
 RESNET_DEPTHS = {
@@ -90,14 +91,7 @@ class ResNet(nn.Module):
 
 def init_resnet_weights(module):
     """He-normal (fan_out) convolutions, unit-scale zero-shift norms: a trainable random start."""
-    for layer in module.modules():
-        if isinstance(layer, nn.Conv2d):
-            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
-            if layer.bias is not None:
-                nn.init.zeros_(layer.bias)
-        elif isinstance(layer, (nn.BatchNorm2d, nn.InstanceNorm2d)) and layer.affine:
-            nn.init.ones_(layer.weight)
-            nn.init.zeros_(layer.bias)
+    init_reid_weights(module)
 
 
 @register_backbone("resnet50")

@@ -23,6 +23,7 @@ import torch
 from utils.errors import CheckpointError, ConfigError
 
 from ..checkpoint import read_state, strip_wrapper_prefixes
+from ..errors import check_architecture
 from ..formats import MODEL_FORMATS, ModelFormat
 from ..load_report import LoadReport
 from .model import POOLINGS, FastReIDModel
@@ -65,11 +66,7 @@ def default_pooling(architecture):
 def build(cfg):
     """Eval-mode :class:`FastReIDModel` for ``cfg.MODEL.NAME`` (randomly initialised)."""
     name = cfg.MODEL.NAME
-    if name not in ARCHITECTURES:
-        raise ConfigError(
-            f"MODEL.NAME {name!r} is not a fast-reid architecture (MODEL.FORMAT fastreid); "
-            f"known: {', '.join(sorted(ARCHITECTURES))}"
-        )
+    check_architecture(name, tuple(sorted(ARCHITECTURES)), "a fast-reid", "fastreid")
     last_stride = cfg.MODEL.LAST_STRIDE
     if last_stride not in (1, 2):
         raise ConfigError(f"MODEL.LAST_STRIDE must be 1 or 2, got {last_stride!r}")

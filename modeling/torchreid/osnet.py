@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..layers.init import NORMS_2D, init_reid_weights
+
 # channels of the stem, conv2, conv3 and conv4/conv5 per width (torchreid's osnet_x* factories).
 OSNET_CHANNELS = {
     "x1_0": (64, 256, 384, 512),
@@ -139,18 +141,7 @@ def embedding_head(in_channels, dim=EMBEDDING_DIM):
 
 def init_torchreid_params(module):
     """torchreid's ``_init_params``: He-normal fan_out convs (zero bias), norms 1/0, Linear N(0, 0.01) / 0."""
-    for layer in module.modules():
-        if isinstance(layer, nn.Conv2d):
-            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
-            if layer.bias is not None:
-                nn.init.zeros_(layer.bias)
-        elif isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d, nn.InstanceNorm2d)) and layer.affine:
-            nn.init.ones_(layer.weight)
-            nn.init.zeros_(layer.bias)
-        elif isinstance(layer, nn.Linear):
-            nn.init.normal_(layer.weight, 0, 0.01)
-            if layer.bias is not None:
-                nn.init.zeros_(layer.bias)
+    init_reid_weights(module, norms=(nn.BatchNorm1d, *NORMS_2D), linear_std=0.01)
 
 
 class OSNetTrunk(nn.Module):
