@@ -67,20 +67,31 @@ def latest_numbered_file(folder, prefix, suffix):
     return max(found)[1] if found else None
 
 
-def atomic_write(path, write):
-    """Call ``write(handle)`` on a binary temporary file, then rename it to ``path``."""
+@contextlib.contextmanager
+def _replacing(path):
+    """A temporary name beside ``path`` to build the new file under; it becomes ``path`` only by ``os.replace``.
+
+    Whatever is left under the temporary name (a failure before the rename) is removed; OS errors
+    become ``OutputError`` naming ``path``.
+    """
     folder = os.path.dirname(path) or "."
     make_dirs(folder)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with os_errors_as_output_errors(path):
-            with open(tmp, "wb") as handle:
-                write(handle)
-                handle.flush()
-            os.replace(tmp, path)
+            yield tmp
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+
+
+def atomic_write(path, write):
+    """Call ``write(handle)`` on a binary temporary file, then rename it to ``path``."""
+    with _replacing(path) as tmp:
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+        os.replace(tmp, path)
     return path
 
 
@@ -182,21 +193,14 @@ def atomic_link(source, path):
     Where the file system has no hard links, ``path`` becomes a copy. An OS failure is an
     ``OutputError`` naming ``path``.
     """
-    folder = os.path.dirname(path) or "."
-    make_dirs(folder)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with os_errors_as_output_errors(path):
-            try:
-                os.link(source, tmp)
-            except OSError as err:
-                if err.errno not in _NO_LINK_ERRNOS:
-                    raise
-                shutil.copyfile(source, tmp)
-            os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
+    with _replacing(path) as tmp:
+        try:
+            os.link(source, tmp)
+        except OSError as err:
+            if err.errno not in _NO_LINK_ERRNOS:
+                raise
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, path)
     return path
 
 
