@@ -93,23 +93,20 @@ class NonLocal(nn.Module):
         return self.W(y) + x
 
 
-class VisibleModule(nn.Module):
-    def __init__(self, name):
+class ModalityStem(nn.Module):
+    """One modality's own first block (conv1, bn1, relu, maxpool) of a ResNet.
+
+    The reference keeps a whole ResNet under ``visible`` or ``thermal`` and uses only its stem; the
+    attribute's name is part of its state dict's keys (``visible_module.visible.conv1.weight``).
+    """
+
+    def __init__(self, name, attribute):
         super().__init__()
-        self.visible = build_resnet(name)
+        self.attribute = attribute
+        setattr(self, attribute, build_resnet(name))
 
     def forward(self, x):
-        net = self.visible
-        return net.maxpool(net.relu(net.bn1(net.conv1(x))))
-
-
-class ThermalModule(nn.Module):
-    def __init__(self, name):
-        super().__init__()
-        self.thermal = build_resnet(name)
-
-    def forward(self, x):
-        net = self.thermal
+        net = getattr(self, self.attribute)
         return net.maxpool(net.relu(net.bn1(net.conv1(x))))
 
 
@@ -133,8 +130,8 @@ class EmbedNet(nn.Module):
             raise ConfigError(f"MODEL.NAME {name!r} is not an agw_vi architecture; known: {', '.join(ARCHITECTURES)}")
         _, non_layers, blocks = ARCHITECTURES[name]
         self.architecture = name
-        self.thermal_module = ThermalModule(name)
-        self.visible_module = VisibleModule(name)
+        self.thermal_module = ModalityStem(name, "thermal")
+        self.visible_module = ModalityStem(name, "visible")
         self.base_resnet = BaseResNet(name)
         base = self.base_resnet.base
         last_bns = [getattr(layer[-1], "bn3", None) or layer[-1].bn2

@@ -94,10 +94,15 @@ def _find_tensors(content, source):
 
 
 def compare_state_dicts(target_state, state, source, ignored_prefixes, absent_prefixes=()):
-    """LoadReport of ``state`` against ``target_state``: ignored, unexpected, missing and mismatched keys."""
+    """LoadReport of ``state`` against ``target_state``: ignored, unexpected, missing and mismatched keys.
+
+    ``ignored_prefixes`` is a tuple of key prefixes, or a predicate on a key for formats whose
+    ignored keys are not all prefixes.
+    """
+    is_ignored = ignored_prefixes if callable(ignored_prefixes) else (lambda key: key.startswith(ignored_prefixes))
     report = LoadReport(source)
     for key, tensor in state.items():
-        if key.startswith(ignored_prefixes):
+        if is_ignored(key):
             report.ignored.append(key)
         elif key not in target_state:
             report.unexpected.append(key)
@@ -106,7 +111,7 @@ def compare_state_dicts(target_state, state, source, ignored_prefixes, absent_pr
         else:
             report.loaded.append(key)
     for key in target_state:
-        if key in state or key.startswith(ignored_prefixes) or key.endswith("num_batches_tracked"):
+        if key in state or is_ignored(key) or key.endswith("num_batches_tracked"):
             continue  # num_batches_tracked only counts training steps; features never read it
         if key.startswith(absent_prefixes):
             report.kept_initial.append(key)

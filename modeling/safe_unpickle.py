@@ -188,20 +188,18 @@ def _numpy_scalar(dtype, data=None):
     return _NUMPY_SCALAR(dtype, data)
 
 
-SAFE_GLOBALS = {
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("torch.nn.parameter", "Parameter"): _rebuild_parameter,
-    ("collections", "OrderedDict"): _ordered_dict,
-    ("builtins", "set"): _plain_set,
-    ("builtins", "frozenset"): _plain_frozenset,
-    ("copyreg", "_reconstructor"): _reconstructor,
-    ("_codecs", "encode"): _latin1_encode,
-    ("numpy", "ndarray"): NumpyArrayClass,
-    ("numpy", "dtype"): _numeric_dtype,
+# module -> {name: what the unpickler calls instead}: the only globals a checkpoint may name.
+_SAFE_BY_MODULE = {
+    "torch._utils": {"_rebuild_tensor": _rebuild_tensor, "_rebuild_tensor_v2": _rebuild_tensor_v2,
+                     "_rebuild_parameter": _rebuild_parameter, "_rebuild_parameter_with_state": _rebuild_parameter},
+    "torch.nn.parameter": {"Parameter": _rebuild_parameter},
+    "collections": {"OrderedDict": _ordered_dict},
+    "builtins": {"set": _plain_set, "frozenset": _plain_frozenset},
+    "copyreg": {"_reconstructor": _reconstructor},
+    "_codecs": {"encode": _latin1_encode},
+    "numpy": {"ndarray": NumpyArrayClass, "dtype": _numeric_dtype},
 }
+SAFE_GLOBALS = {(module, name): target for module, names in _SAFE_BY_MODULE.items() for name, target in names.items()}
 for _module in ("numpy.core.multiarray", "numpy._core.multiarray"):  # numpy 1 and numpy 2 names
     SAFE_GLOBALS[(_module, "_reconstruct")] = _numpy_reconstruct
     SAFE_GLOBALS[(_module, "scalar")] = _numpy_scalar

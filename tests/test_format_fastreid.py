@@ -338,6 +338,20 @@ def test_missing_and_wrong_shape_keys_are_one_line_errors(sources):
     assert "heads: 1 unexpected" in message
 
 
+def test_batch_counters_of_absent_modules_are_ignored_not_unexpected(tmp_path, sources, inputs):
+    state, source_features = sources("resnet50")
+    content = current_file(state)
+    content["model"]["backbone.layer1.0.extra_bn.num_batches_tracked"] = torch.tensor(7)
+    content["model"]["heads.extra.weight"] = torch.ones(1)
+    with pytest.raises(CheckpointError, match="heads: 1 unexpected") as caught:
+        load_file(tmp_path, content, "resnet50")
+    assert "backbone" not in str(caught.value)
+    del content["model"]["heads.extra.weight"]
+    model, report = load_file(tmp_path, content, "resnet50")
+    assert "backbone.layer1.0.extra_bn.num_batches_tracked" in report.ignored
+    assert torch.equal(features(model, inputs), source_features)
+
+
 def test_other_pixel_statistics_are_refused(sources):
     state, _ = sources("resnet50")
     content = zoo_file(state)

@@ -162,37 +162,24 @@ class SENet(nn.Module):
         return x
 
 
-def _se_resnet(layers, last_stride):
-    return SENet(SEResNetBottleneck, layers, groups=1, last_stride=last_stride)
+# name -> (block, blocks per stage, groups): the SE-ResNet and SE-ResNeXt depths.
+SE_VARIANTS = {
+    "se_resnet50": (SEResNetBottleneck, (3, 4, 6, 3), 1),
+    "se_resnet101": (SEResNetBottleneck, (3, 4, 23, 3), 1),
+    "se_resnet152": (SEResNetBottleneck, (3, 8, 36, 3), 1),
+    "se_resnext50": (SEResNeXtBottleneck, (3, 4, 6, 3), 32),
+    "se_resnext101": (SEResNeXtBottleneck, (3, 4, 23, 3), 32),
+}
 
 
-def _se_resnext(layers, last_stride):
-    return SENet(SEResNeXtBottleneck, layers, groups=32, last_stride=last_stride)
+def _se_variant(block, layers, groups):
+    def build(last_stride):
+        return SENet(block, layers, groups=groups, last_stride=last_stride)
+    return build
 
 
-@register_backbone("se_resnet50")
-def se_resnet50(last_stride):
-    return _se_resnet((3, 4, 6, 3), last_stride)
-
-
-@register_backbone("se_resnet101")
-def se_resnet101(last_stride):
-    return _se_resnet((3, 4, 23, 3), last_stride)
-
-
-@register_backbone("se_resnet152")
-def se_resnet152(last_stride):
-    return _se_resnet((3, 8, 36, 3), last_stride)
-
-
-@register_backbone("se_resnext50")
-def se_resnext50_32x4d(last_stride):
-    return _se_resnext((3, 4, 6, 3), last_stride)
-
-
-@register_backbone("se_resnext101")
-def se_resnext101_32x4d(last_stride):
-    return _se_resnext((3, 4, 23, 3), last_stride)
+for _name, (_block, _layers, _groups) in SE_VARIANTS.items():
+    register_backbone(_name)(_se_variant(_block, _layers, _groups))
 
 
 @register_backbone("senet154")

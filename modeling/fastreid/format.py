@@ -22,10 +22,9 @@ import torch
 
 from utils.errors import CheckpointError, ConfigError
 
-from ..checkpoint import read_state, strip_wrapper_prefixes
+from ..checkpoint import compare_state_dicts, read_state, strip_wrapper_prefixes
 from ..errors import check_architecture
 from ..formats import MODEL_FORMATS, ModelFormat
-from ..load_report import LoadReport
 from .model import POOLINGS, FastReIDModel
 from .resnet import MAXPOOL_VARIANTS
 
@@ -109,7 +108,8 @@ def load(model, state, source="state dict", logger=None):
     state = rename_head_keys(state, source)
     pooling = choose_pooling(model, state)
     model.set_pooling(pooling)
-    report = compare(model.state_dict(), state, source)
+    target_state = model.state_dict()
+    report = compare_state_dicts(target_state, state, source, ignored_in(target_state))
     if not report.ok:
         problems = architecture_mismatch(model, state) + report.problem_lines()
         message = (
@@ -170,21 +170,9 @@ def is_ignored(key):
     return key in IGNORED_KEYS or key.startswith(IGNORED_PREFIXES)
 
 
-def compare(target_state, state, source):
-    report = LoadReport(source)
-    for key, tensor in state.items():
-        if is_ignored(key) or (key not in target_state and key.endswith("num_batches_tracked")):
-            report.ignored.append(key)
-        elif key not in target_state:
-            report.unexpected.append(key)
-        elif tuple(tensor.shape) != tuple(target_state[key].shape):
-            report.mismatched[key] = (tuple(tensor.shape), tuple(target_state[key].shape))
-        else:
-            report.loaded.append(key)
-    for key in target_state:
-        if key not in state and not key.endswith("num_batches_tracked"):
-            report.missing.append(key)
-    return report
+def ignored_in(target_state):
+    """Training heads, and batch counters of modules the model does not have (fast-reid's BN variants)."""
+    return lambda key: is_ignored(key) or (key not in target_state and key.endswith("num_batches_tracked"))
 
 
 def file_features(state):

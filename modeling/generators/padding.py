@@ -4,6 +4,7 @@ Strided generators only give back an image of the input size when H and W are mu
 their total stride; Re-ID crops (e.g. 128x64 with a 7-level U-Net) often are not.
 """
 import torch.nn.functional as F
+from torch import nn
 
 
 def padding_for(size, factor):
@@ -30,3 +31,15 @@ def crop_padding(images, padding):
     top, bottom, left, right = padding
     height, width = images.shape[-2], images.shape[-1]
     return images[..., top:height - bottom, left:width - right]
+
+
+class PaddedGenerator(nn.Module):
+    """A generator ``self.model`` run on its input padded to a multiple of ``size_factor``, cropped back."""
+
+    def __init__(self, size_factor):
+        super().__init__()
+        self.size_factor = size_factor
+
+    def forward(self, images):
+        padded, padding = pad_to_multiple(images, self.size_factor)
+        return crop_padding(self.model(padded), padding)

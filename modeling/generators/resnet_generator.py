@@ -3,9 +3,11 @@
 The module tree mirrors pix2pix (``model.<i>`` and ``model.<i>.conv_block.<j>``) so the reference's
 state dicts load unchanged. Reflection padding inside, as in pix2pix.
 """
+import functools
+
 from torch import nn
 
-from .padding import crop_padding, pad_to_multiple
+from .padding import PaddedGenerator
 from .registry import GENERATORS
 
 NUM_DOWNSAMPLINGS = 2
@@ -30,14 +32,13 @@ class ResnetBlock(nn.Module):
         return x + self.conv_block(x)
 
 
-class ResnetGenerator(nn.Module):
+class ResnetGenerator(PaddedGenerator):
     """Image-to-image ResNet; inputs are padded to a multiple of 4 (its total stride)."""
 
     def __init__(self, n_blocks, input_nc=3, output_nc=3, ngf=64, output_activation=None):
-        super().__init__()
         if n_blocks < 0:
             raise ValueError(f"n_blocks must be >= 0, got {n_blocks}")
-        self.size_factor = 2 ** NUM_DOWNSAMPLINGS
+        super().__init__(size_factor=2 ** NUM_DOWNSAMPLINGS)
         layers = [nn.ReflectionPad2d(3),
                   nn.Conv2d(input_nc, ngf, kernel_size=7, bias=False),
                   nn.BatchNorm2d(ngf),
@@ -60,18 +61,7 @@ class ResnetGenerator(nn.Module):
             layers.append(output_activation)
         self.model = nn.Sequential(*layers)
 
-    def forward(self, images):
-        padded, padding = pad_to_multiple(images, self.size_factor)
-        return crop_padding(self.model(padded), padding)
 
-
-@GENERATORS.register("resnet_6blocks")
-def resnet_6blocks(**options):
-    """pix2pix's resnet_6blocks: 6 residual blocks between the down- and upsamplings."""
-    return ResnetGenerator(6, **options)
-
-
-@GENERATORS.register("resnet_9blocks")
-def resnet_9blocks(**options):
-    """pix2pix's resnet_9blocks: 9 residual blocks between the down- and upsamplings."""
-    return ResnetGenerator(9, **options)
+# pix2pix's resnet_6blocks and resnet_9blocks: 6 or 9 residual blocks between the down- and upsamplings.
+for _blocks in (6, 9):
+    GENERATORS.register(f"resnet_{_blocks}blocks")(functools.partial(ResnetGenerator, _blocks))

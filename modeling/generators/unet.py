@@ -6,10 +6,12 @@ back), this one pads to a multiple of 2**num_downs and crops, so the image is ne
 Activations are in place as in pix2pix: the LeakyReLU that opens each inner block rewrites its
 input, so the skip connection carries the activated features.
 """
+import functools
+
 import torch
 from torch import nn
 
-from .padding import crop_padding, pad_to_multiple
+from .padding import PaddedGenerator
 from .registry import GENERATORS
 
 MIN_DOWNSAMPLINGS = 5
@@ -47,15 +49,14 @@ class UnetSkipBlock(nn.Module):
         return torch.cat([x, self.model(x)], 1)
 
 
-class UnetGenerator(nn.Module):
+class UnetGenerator(PaddedGenerator):
     """U-Net with ``num_downs`` stride-2 levels; inputs are padded to a multiple of 2**num_downs."""
 
     def __init__(self, num_downs, input_nc=3, output_nc=3, ngf=64, output_activation=None):
-        super().__init__()
         if num_downs < MIN_DOWNSAMPLINGS:
             raise ValueError(f"a U-Net generator needs at least {MIN_DOWNSAMPLINGS} downsamplings, "
                              f"got {num_downs}")
-        self.size_factor = 2 ** num_downs
+        super().__init__(size_factor=2 ** num_downs)
         block = UnetSkipBlock(ngf * 8, ngf * 8, innermost=True)
         for _ in range(num_downs - MIN_DOWNSAMPLINGS):
             block = UnetSkipBlock(ngf * 8, ngf * 8, submodule=block)
@@ -65,18 +66,7 @@ class UnetGenerator(nn.Module):
         self.model = UnetSkipBlock(output_nc, ngf, input_nc=input_nc, submodule=block,
                                    outermost=True, output_activation=output_activation)
 
-    def forward(self, images):
-        padded, padding = pad_to_multiple(images, self.size_factor)
-        return crop_padding(self.model(padded), padding)
 
-
-@GENERATORS.register("unet_128")
-def unet_128(**options):
-    """pix2pix's unet_128: 7 downsamplings (inputs padded to a multiple of 128)."""
-    return UnetGenerator(7, **options)
-
-
-@GENERATORS.register("unet_256")
-def unet_256(**options):
-    """pix2pix's unet_256: 8 downsamplings (inputs padded to a multiple of 256)."""
-    return UnetGenerator(8, **options)
+# pix2pix's unet_128 and unet_256: 7 or 8 downsamplings (inputs padded to a multiple of 128 or 256).
+for _size, _downsamplings in ((128, 7), (256, 8)):
+    GENERATORS.register(f"unet_{_size}")(functools.partial(UnetGenerator, _downsamplings))
