@@ -4,33 +4,29 @@ settings vs blur, the recovery attack, a figure.
     python demo.py --output log/demo        (or: bash run.sh demo)
 
 Rerunning on the same --output reuses the data and the trained model and resumes finished work.
-The work itself is in tools/demo.py.
+The work itself is in experiments/demo.py.
 """
-import argparse
 import sys
 
-from tools.demo import DEFAULT_SCALE, SMALL_SCALE, run_demo
+from experiments.demo import DEFAULT_SCALE, SMALL_SCALE, run_demo
+from utils.cli import demo_argument_parser, run_command
 from utils.cpus import configure_threads
-from utils.errors import ConfigError, report_error
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="PixelFade demo on generated data (CPU friendly)")
-    parser.add_argument("--output", default="log/demo", help="output directory")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--small", action="store_true", help="the test suite's smaller, faster scale")
-    parser.add_argument("--no_progress", action="store_true", help="no progress bars")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (SYSTEM.THREADS); 0: OMP_NUM_THREADS when set, else the usable CPUs")
-    args = parser.parse_args(argv)
-    try:
+    args = demo_argument_parser(
+        "PixelFade demo on generated data (CPU friendly)", "log/demo",
+        threads_help="torch CPU threads (SYSTEM.THREADS); 0: OMP_NUM_THREADS when set, else the usable CPUs",
+    ).parse_args(argv)
+
+    def work(state):
         configure_threads(args.threads, key="--threads")
-    except ConfigError as err:
-        return report_error("demo.py", err)
-    summary = run_demo(args.output, SMALL_SCALE if args.small else DEFAULT_SCALE, args.device,
-                       show_progress=not args.no_progress)
-    print(summary["report"])
-    return 0
+        state.output = args.output
+        summary = run_demo(args.output, SMALL_SCALE if args.small else DEFAULT_SCALE, args.device,
+                           show_progress=not args.no_progress)
+        print(summary["report"])
+
+    return run_command("demo.py", work)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
     python recovery_attack.py --npy_path <protect output> [--attacker both] [KEY VALUE ...]
 
 Flags of the reference script (--npy_path, --total_epochs, --lr, --generator, --optimizer, --gpus)
-and --device, --num_workers and a single --attacker map onto config keys and override both
---config_file and the trailing yacs ``KEY VALUE`` overrides. The reference's --initial_lr and
+and --device, --num_workers and a single --attacker map onto config keys (a ``configs.cli`` flag
+table, placed flag by flag in this command's groups) and override both --config_file and the
+trailing yacs ``KEY VALUE`` overrides. The reference's --initial_lr and
 --debug are accepted and have no effect, there as here (a note on stderr says so).
 
 Arguments are parsed before torch is imported, so ``--help`` is quick; its defaults are read from
@@ -13,14 +14,15 @@ unwritable output folder) ends with one line on stderr and exit status 2, keepin
 already computed.
 """
 import argparse
-import os
 import re
 import sys
 
+from configs import load_config, set_values
+from configs.cli import Flag, FlagTable, OneLineParser, default_setup
 from configs.defaults import get_default_config
-from utils.cli import check_flags_before_overrides, report_interrupt
+from utils.cli import run_command
 from utils.cpus import available_cpus
-from utils.errors import ConfigError, DatasetError, PixelFadeError, report_error
+from utils.errors import ConfigError
 
 PROG = "recovery_attack.py"
 # engine.attack.settings.ATTACKERS and modeling.generators.GENERATORS, named here so that --help does not
@@ -31,10 +33,20 @@ ATTACKER_GROUPS = {"both": ("reference", "strong"), "all": ATTACKERS}
 ATTACKER_CHOICES = ATTACKERS + tuple(ATTACKER_GROUPS)
 GENERATOR_NAMES = ("resnet_6blocks", "resnet_9blocks", "unet_128", "unet_256")
 OPTIMIZER_NAMES = ("adam", "sgd")
-FLAG_KEYS = {"total_epochs": "ATTACK.TOTAL_EPOCHS", "lr": "ATTACK.LR",
-             "generator": "ATTACK.GENERATOR", "optimizer": "ATTACK.OPTIMIZER",
-             "device": "MODEL.DEVICE", "num_workers": "DATALOADER.NUM_WORKERS",
-             "threads": "SYSTEM.THREADS"}
+# The flags that set one config key each (configs.cli); --gpus and --attacker set theirs in extra_values.
+FLAGS = FlagTable((
+    Flag("total_epochs", "ATTACK.TOTAL_EPOCHS", int, "training epochs; default: {default} ({key})"),
+    Flag("lr", "ATTACK.LR", float, "learning rate; default: {default} ({key})"),
+    Flag("generator", "ATTACK.GENERATOR", str, "default: {default} ({key})", GENERATOR_NAMES),
+    Flag("optimizer", "ATTACK.OPTIMIZER", str, "default: {default} ({key}); the reference script parses it but "
+         "always uses Adam", OPTIMIZER_NAMES),
+    Flag("device", "MODEL.DEVICE", str, "auto (CUDA when available), cpu, cuda or cuda:<index>; "
+         "default: {default} ({key})"),
+    Flag("num_workers", "DATALOADER.NUM_WORKERS", int, "data-loader worker processes; default: {default} ({key}), "
+         f"always capped at the CPUs this process may use ({available_cpus()} here)"),
+    Flag("threads", "SYSTEM.THREADS", int, "torch CPU threads; default: {default} ({key}): OMP_NUM_THREADS when "
+         "set, else the CPUs this process may use"),
+))
 # Flags of the reference script that it parses and never reads.
 NO_EFFECT_NOTES = {
     "initial_lr": "--initial_lr has no effect: the reference script parses it but never uses it "
@@ -43,16 +55,9 @@ NO_EFFECT_NOTES = {
 }
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors are ``ConfigError`` (one line, exit 2 in main), not usage dumps."""
-
-    def error(self, message):
-        raise ConfigError(message)
-
-
 def build_parser():
     d = get_default_config()
-    parser = _OneLineParser(
+    parser = OneLineParser(
         prog=PROG, description="Train a generator to undo a protection (or invert features white-box) and "
         "score what it recovers: PSNR, SSIM, MSE of protected and recovered test images vs the originals, "
         "LPIPS, and identity leakage (recovered queries searched against the original gallery).",
@@ -68,16 +73,8 @@ def build_parser():
                         help="folder for results, logs and checkpoints; default: the run folder "
                              "holding img_npy")
     training = parser.add_argument_group("training (reference flags)")
-    training.add_argument("--total_epochs", type=int,
-                          help=f"training epochs; default: {d.ATTACK.TOTAL_EPOCHS} "
-                               "(ATTACK.TOTAL_EPOCHS)")
-    training.add_argument("--lr", type=float,
-                          help=f"learning rate; default: {d.ATTACK.LR} (ATTACK.LR)")
-    training.add_argument("--generator", choices=GENERATOR_NAMES,
-                          help=f"default: {d.ATTACK.GENERATOR} (ATTACK.GENERATOR)")
-    training.add_argument("--optimizer", choices=OPTIMIZER_NAMES,
-                          help=f"default: {d.ATTACK.OPTIMIZER} (ATTACK.OPTIMIZER); the reference "
-                               "script parses it but always uses Adam")
+    for name in ("total_epochs", "lr", "generator", "optimizer"):
+        FLAGS.add_flag(training, name, d)
     training.add_argument("--gpus",
                           help="GPU indices such as 0 or 0,1: the attack trains on the first one "
                                "(MODEL.DEVICE cuda:<first>); default: not set, see --device. "
@@ -99,16 +96,8 @@ def build_parser():
                       help="visit saved batches in the reference's sorted file order "
                            "(10 before 2), unshuffled; default: shuffled per epoch "
                            f"(ATTACK.SHUFFLE {d.ATTACK.SHUFFLE}, ATTACK.SEED {d.ATTACK.SEED})")
-    ours.add_argument("--device",
-                      help="auto (CUDA when available), cpu, cuda or cuda:<index>; "
-                           f"default: {d.MODEL.DEVICE} (MODEL.DEVICE)")
-    ours.add_argument("--num_workers", type=int,
-                      help="data-loader worker processes; default: "
-                           f"{d.DATALOADER.NUM_WORKERS} (DATALOADER.NUM_WORKERS), always capped "
-                           f"at the CPUs this process may use ({available_cpus()} here)")
-    ours.add_argument("--threads", type=int,
-                      help=f"torch CPU threads; default: {d.SYSTEM.THREADS} (SYSTEM.THREADS): "
-                           "OMP_NUM_THREADS when set, else the CPUs this process may use")
+    for name in ("device", "num_workers", "threads"):
+        FLAGS.add_flag(ours, name, d)
     ours.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     parser.add_argument("opts", nargs=argparse.REMAINDER,
                         help="config overrides as KEY VALUE pairs, e.g. ATTACK.NGF 32 "
@@ -124,20 +113,26 @@ def gpu_device(gpus):
     return f"cuda:{indices[0]}", indices
 
 
-def flag_overrides(args):
-    """``KEY VALUE`` pairs for the flags given, appended last so they win over the config."""
-    overrides = []
-    for flag, key in FLAG_KEYS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            overrides += [key, repr(value) if isinstance(value, str) else str(value)]
+def extra_values(args):
+    """{config key: value} of the options that are not one flag per key: --gpus (MODEL.DEVICE) and a
+    single --attacker (ATTACK.MODE); set after the flags."""
+    values = {}
     if args.gpus is not None:
         if args.device is not None:
             raise ConfigError("--gpus and --device both choose the device; give only one of them")
-        overrides += ["MODEL.DEVICE", repr(gpu_device(args.gpus)[0])]
+        values["MODEL.DEVICE"] = gpu_device(args.gpus)[0]
     if args.attacker in ATTACKERS:
-        overrides += ["ATTACK.MODE", repr(args.attacker)]
-    return overrides
+        values["ATTACK.MODE"] = args.attacker
+    return values
+
+
+def attack_config(config_file, opts, values, flag_of_key=None):
+    """Defaults < ``config_file`` < ``KEY VALUE`` overrides < flag values, frozen (configs.cli's build step)."""
+    cfg = load_config(config_file, opts)
+    cfg.defrost()
+    set_values(cfg, values)
+    cfg.freeze()
+    return cfg
 
 
 def notes(args):
@@ -170,61 +165,42 @@ def check_device(spec, flag):
     return device
 
 
-def attack_output(args):
-    """The folder the attack writes into (--output, else the run folder holding img_npy), once it exists."""
-    if args is None:
-        return None
-    from data.img_npy import run_dir_of
-
-    folder = args.output or run_dir_of(args.npy_path)
-    return folder if os.path.isdir(folder) else None
+def device_flag(args):
+    """What chose the device, as a refusal names it."""
+    if args.gpus is not None:
+        return "--gpus"
+    return "--device" if args.device is not None else "MODEL.DEVICE"
 
 
-def run(args):
-    """Everything after parsing: notes, config, checks, then the attack (heavy imports here)."""
+def run(parser, args):
+    """Everything after parsing: notes, config, device, then the attack (heavy imports here); the attack
+    checks the attackers, settings and pairs once."""
     for line in notes(args):
         print(f"{PROG}: note: {line}", file=sys.stderr)
-    overrides = flag_overrides(args)
+    cfg, _ = default_setup(parser, args, FLAGS, "attack", extra_values(args), build=attack_config)
 
-    from configs import load_config
-    from data.img_npy import resolve_npy_dir
     from engine.attack.run import run_recovery_attack
     from utils.cpus import configure_threads
 
-    cfg = load_config(args.config_file, list(args.opts) + overrides)
     configure_threads(cfg.SYSTEM.THREADS)
-    if args.gpus is not None:
-        device_flag = "--gpus"
-    elif args.device is not None:
-        device_flag = "--device"
-    else:
-        device_flag = "MODEL.DEVICE"
-    device = check_device(cfg.MODEL.DEVICE, device_flag)
+    device = check_device(cfg.MODEL.DEVICE, device_flag(args))
     attacker = args.attacker or cfg.ATTACK.MODE
-    if attacker not in ATTACKER_CHOICES:
-        raise ConfigError(f"ATTACK.MODE must be one of {ATTACKERS} (or --attacker both / all), "
-                          f"got {attacker!r}")
-    try:
-        npy_dir = resolve_npy_dir(args.npy_path)
-    except DatasetError as err:
-        raise DatasetError(f"--npy_path: {err}") from None
-    attackers = list(ATTACKER_GROUPS.get(attacker, (attacker,)))
-    run_recovery_attack(cfg, npy_dir, attackers, device, output=args.output or None,
-                        reference_order=args.reference_order, show_progress=not args.no_progress)
+    run_recovery_attack(cfg, args.npy_path, list(ATTACKER_GROUPS.get(attacker, (attacker,))), device,
+                        output=args.output or None, reference_order=args.reference_order,
+                        show_progress=not args.no_progress)
     return 0
 
 
 def main(argv=None):
-    parser = build_parser()
-    args = None
-    try:
+    def work(state):
+        parser = build_parser()
         args = parser.parse_args(argv)
-        check_flags_before_overrides(parser, args.opts)
-        return run(args)
-    except PixelFadeError as err:
-        return report_error(PROG, err)
-    except KeyboardInterrupt:
-        return report_interrupt(PROG, attack_output(args))
+        from data.img_npy import run_dir_of
+
+        state.output = args.output or run_dir_of(args.npy_path)  # named by a Ctrl-C line once it exists
+        return run(parser, args)
+
+    return run_command(PROG, work)
 
 
 if __name__ == "__main__":

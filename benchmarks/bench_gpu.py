@@ -47,7 +47,8 @@ from torch import nn
 from configs import get_default_config
 from engine.methods.pixelfade import PixelFadeParams, build_fade_masks, frozen_parameters, input_gradient, protect_batch
 from engine.methods.pixelfade_reference import reference_protect
-from modeling import build_model
+from modeling import build_model, resolve_device
+from utils.errors import ConfigError
 
 REFERENCE_STEPS = 100
 BASELINE = "fp32"
@@ -379,10 +380,10 @@ def parse_args(argv=None):
         parser.error("--steps must be >= 2 and batch sizes positive")
     if args.compile_only and not args.compile_batch:
         parser.error("--compile-only needs --compile-batch")
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: CUDA is not available on this machine")
+    try:
+        args.device = str(resolve_device(args.device))
+    except ConfigError as err:
+        parser.error(f"--device {args.device}: {err}")
     return args
 
 

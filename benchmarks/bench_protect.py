@@ -33,7 +33,8 @@ from engine.methods.pixelfade import (
     protect_batch,
 )
 from engine.methods.pixelfade_reference import reference_protect
-from modeling import build_model
+from modeling import build_model, resolve_device
+from utils.errors import ConfigError
 
 VARIANTS = {
     "a": "protect_batch",
@@ -128,6 +129,10 @@ def measure(job):
     return dict(job, per_step=per_step, fixed=fixed, peak_rss=peak_rss, cuda_peak=cuda_peak)
 
 
+# The options every measured job carries (besides its variant and batch size).
+JOB_OPTIONS = ("device", "steps", "precision", "channels_last", "threads", "repeats")
+
+
 def run_isolated(job):
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=context, max_tasks_per_child=1) as pool:
@@ -172,10 +177,10 @@ def parse_args(argv=None):
         parser.error("--repeats must be >= 1 and --threads >= 0")
     if any(size < 1 for size in args.batch_sizes):
         parser.error("--batch-sizes must be positive")
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: CUDA is not available on this machine")
+    try:
+        args.device = str(resolve_device(args.device))
+    except ConfigError as err:
+        parser.error(f"--device {args.device}: {err}")
     return args
 
 
@@ -184,16 +189,7 @@ def main(argv=None):
     results = []
     for batch in args.batch_sizes:
         for variant in args.variants:
-            job = dict(
-                variant=variant,
-                batch=batch,
-                device=args.device,
-                steps=args.steps,
-                precision=args.precision,
-                channels_last=args.channels_last,
-                threads=args.threads,
-                repeats=args.repeats,
-            )
+            job = {"variant": variant, "batch": batch, **{key: getattr(args, key) for key in JOB_OPTIONS}}
             result = run_isolated(job)
             print(
                 f"# {args.device} batch {batch} ({variant}): {1000 * result['per_step']:.1f} ms/step",

@@ -9,6 +9,7 @@ from utils.errors import ConfigError
 from utils.file_io import atomic_write_text
 
 from .defaults import get_default_config
+from .keys import get_key, set_key
 
 __all__ = ["CfgNode", "ConfigError", "get_default_config", "load_config", "save_config"]
 
@@ -83,10 +84,11 @@ def _decode(value):
 
 def _merge(cfg, key, value, source):
     """Set ``key`` to ``value`` after checking the key exists and the value fits the default's type."""
-    *parents, name = key.split(".")
-    node = cfg
-    for part in parents:
-        node = node.get(part) if isinstance(node, CfgNode) else None
+    parent, _, name = key.rpartition(".")
+    try:
+        node = get_key(cfg, parent) if parent else cfg
+    except (KeyError, TypeError):
+        node = None
     if not isinstance(node, CfgNode) or name not in node:
         raise ConfigError(f"{source}: unknown config key '{key}' (see configs/defaults.py for the valid keys)")
     if isinstance(node[name], CfgNode):
@@ -116,13 +118,9 @@ def _floats_like(default, value):
 def set_values(cfg, values):
     """Set ``{"SECTION.KEY": value}`` on a defrosted ``cfg``; an int given for a float key becomes a float."""
     for key, value in values.items():
-        *parents, name = key.split(".")
-        node = cfg
-        for part in parents:
-            node = node[part]
-        if isinstance(node[name], float) and isinstance(value, int) and not isinstance(value, bool):
+        if isinstance(get_key(cfg, key), float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        node[name] = value
+        set_key(cfg, key, value)
     return cfg
 
 

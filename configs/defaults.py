@@ -270,10 +270,14 @@ _C.ATTACK.LPIPS_ALEXNET = ""
 # MODEL.FORMAT irra | clip (MODEL.NAME ViT-B-16 or clip_tiny; a checkpoint's shapes override it). IRRA's
 # input is INPUT.IMG_SIZE [384, 128] with CLIP's INPUT.PIXEL_MEAN [0.48145466, 0.4578275, 0.40821073]
 # and PIXEL_STD [0.26862954, 0.26130258, 0.27577711] (data.transforms.build_clip_eval_transform).
+# protect_image.py makes these, and PIXELFADE.EPSILON_MODE relative with EPSILON 0.06, the defaults of
+# these data sets and formats, key by key unless set (engine.protect.text_image.CLIP_INPUT_DEFAULTS).
 # ---------------------------------------------------------------------------------------------
 _C.TEXT = CN()
 # Captions per forward pass of the CLIP text tower.
 _C.TEXT.CAPTION_BATCH = 256
+# Also score image-to-text (each test image ranks the captions, the transposed similarity) in a protection run.
+_C.TEXT.IMAGE_TO_TEXT = False
 
 # ---------------------------------------------------------------------------------------------
 # Cross-modality AGW training (tools/train_cross_modality.py; DATASETS.NAMES sysu_mm01 | regdb; MODEL.NAME

@@ -5,7 +5,9 @@
 
 - ``clean-s-i-images.npy`` and ``encry-s-i-images.npy``: the original and the protected images of
   the batch, float32, B x 3 x H x W, in the normalized space (INPUT.PIXEL_MEAN / PIXEL_STD);
-- ``s-i-ids.npy``: the B person ids; ``test-i-camids.npy``: the B camera ids (test split only).
+- ``s-i-ids.npy``: the B person ids; ``test-i-camids.npy``: the B camera ids (test split only);
+- ``s-i-modality.npy`` (visible-infrared runs only, not in the reference): the B sensors, 'visible' or
+  'infrared', so the attack can score each modality on its own.
 
 The files lie in ``<output>/img_npy/``; readers accept that folder or the run folder holding it.
 One saved batch is one step of the recovery attack.
@@ -16,13 +18,15 @@ that names the file and what was expected.
 """
 import os
 import re
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from utils.errors import DatasetError, NonFiniteError
 from utils.file_io import atomic_save_npy
+
+from .datasets.visible_infrared import MODALITIES
 
 NPY_DIRNAME = "img_npy"
 SPLITS = ("train", "test")
@@ -31,6 +35,8 @@ ORIGINAL_PREFIX = "clean"
 PROTECTED_PREFIX = "encry"
 # Only this split's batches carry camera ids.
 CAMIDS_SPLIT = "test"
+# Visible-infrared runs only: the sensor of each image of a batch.
+MODALITY_SUFFIX = "modality.npy"
 _IMAGES_PATTERN = re.compile(
     rf"^({ORIGINAL_PREFIX}|{PROTECTED_PREFIX})-({'|'.join(SPLITS)})-(\d+)-images\.npy$")
 # Elements per block of the one-off NaN/infinity scan (64 MiB of float32).
@@ -38,12 +44,14 @@ FINITE_CHECK_BLOCK = 1 << 24
 
 
 class BatchFiles(NamedTuple):
-    """Paths of one saved batch's files; ``camids`` is None outside the test split."""
+    """Paths of one saved batch's files; ``camids`` is None outside the test split; ``modality`` is where a
+    visible-infrared run puts the images' sensors (absent otherwise)."""
 
     clean: str
     protected: str
     ids: str
-    camids: Optional[str]
+    camids: str | None
+    modality: str | None = None
 
 
 class SavedPair(NamedTuple):
@@ -61,7 +69,7 @@ class BatchArrays(NamedTuple):
     clean: np.ndarray
     protected: np.ndarray
     ids: np.ndarray
-    camids: Optional[np.ndarray]
+    camids: np.ndarray | None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,7 +92,8 @@ def batch_files(npy_dir, split, index):
               else None)
     return BatchFiles(clean=os.path.join(npy_dir, _images_name(ORIGINAL_PREFIX, split, index)),
                       protected=os.path.join(npy_dir, _images_name(PROTECTED_PREFIX, split, index)),
-                      ids=os.path.join(npy_dir, f"{split}-{index}-ids.npy"), camids=camids)
+                      ids=os.path.join(npy_dir, f"{split}-{index}-ids.npy"), camids=camids,
+                      modality=os.path.join(npy_dir, f"{split}-{index}-{MODALITY_SUFFIX}"))
 
 
 def npy_dir_of(output_dir):
@@ -129,7 +138,8 @@ def _labels_array(labels):
 
 
 def write_batch(npy_dir, split, index, original, protected, pids, camids=None):
-    """Write one batch's files atomically; returns their :class:`BatchFiles`.
+    """Write one batch's files atomically; returns their :class:`BatchFiles` (``modality`` None: that
+    file is :func:`write_modalities`' to write).
 
     ``original`` and ``protected``: B x 3 x H x W tensors or arrays in the normalized space,
     stored as float32; ``pids`` (and, for the test split, ``camids``): B labels each.
@@ -142,7 +152,29 @@ def write_batch(npy_dir, split, index, original, protected, pids, camids=None):
     atomic_save_npy(_labels_array(pids), files.ids)
     if files.camids is not None:
         atomic_save_npy(_labels_array(camids), files.camids)
-    return files
+    return files._replace(modality=None)
+
+
+def write_modalities(npy_dir, split, index, modalities):
+    """Write the sensor of each image of batch ``index`` ('visible' or 'infrared'), atomically; returns the path."""
+    unknown = sorted(set(modalities) - set(MODALITIES))
+    if unknown:
+        raise ValueError(f"modalities must be among {MODALITIES}, got {unknown}")
+    path = batch_files(npy_dir, split, index).modality
+    atomic_save_npy(np.asarray(list(modalities), dtype=f"<U{max(map(len, MODALITIES))}"), path)
+    return path
+
+
+def read_modalities(path, expected):
+    """The B sensor names of a ``*-modality.npy`` file; ``DatasetError`` unless B == ``expected``, all known."""
+    modalities = _load(path)
+    if modalities.dtype.kind != "U" or modalities.shape != (expected,):
+        raise DatasetError(f"{path} holds {modalities.dtype} values of shape {modalities.shape}; expected "
+                           f"{expected} sensor names (one per image of its batch)")
+    unknown = sorted(set(modalities.tolist()) - set(MODALITIES))
+    if unknown:
+        raise DatasetError(f"{path} names unknown sensors {unknown}; expected each of them among {MODALITIES}")
+    return modalities
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,13 +6,15 @@ pairing and checking the files belong to :mod:`data.img_npy`; every problem with
 ``DatasetError`` (``NonFiniteError`` for NaN or infinity) raised when a split is opened, before
 any training.
 """
+import os
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
 from utils.errors import DatasetError
 
-from .img_npy import batch_files, check_finite, find_pairs, npy_shape, open_npy, reference_file_order
+from .img_npy import batch_files, check_finite, find_pairs, npy_shape, open_npy, read_modalities, reference_file_order
 
 
 class PairDataset(Dataset):
@@ -43,6 +45,8 @@ class PairDataset(Dataset):
         self.image_shape = expected
         self.batch_sizes = [shape[0] for shape in shapes]
         self._starts = np.cumsum([0] + self.batch_sizes)
+        self._modalities = _batch_modalities([batch_files(npy_dir, split, pair.index).modality for pair in pairs],
+                                             self.batch_sizes)
         self._arrays = None
         if check_values:
             self.check_values()
@@ -88,6 +92,15 @@ class PairDataset(Dataset):
         clean, protected = self._mapped()[position]
         return _as_tensor(protected), _as_tensor(clean)
 
+    @property
+    def has_modalities(self):
+        """Whether the pairs say each image's sensor (a visible-infrared run's)."""
+        return self._modalities is not None
+
+    def load_modalities(self, position):
+        """The sensor names ('visible' / 'infrared') of the saved batch at ``position``, or None if unknown."""
+        return None if self._modalities is None else self._modalities[position]
+
     def load_labels(self, position):
         """(pids, camids) int64 arrays of the saved batch at ``position``; camids None outside 'test'."""
         ids_path, camids_path = self._label_paths[position]
@@ -104,6 +117,23 @@ def _read_labels(path, expected):
     if labels.shape[0] != expected:
         raise DatasetError(f"{path} holds {labels.shape[0]} labels; expected {expected} (one per image)")
     return labels
+
+
+def _batch_modalities(paths, sizes):
+    """Each batch's sensor names when every batch of the split has its modality file, None when none has.
+
+    A split with some of them is a ``DatasetError`` naming the first missing one: the per-modality
+    scores would leave images out.
+    """
+    present = [os.path.isfile(path) for path in paths]
+    if not any(present):
+        return None
+    if not all(present):
+        missing = paths[present.index(False)]
+        raise DatasetError(f"{missing} is missing, while {paths[present.index(True)]} is there; expected a "
+                           "modality file for every batch of the split or for none (re-create the pairs with "
+                           "protect_image.py --save_image_npy)")
+    return [read_modalities(path, size) for path, size in zip(paths, sizes)]
 
 
 def split_by_identity(pids, fraction, seed):

@@ -15,6 +15,9 @@ protected with the stem of its own sensor and a batch must not mix them: ``test_
 ``train_infrared`` first, with pairs for the attack). With one checkpoint per trial (``{trial}`` in
 TEST.WEIGHT) each trial's images form their own splits (``test_t<t>_visible``, ...), protected and
 scored with that trial's model.
+
+A text-to-image data set (CUHK-PEDES, ICFG-PEDES, RSTPReid) has captions as queries and no query images:
+"test" holds every test image once (``plan_text_image``), and the run plan carries the captions.
 """
 import os
 from dataclasses import dataclass, field
@@ -25,7 +28,10 @@ from utils.cpus import available_cpus
 from utils.errors import ConfigError, DatasetError
 
 from .datasets import build_dataset
+from .datasets.bases import ImageRecord
 from .datasets.image_folder import find_name_collisions, folder_is_case_sensitive
+from .datasets.text_person import LAYOUTS as TEXT_LAYOUTS
+from .datasets.text_person import CaptionRecord
 from .datasets.visible_infrared import MODALITIES, Trial, VisibleInfraredDataset, unique_records
 from .image_check import check_images_readable
 from .samplers import flip_decisions, identity_balanced_batches, ids_per_batch_for
@@ -36,6 +42,10 @@ UNREADABLE = "unreadable image"
 CROSS_MODALITY_DATASETS = ("sysu_mm01", "regdb")
 # In TEST.WEIGHT: one checkpoint per trial, the trial number put in its place.
 TRIAL_FIELD = "{trial}"
+# Data sets whose queries are captions of the test images (the gallery).
+TEXT_IMAGE_DATASETS = tuple(TEXT_LAYOUTS)
+# Camera ids of the test images in the saved pairs: the attack's identity-leakage queries vs the rest.
+LEAKAGE_QUERY_CAMERA, LEAKAGE_GALLERY_CAMERA = 0, 1
 
 
 @dataclass
@@ -66,6 +76,10 @@ class RunPlan:
     metric: str = ""
     # How many of the test pairs in img_npy come first as queries (those of the first protocol's query modality).
     num_query: int = None
+    # Text-to-image: the test captions (image_index = their image's row in the test split) and the test
+    # split's rows in the data set's gallery order (the order retrieval ranks ties in).
+    captions: list = field(default_factory=list)
+    gallery_order: list = field(default_factory=list)
 
 
 def item_key(record, root, flip=False):
@@ -148,10 +162,7 @@ def plan_splits(cfg):
     if isinstance(dataset, VisibleInfraredDataset):
         return plan_cross_modality(cfg, dataset)
     if hasattr(dataset, "query_captions"):
-        raise ConfigError(
-            f"--dataset {name}: text-to-image data sets (caption queries) are not protected by protect_image.py "
-            "yet; protect their images with engine.protect.protector.Protector (docs/text_to_image.md)"
-        )
+        return plan_text_image(cfg, dataset)
     if name == "image_folder":
         parts = {"gallery": list(dataset.gallery)}
     else:
@@ -232,3 +243,51 @@ def plan_cross_modality(cfg, dataset):
     skipped = [(os.path.relpath(path, dataset.root), f"{UNREADABLE}: {reason}") for path, reason in bad]
     num_query = sum(len(p.records) for name, p in splits.items() if name.startswith("test") and p.modality == order[0])
     return RunPlan(dataset.root, dataset.summary(), splits, skipped, protocols, dataset.metric, num_query)
+
+
+def leakage_partition(gallery):
+    """(query rows, gallery rows) of the test images for the attack's identity-leakage scoring.
+
+    The first image (data set order) of every identity with two or more test images is a query, every
+    other image is in the gallery; queries get camera 0 and the gallery camera 1, so the privacy
+    scorer's same-camera filter removes nothing and each query has its person's other images to find.
+    """
+    counts = {}
+    for record in gallery:
+        counts[record.pid] = counts.get(record.pid, 0) + 1
+    queries, seen = [], set()
+    for index, record in enumerate(gallery):
+        if counts[record.pid] > 1 and record.pid not in seen:
+            seen.add(record.pid)
+            queries.append(index)
+    chosen = set(queries)
+    return queries, [index for index in range(len(gallery)) if index not in chosen]
+
+
+def plan_text_image(cfg, dataset):
+    """The splits of a text-to-image run: the train images (with pairs for the attack), then every test image once.
+
+    The test split is ordered as ``leakage_partition`` says (queries with camera 0, then the rest with
+    camera 1), so the saved pairs serve the attack's identity-leakage table unchanged; text-to-image
+    retrieval ranks the rows in the data set's order (``RunPlan.gallery_order``) and the captions point at
+    their image's row (``RunPlan.captions``). Captions of an image left out as unreadable are left out too.
+    """
+    if cfg.PIXELFADE.SAVE_IMAGE_NPY and not dataset.train:
+        raise ConfigError(f"--save_image_npy needs a train split, and {dataset.annotation} has none")
+    train = list(dataset.train) if cfg.PIXELFADE.SAVE_IMAGE_NPY else []
+    bad = unreadable_images(cfg, sorted({record.path for record in train + list(dataset.gallery)}))
+    bad_paths = {path for path, _ in bad}
+    gallery = readable(list(dataset.gallery), bad_paths, "test images")
+    query_rows, gallery_rows = leakage_partition(gallery)
+    records = [ImageRecord(gallery[i].path, gallery[i].pid, LEAKAGE_QUERY_CAMERA) for i in query_rows]
+    records += [ImageRecord(gallery[i].path, gallery[i].pid, LEAKAGE_GALLERY_CAMERA) for i in gallery_rows]
+    row_of_path = {record.path: row for row, record in enumerate(records)}
+    splits = {}
+    if train:
+        splits["train"] = train_split_plan(cfg, readable(train, bad_paths, "train"), dataset.root)
+    splits["test"] = in_order(records, dataset.root, len(query_rows))
+    captions = [CaptionRecord(c.text, c.pid, row_of_path[dataset.gallery[c.image_index].path])
+                for c in dataset.query_captions if dataset.gallery[c.image_index].path not in bad_paths]
+    skipped = [(os.path.relpath(path, dataset.root), f"{UNREADABLE}: {reason}") for path, reason in bad]
+    return RunPlan(dataset.root, dataset.summary(), splits, skipped, captions=captions,
+                   gallery_order=[row_of_path[record.path] for record in gallery])

@@ -133,37 +133,69 @@ class ImageQuality(Metric):
     the reference protocol weights each batch's means by its image count, pixel space averages
     per image. ``compute()`` returns ``{'num_images': n, protocol: {kind: {metric: mean}}}``,
     stored whole under the metric's name (``metrics_result_mode='named'``).
+
+    With ``groups`` (an output key such as 'modality'), each output also names the group of every
+    image (or None), and the record adds ``per_<groups>``: {group: such a record of its images}, the
+    reference protocol scaling each group's rows of a batch on their own. Infrared images are darker
+    and simpler than visible ones, so one overall number hides the difference.
     """
 
-    required_output_keys = ("candidates", "original")
-
-    def __init__(self, kinds, mean, std, output_transform=lambda output: output):
+    def __init__(self, kinds, mean, std, output_transform=lambda output: output, groups=None):
         self.kinds = tuple(kinds)
         self.mean, self.std = mean, std
+        self.groups = groups
+        self.required_output_keys = ("candidates", "original") + ((groups,) if groups else ())
         super().__init__(output_transform=output_transform, skip_unrolling=True,
                          metrics_result_mode="named")
 
     @reinit__is_reduced
     def reset(self):
-        self._meters = {(protocol, kind): QualityAccumulator() for protocol in PROTOCOLS
-                        for kind in self.kinds}
+        self._meters = {}
+
+    def _meter(self, group, protocol, kind):
+        return self._meters.setdefault((group, protocol, kind), QualityAccumulator())
+
+    def _add(self, groups, kind, candidate, originals):
+        """Score one batch (or a group's rows of it) once, into the meters of every group in ``groups``."""
+        reference = reference_batch_metrics(candidate, originals)
+        per_image = pixel_space_metrics(candidate, originals, self.mean, self.std)
+        for group in groups:
+            self._meter(group, "reference_normalisation", kind).add_batch_means(reference, originals.shape[0])
+            self._meter(group, "pixel_space", kind).add_per_image(per_image)
 
     @reinit__is_reduced
     def update(self, output):
-        candidates, originals = output
+        candidates, originals, *labels = output
+        rows_of = image_groups(labels[0] if labels else None)
         for kind in self.kinds:
-            candidate = candidates[kind]
-            self._meters["reference_normalisation", kind].add_batch_means(
-                reference_batch_metrics(candidate, originals), originals.shape[0])
-            self._meters["pixel_space", kind].add_per_image(
-                pixel_space_metrics(candidate, originals, self.mean, self.std))
+            if len(rows_of) == 1:  # a batch of one group (visible-infrared batches never mix): scored once
+                self._add((None, *rows_of.keys()), kind, candidates[kind], originals)
+                continue
+            self._add((None,), kind, candidates[kind], originals)
+            for group, rows in rows_of.items():
+                self._add((group,), kind, candidates[kind][rows], originals[rows])
+
+    def _record(self, group):
+        record = {"num_images": self._meters[group, "pixel_space", self.kinds[0]].count}
+        for protocol in PROTOCOLS:
+            record[protocol] = {kind: self._meters[group, protocol, kind].means() for kind in self.kinds}
+        return record
 
     def compute(self):
-        count = self._meters["pixel_space", self.kinds[0]].count
-        if count == 0:
+        if (None, "pixel_space", self.kinds[0]) not in self._meters:
             raise NotComputableError("ImageQuality needs at least one batch before it can be "
                                      "computed")
-        record = {"num_images": count}
-        for protocol in PROTOCOLS:
-            record[protocol] = {kind: self._meters[protocol, kind].means() for kind in self.kinds}
+        record = self._record(None)
+        groups = sorted({group for group, _, _ in self._meters if group is not None})
+        if groups:
+            record[f"per_{self.groups}"] = {group: self._record(group) for group in groups}
         return record
+
+
+def image_groups(labels):
+    """{group: row indices (a LongTensor)} of one batch's per-image group labels; {} for None."""
+    if labels is None:
+        return {}
+    labels = [str(label) for label in labels]
+    return {group: torch.tensor([row for row, label in enumerate(labels) if label == group], dtype=torch.long)
+            for group in sorted(set(labels))}

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from engine.common.features import extract_features
-from evaluation.image_quality import ImageQuality, to_pixels
+from evaluation.image_quality import ImageQuality, image_groups, to_pixels
 from evaluation.leakage import chance_level, identity_leakage
 from evaluation.lpips_metric import NOT_COMPUTED_NOTE, build_lpips, lpips_distance
 from utils.grids import grid_image, save_labelled_grid
@@ -34,6 +34,20 @@ def lpips_for(settings_path, image_shape, device):
                                                 "note": f"LPIPS AlexNet v0.1, trunk {settings_path}"}
 
 
+def modality_features(model, images, modalities=None):
+    """Features of ``images``, each through its own sensor's stem when the model has one per modality (an
+    agw_vi network's ``for_modality``) and the pairs name the sensors; else all through ``model``."""
+    if modalities is None or not hasattr(model, "for_modality"):
+        return extract_features(model, images, FEATURE_CHUNK)
+    features = None
+    for modality, rows in image_groups(modalities).items():
+        part = extract_features(model.for_modality(modality), images[rows.to(images.device)], FEATURE_CHUNK)
+        if features is None:
+            features = part.new_empty((images.shape[0], *part.shape[1:]))
+        features[rows.to(part.device)] = part
+    return features
+
+
 class PrivacyScorer:
     """Everything fixed across rows: the query/gallery split, evaluators, gallery features, chance, LPIPS."""
 
@@ -52,30 +66,34 @@ class PrivacyScorer:
         self.lpips, self.lpips_status = lpips_for(lpips_path, test_pairs.image_shape, self.device)
         gallery = {label: [] for label in evaluators}
         query = {label: [] for label in evaluators}
-        for protected, original, first in self.batches(queries=False):
-            self._add_features(gallery, original[max(0, num_query - first):])
-            self._add_features(query, original[:max(0, num_query - first)])
+        for protected, original, first, modalities in self.batches(queries=False):
+            split = max(0, num_query - first)
+            self._add_features(gallery, original[split:], None if modalities is None else modalities[split:])
+            self._add_features(query, original[:split], None if modalities is None else modalities[:split])
         self.gallery_features = {label: torch.cat(parts) for label, parts in gallery.items()}
         clean = {label: torch.cat(parts) for label, parts in query.items()}
         self.clean = {label: self._leakage(features, label) for label, features in clean.items()}
 
     def batches(self, queries=True):
-        """(protected, original, index of the first image) per saved test batch, on the device;
-        with ``queries`` only the query rows, stopping after the last query."""
+        """(protected, original, index of the first image, sensor names or None) per saved test batch, on the
+        device; with ``queries`` only the query rows, stopping after the last query."""
         first = 0
         for position in range(self.pairs.num_batches):
             if queries and first >= self.num_query:
                 return
             protected, original = (tensor.to(self.device) for tensor in self.pairs.load_batch(position))
+            modalities = self.pairs.load_modalities(position)
             if queries:
-                protected, original = protected[:self.num_query - first], original[:self.num_query - first]
-            yield protected, original, first
+                rows = slice(0, self.num_query - first)
+                protected, original = protected[rows], original[rows]
+                modalities = None if modalities is None else modalities[rows]
+            yield protected, original, first, modalities
             first += self.pairs.batch_sizes[position]
 
-    def _add_features(self, store, images):
+    def _add_features(self, store, images, modalities=None):
         if images.shape[0]:
             for label, model in self.evaluators.items():
-                store[label].append(extract_features(model, images, FEATURE_CHUNK).cpu())
+                store[label].append(modality_features(model, images, modalities).cpu())
 
     def _leakage(self, query_features, label):
         return identity_leakage(query_features, self.gallery_features[label], self.q_pids, self.g_pids,
@@ -92,10 +110,10 @@ class PrivacyScorer:
         quality.reset()
         features = {label: [] for label in self.evaluators}
         lpips_values = []
-        for number, (protected, original, _) in enumerate(self.batches()):
+        for number, (protected, original, _, modalities) in enumerate(self.batches()):
             recovered = recover(protected)
             quality.update(({"recovered": recovered}, original))
-            self._add_features(features, recovered)
+            self._add_features(features, recovered, modalities)
             if self.lpips is not None:
                 lpips_values.append(lpips_distance(
                     self.lpips, to_pixels(recovered, self.settings.pixel_mean, self.settings.pixel_std),

@@ -1,1 +1,2 @@
-"""The paper's tables as scripts: sweeps over config keys, tables, plots (tools/sweep.py, tools/paper_tables.py)."""
+"""Experiments behind the thin commands: the sweep grid (tools/sweep.py), the paper's table runs
+(tools/paper_tables.py), their tables and plots, and the demo (demo.py)."""

@@ -10,8 +10,9 @@ import re
 from dataclasses import dataclass, field
 
 from configs import get_default_config
-from engine.attack.run import run_recovery_attack
+from configs.keys import get_key
 from engine.attack.results import read_results
+from engine.attack.run import run_recovery_attack
 from engine.attack.settings import AttackSettings
 from engine.protect.run import ProtectOptions, build_protect_config, run
 from modeling import resolve_device
@@ -66,11 +67,10 @@ def parse_value(key, text):
 
 def key_default(key):
     """The default of config ``key``; ConfigError naming it when there is no such key."""
-    node = get_default_config()
-    for part in key.split("."):
-        if not hasattr(node, "keys") or part not in node:
-            raise ConfigError(f"unknown config key '{key}' (see configs/defaults.py for the valid keys)")
-        node = node[part]
+    try:
+        node = get_key(get_default_config(), key)
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown config key '{key}' (see configs/defaults.py for the valid keys)") from None
     if hasattr(node, "keys"):
         raise ConfigError(f"'{key}' is a config section, not a key; expected a key such as {key}.{next(iter(node))}")
     return node

@@ -25,10 +25,13 @@ from utils.errors import CheckpointError, ConfigError
 
 from .build import build_model, resolve_device
 from .checkpoint import read_checkpoint
+from .clip_reid import sized_by_file
 from .formats import AUTO_ORDER, MODEL_FORMATS
 
 _log = logging.getLogger("pixelfade.model")
-STATE_DICT_FORMATS = ("agw", "torchreid", "fastreid", "agw_vi")
+STATE_DICT_FORMATS = ("agw", "torchreid", "fastreid", "agw_vi", "irra", "clip")
+# Formats whose architecture a checkpoint's shapes decide (MODEL.NAME only matters without one).
+SIZED_BY_FILE = ("irra", "clip")
 MODEL_INPUTS = ("normalized", "pixels")
 
 
@@ -120,7 +123,7 @@ def _from_state_dict(cfg, fmt, checkpoint_path, logger):
         fmt = detect_format(state, checkpoint_path)
         logger.info("%s: MODEL.FORMAT auto -> %s", checkpoint_path, fmt)
     model_format = MODEL_FORMATS.get(fmt)
-    model = model_format.build(cfg)
+    model = model_format.build(sized_by_file(cfg) if fmt in SIZED_BY_FILE else cfg)
     model_format.load(model, state, checkpoint_path, logger)
     return model
 

@@ -49,6 +49,8 @@ ARCHITECTURES = {
                   "text_width": 64, "text_layers": 2, "context_length": 77, "vocab_size": 49408,
                   "vision_mlp_ratio": 4.0, "text_mlp_ratio": 4.0},
 }
+# MODEL.NAME of the CLIP built before a checkpoint's shapes replace it (sized_by_file).
+PLACEHOLDER = "sized by the checkpoint"
 # OpenAI's rule (IRRA's too): one attention head per 64 channels in both towers.
 HEAD_WIDTH = 64
 IRRA_PREFIX = "base_model."
@@ -322,13 +324,16 @@ def image_size_for(patches, patch, configured, source):
 # ------------------------------------------------------------------------------------------------
 def _build(cfg, vocabulary):
     name = cfg.MODEL.NAME
-    if name not in ARCHITECTURES:
+    height, width = (int(v) for v in cfg.INPUT.IMG_SIZE)
+    if name == PLACEHOLDER:
+        sizes = dict(ARCHITECTURES["clip_tiny"], patch_size=_placeholder_patch(height, width))
+    elif name in ARCHITECTURES:
+        sizes = ARCHITECTURES[name]
+    else:
         raise ConfigError(
             f"MODEL.NAME {name!r} is not a CLIP architecture (MODEL.FORMAT {vocabulary}); known: "
             f"{', '.join(ARCHITECTURES)} (with a checkpoint, the file's shapes set the sizes)"
         )
-    sizes = ARCHITECTURES[name]
-    height, width = (int(v) for v in cfg.INPUT.IMG_SIZE)
     patch = sizes["patch_size"]
     if height % patch or width % patch or height < patch or width < patch:
         raise ConfigError(f"INPUT.IMG_SIZE [{height}, {width}] must be multiples of the CLIP patch size {patch}")
@@ -337,6 +342,25 @@ def _build(cfg, vocabulary):
     model = ClipReIDModel(sizes, (height, width), vocabulary, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD, name,
                           cfg.TEXT.CAPTION_BATCH)
     return model.eval()
+
+
+def _placeholder_patch(height, width):
+    """The largest patch size up to 16 that tiles a (height, width) input."""
+    common = math.gcd(int(height), int(width))
+    return max(size for size in range(1, 17) if common % size == 0)
+
+
+def sized_by_file(cfg):
+    """``cfg`` to build a CLIP that a checkpoint will resize: its MODEL.NAME when that is a CLIP
+    architecture, else a small placeholder (``clip_tiny`` sizes) at INPUT.IMG_SIZE, so a user with a
+    checkpoint never has to name the architecture (loading rebuilds it from the file's shapes)."""
+    if cfg.MODEL.NAME in ARCHITECTURES:
+        return cfg
+    resolved = cfg.clone()
+    resolved.defrost()
+    resolved.MODEL.NAME = PLACEHOLDER
+    resolved.freeze()
+    return resolved
 
 
 def build_irra(cfg):

@@ -1,4 +1,4 @@
-"""Small Re-ID-like networks for the model-format tests (MODEL.FACTORY points here)."""
+"""Small Re-ID-like networks for the tests: model-format fixtures (MODEL.FACTORY points here) and a tiny backbone."""
 import torch
 from torch import nn
 
@@ -35,3 +35,26 @@ class NormalizingReID(TinyReID):
 
 def tiny_reid():
     return TinyReID()
+
+
+class TinyBackbone(nn.Module):
+    """Two strided convs: a 32-channel feature map, fast enough for whole training runs in a test."""
+
+    out_channels = 32
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(),
+                                  nn.Conv2d(16, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU())
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def register_tiny_backbone(name):
+    """``name`` as a MODEL.NAME building :class:`TinyBackbone` (once per process)."""
+    from modeling.backbones import BACKBONES, register_backbone
+
+    if name not in BACKBONES:
+        register_backbone(name)(lambda last_stride: TinyBackbone())
+    return name

@@ -24,20 +24,12 @@ from configs import get_default_config, load_config
 from data.img_npy import batch_files, find_pairs, npy_dir_of, read_batch, write_batch
 from data.npy_pairs import PairDataset, SavedBatchOrder
 from data.transforms import normalize
+from engine.attack import checkpoint as checkpoint_module
 from engine.attack import run as attack_module
 from engine.attack import settings as attack_settings_module
-from engine.attack.run import (
-    EPOCH_METERS,
-    attack_targets,
-    create_attack_evaluator,
-    create_attack_trainer,
-    evaluate_generator,
-    recovered_normalized,
-    run_attack,
-)
 from engine.attack.checkpoint import latest_checkpoint
-from engine.common.checkpoint import AtomicCheckpointSaver
 from engine.attack.results import results_markdown
+from engine.attack.run import run_attack
 from engine.attack.settings import (
     ATTACKERS,
     DEFAULT_VAL_FRACTION,
@@ -47,12 +39,21 @@ from engine.attack.settings import (
     build_optimizer,
     loader_workers,
 )
-from engine.protect.handlers import GRID_ROWS, GridWriter
-from utils.grids import ATTACK_GRID_ROWS, ROW_LABEL_MARGIN, grid_row_names, labelled_grid
+from engine.attack.trainer import (
+    EPOCH_METERS,
+    attack_targets,
+    create_attack_evaluator,
+    create_attack_trainer,
+    evaluate_generator,
+    recovered_normalized,
+)
+from engine.common.checkpoint import AtomicCheckpointSaver
 from engine.methods.codec import PixelCodec
+from engine.protect.handlers import GRID_ROWS, GridWriter
 from modeling.generators import GENERATORS, build_generator
 from utils.errors import ConfigError, NonFiniteError, RunConflictError
 from utils.file_io import FolderLock
+from utils.grids import ATTACK_GRID_ROWS, ROW_LABEL_MARGIN, grid_row_names, labelled_grid
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(1, 3, 1, 1)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(1, 3, 1, 1)
@@ -494,7 +495,7 @@ def test_resume_reads_the_checkpoint_on_the_cpu_and_hands_ignite_the_loaded_dict
     npy_dir = write_pairs(str(tmp_path / "data"), train_batches=1, test_batches=1)
     settings = AttackSettings(**{**TINY, "total_epochs": 1, "eval_epochs": ()})
     run_attack(settings, npy_dir, str(tmp_path), show_progress=False)
-    real_load, real_load_objects = torch.load, attack_module.Checkpoint.load_objects
+    real_load, real_load_objects = torch.load, checkpoint_module.Checkpoint.load_objects
     loads, handed = [], []
 
     def recording_load(*args, **kwargs):
@@ -506,7 +507,7 @@ def test_resume_reads_the_checkpoint_on_the_cpu_and_hands_ignite_the_loaded_dict
         return real_load_objects(to_load, checkpoint, **kwargs)
 
     monkeypatch.setattr(torch, "load", recording_load)
-    monkeypatch.setattr(attack_module.Checkpoint, "load_objects",
+    monkeypatch.setattr(checkpoint_module.Checkpoint, "load_objects",
                         staticmethod(recording_load_objects))
     entry = run_attack(dataclasses.replace(settings, total_epochs=2), npy_dir, str(tmp_path),
                        show_progress=False)
@@ -782,7 +783,7 @@ def test_cli_initial_lr_and_debug_are_accepted_with_a_note_and_change_nothing(tm
 def test_gpus_selects_the_first_listed_gpu(gpus, device, indices):
     args = recovery_attack.build_parser().parse_args(["--npy_path", "x", "--gpus", gpus])
     assert recovery_attack.gpu_device(gpus) == (device, indices)
-    assert recovery_attack.flag_overrides(args) == ["MODEL.DEVICE", repr(device)]
+    assert recovery_attack.extra_values(args) == {"MODEL.DEVICE": device}
     expected_notes = [] if len(indices) == 1 else [
         f"--gpus {gpus}: the attack trains on one device, {device}"]
     assert recovery_attack.notes(args) == expected_notes

@@ -2,6 +2,7 @@
 import pytest
 
 from configs import ConfigError, get_default_config, load_config, save_config
+from configs.keys import get_key
 
 # The reference's values (its protect_image.py flags and AGW test settings; README, protect_image.py).
 REFERENCE_DEFAULTS = {
@@ -42,9 +43,7 @@ REFERENCE_DEFAULTS = {
 
 
 def _value(cfg, dotted):
-    node = cfg
-    for part in dotted.split("."):
-        node = getattr(node, part)
+    node = get_key(cfg, dotted)
     return list(node) if isinstance(node, (list, tuple)) else node
 
 

@@ -186,25 +186,12 @@ def test_loaders_pin_memory_for_cuda(data_root):
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_training_epoch_with_amp_on_cuda(data_root, tmp_path, amp):
-    from torch import nn
+
+    from model_factories import register_tiny_backbone
 
     from engine.train import reid as reid_trainer
-    from modeling.backbones import BACKBONES, register_backbone
 
-    name = "tiny_cuda_test_cnn"
-    if name not in BACKBONES:
-        class Tiny(nn.Module):
-            out_channels = 32
-
-            def __init__(self):
-                super().__init__()
-                self.body = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(),
-                                          nn.Conv2d(16, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU())
-
-            def forward(self, x):
-                return self.body(x)
-
-        register_backbone(name)(lambda last_stride: Tiny())
+    name = register_tiny_backbone("tiny_cuda_test_cnn")
     cfg = get_default_config()
     cfg.MODEL.NAME = name
     cfg.MODEL.DEVICE = "cuda"

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import demo as demo_cli
-from tools.demo import (
+from experiments.demo import (
     CAPTION_HEIGHT,
     FIGURE_NAME,
     METHODS,
@@ -119,7 +119,7 @@ def test_train_reid_checkpoint_loads_in_protect_image_by_path(demo, tmp_path):
     assert 0.0 < results["reid"]["clean2clean"]["mAP"] <= 1.0
 
 
-def test_root_demo_py_is_the_cli_of_tools_demo(capsys):
+def test_root_demo_py_is_the_cli_of_experiments_demo(capsys):
     """``bash run.sh demo`` runs ``python demo.py --output ... --device ...``."""
     assert demo_cli.run_demo is run_demo and demo_cli.SMALL_SCALE is SMALL_SCALE
     with pytest.raises(SystemExit) as exit_info:

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from engine.train.reid import rescale_center_gradient
+from engine.train.reid_recipe import rescale_center_gradient
 from modeling.losses import (
     AGWCriterion,
     CenterLoss,

@@ -219,11 +219,12 @@ def test_file_names_are_the_reference_layout(tmp_path):
     assert batch_files(npy_dir, "test", 4) == BatchFiles(
         os.path.join(npy_dir, "clean-test-4-images.npy"),
         os.path.join(npy_dir, "encry-test-4-images.npy"),
-        os.path.join(npy_dir, "test-4-ids.npy"), os.path.join(npy_dir, "test-4-camids.npy"))
+        os.path.join(npy_dir, "test-4-ids.npy"), os.path.join(npy_dir, "test-4-camids.npy"),
+        os.path.join(npy_dir, "test-4-modality.npy"))
     assert batch_files(npy_dir, "train", 10) == BatchFiles(
         os.path.join(npy_dir, "clean-train-10-images.npy"),
         os.path.join(npy_dir, "encry-train-10-images.npy"),
-        os.path.join(npy_dir, "train-10-ids.npy"), None)
+        os.path.join(npy_dir, "train-10-ids.npy"), None, os.path.join(npy_dir, "train-10-modality.npy"))
     with pytest.raises(ValueError, match=r"split must be one of \('train', 'test'\), got 'query'"):
         batch_files(npy_dir, "query", 0)
     assert run_dir_of(npy_dir) == str(tmp_path) and run_dir_of(str(tmp_path)) == str(tmp_path)
@@ -235,7 +236,8 @@ def test_write_batch_writes_float32_images_and_labels_that_read_back(tmp_path):
     protected = original.half()
     pids, camids = torch.tensor([7, 7, 9]), np.array([1, 2, 1])
     files = write_batch(npy_dir, "test", 2, original, protected, pids, camids)
-    assert sorted(os.listdir(npy_dir)) == sorted(os.path.basename(path) for path in files)
+    assert files.modality is None
+    assert sorted(os.listdir(npy_dir)) == sorted(os.path.basename(path) for path in files if path)
     batch = read_batch(npy_dir, "test", 2)
     assert batch.clean.dtype == np.float32 and batch.protected.dtype == np.float32
     assert np.array_equal(batch.clean, original.float().numpy())

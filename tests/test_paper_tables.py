@@ -1,4 +1,4 @@
-"""experiments/paper_tables.py on a micro scale: each table runs end to end and its numbers hold."""
+"""experiments/table_runs.py on a micro scale: each table runs end to end and its numbers hold."""
 import dataclasses
 import json
 import os
@@ -8,8 +8,8 @@ import pytest
 from configs import load_config
 from data.synthetic import make_market1501
 from engine.attack.results import read_results
-from experiments.paper_tables import TableRun, TableSetting, run_tables, small_setting, untrained_checkpoint
 from experiments.points import Base
+from experiments.table_runs import TableRun, TableSetting, run_tables, small_setting, untrained_checkpoint
 from experiments.tables import REID_MODES, markdown_table, run_row
 from tools import paper_tables as paper_tables_cli
 from utils.errors import ConfigError
@@ -157,7 +157,7 @@ def test_a_bad_table_setting_fails_before_anything_is_written(micro, tmp_path, c
 
 
 def test_small_setting_trains_the_demo_model_once_and_labels_the_untrained_one(tmp_path):
-    from tools.demo import SMALL_SCALE
+    from experiments.demo import SMALL_SCALE
 
     scale = dataclasses.replace(SMALL_SCALE, num_ids=8, num_cams=2, images_per_id_cam=2, height=32, width=16,
                                 train_epochs=1, train_batch=16, max_iter=3)

@@ -3,14 +3,8 @@ import pytest
 import torch
 
 import evaluation.reid as reid
-from evaluation.reid import (
-    PROTECTION_MODES,
-    evaluate_protection_modes,
-    evaluate_rank,
-    evaluate_reid,
-    format_results_table,
-    pairwise_distance,
-)
+from evaluation.reid import PROTECTION_MODES, evaluate_protection_modes, evaluate_rank, evaluate_reid
+from evaluation.reid import format_results_table, pairwise_distance
 
 
 def loop_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):

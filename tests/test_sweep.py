@@ -1,13 +1,14 @@
-"""tools/sweep.py and experiments/sweep.py: grid parsing, checks before writing, a tiny sweep's table."""
+"""tools/sweep.py and experiments/sweep_grid.py: grid parsing, checks before writing, a tiny sweep's table."""
 import json
 import os
+import pathlib
 
 import pytest
 
 from data.synthetic import make_market1501
 from engine.attack.results import read_results
 from experiments.points import Base, folder_name, parse_value
-from experiments.sweep import grid_points, parse_grid, run_sweep
+from experiments.sweep_grid import grid_points, parse_grid, run_sweep
 from tools import sweep as sweep_cli
 from utils.errors import ConfigError
 
@@ -17,14 +18,12 @@ TINY_OPTS = ("MODEL.NAME", "mobilenet_v2", "INPUT.IMG_SIZE", [32, 16], "MODEL.DE
              "ATTACK.NGF", 4, "ATTACK.TOTAL_EPOCHS", 1, "ATTACK.EVAL_EPOCHS", [], "ATTACK.NUM_GRIDS", 0)
 
 
-def load_json(path):
-    with open(path) as handle:
-        return json.load(handle)
-
-
 def read_text(path):
-    with open(path) as handle:
-        return handle.read()
+    return pathlib.Path(path).read_text()
+
+
+def load_json(path):
+    return json.loads(read_text(path))
 
 
 @pytest.fixture(scope="module")

@@ -184,16 +184,28 @@ def test_make_synthetic_data_tool_writes_a_text_set(tmp_path, capsys):
     assert f"wrote {os.path.join(tmp_path, 'ICFG-PEDES')}" in out and "# captions" in out
 
 
-def test_protect_image_refuses_text_data_sets_before_writing(tmp_path, capsys):
-    """Caption queries are not scored by the protection run yet: one line, exit 2, no output folder."""
-    import protect_image
-    from data.synthetic_text import make_rstpreid
-    from helpers import protect_argv
+def test_the_protection_plan_holds_every_test_image_once_and_the_captions_of_the_readable_ones(tmp_path):
+    """Test split: the first image of each person with two as a leakage query (camera 0), the rest after
+    (camera 1); captions point at their image's row; an unreadable image and its captions are left out."""
+    from configs import get_default_config
+    from data.splits import plan_splits
 
-    make_rstpreid(str(tmp_path / "data"), num_ids=8, height=64, width=32)
-    output = tmp_path / "out"
-    argv = protect_argv(tmp_path / "data", output, "--dataset", "rstpreid", image_size=(64, 32))
-    assert protect_image.main(argv) == 2
-    error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith("protect_image.py: error: --dataset rstpreid: text-to-image data sets")
-    assert not output.exists()
+    records = [record("train", 0, "t0.jpg", ["train caption"]), record("test", 7, "a.jpg", ["a one", "a two"]),
+               record("test", 9, "b.jpg", ["b one"]), record("test", 7, "c.jpg", ["c one"]),
+               record("test", 9, "bad.jpg", ["bad one"]), record("test", 9, "d.jpg", ["d one"])]
+    base = write_tree(tmp_path, "ICFG-PEDES", "ICFG_PEDES.json", records)
+    with open(os.path.join(base, "imgs", "bad.jpg"), "wb") as handle:
+        handle.write(b"not an image")
+    cfg = get_default_config()
+    cfg.DATASETS.NAMES, cfg.DATASETS.ROOT_DIR, cfg.OUTPUT_DIR = "icfg_pedes", str(tmp_path), str(tmp_path / "out")
+    cfg.DATASETS.SKIP_UNREADABLE = True
+    plan = plan_splits(cfg)
+    test = plan.splits["test"]
+    assert list(plan.splits) == ["test"] and test.num_query == 2
+    assert [(os.path.basename(r.path), r.pid, r.camid) for r in test.records] == [
+        ("a.jpg", 7, 0), ("b.jpg", 9, 0), ("c.jpg", 7, 1), ("d.jpg", 9, 1)]
+    assert [os.path.basename(test.records[row].path) for row in plan.gallery_order] == ["a.jpg", "b.jpg", "c.jpg",
+                                                                                         "d.jpg"]
+    assert [(c.text, c.pid, c.image_index) for c in plan.captions] == [
+        ("a one", 7, 0), ("a two", 7, 0), ("b one", 9, 1), ("c one", 7, 2), ("d one", 9, 3)]
+    assert [path for path, _ in plan.skipped] == ["imgs/bad.jpg"]

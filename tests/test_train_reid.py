@@ -5,38 +5,27 @@ import sys
 
 import pytest
 import torch
+from ignite.engine import Events
+from model_factories import register_tiny_backbone
 from torch import nn
 
+import train_reid
 from configs import get_default_config
 from data.samplers import IdentityBatchSampler
 from data.synthetic import make_market1501
 from data.transforms import RandomErasing, build_train_transform
+from engine.common import resume
 from engine.train import reid as reid_trainer
-from engine.train.schedule import WarmupMultiStepLR, lr_at_epoch
+from engine.train import reid_recipe, reid_settings
 from engine.train.curves import training_curves_figure
+from engine.train.schedule import WarmupMultiStepLR, lr_at_epoch
 from modeling import build_authorization_model, build_model
-from modeling.backbones import BACKBONES, register_backbone
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "tiny_test_cnn"
 
 
-class TinyBackbone(nn.Module):
-    """Two strided convs: a 32-channel feature map, fast enough for whole training runs in a test."""
-
-    out_channels = 32
-
-    def __init__(self):
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(),
-                                  nn.Conv2d(16, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU())
-
-    def forward(self, x):
-        return self.body(x)
-
-
-if TINY not in BACKBONES:
-    register_backbone(TINY)(lambda last_stride: TinyBackbone())
+register_tiny_backbone(TINY)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +80,7 @@ def test_optimizer_one_group_per_parameter_with_decay_everywhere():
     cfg = get_default_config()
     cfg.MODEL.NAME = TINY
     model = build_model(cfg, 5)
-    optimizer = reid_trainer.build_optimizer(cfg, model)
+    optimizer = reid_recipe.build_optimizer(cfg, model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert isinstance(optimizer, torch.optim.Adam) and len(optimizer.param_groups) == len(trainable)
     assert all(g["weight_decay"] == 5e-4 and g["lr"] == 3.5e-4 for g in optimizer.param_groups)
@@ -103,7 +92,7 @@ def test_optimizer_one_group_per_parameter_with_decay_everywhere():
 def test_sampler_batches_as_the_trainer_uses_them():
     pids = [p for p in range(10) for _ in range(5 + p % 4)]
     for world_size in (1, 2):
-        slices = [reid_trainer.RankSlicedBatches(IdentityBatchSampler(pids, 4, 4, seed=3), 4, world_size, rank)
+        slices = [reid_recipe.RankSlicedBatches(IdentityBatchSampler(pids, 4, 4, seed=3), 4, world_size, rank)
                   for rank in range(world_size)]
         for s in slices:
             s.set_epoch(2)
@@ -155,7 +144,7 @@ def test_training_raises_map_well_above_untrained(data_root, tmp_path):
 
 def _interrupt_at(epoch):
     def attach(trainer):
-        @trainer.on(reid_trainer.Events.ITERATION_COMPLETED)
+        @trainer.on(Events.ITERATION_COMPLETED)
         def _boom(engine):
             if engine.state.epoch == epoch:
                 raise KeyboardInterrupt("simulated interruption")
@@ -164,7 +153,7 @@ def _interrupt_at(epoch):
 
 def _record_started_epochs(started):
     def attach(trainer):
-        trainer.add_event_handler(reid_trainer.Events.EPOCH_STARTED, lambda engine: started.append(engine.state.epoch))
+        trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: started.append(engine.state.epoch))
     return attach
 
 
@@ -201,7 +190,7 @@ def test_progress_bar_metrics_are_the_current_epochs_mean(data_root, tmp_path):
     seen = []
 
     def attach(trainer):
-        @trainer.on(reid_trainer.Events.ITERATION_COMPLETED)
+        @trainer.on(Events.ITERATION_COMPLETED)
         def _record(engine):
             seen.append((engine.state.epoch, engine.state.output["loss"], engine.state.metrics["loss"],
                          engine.state.output["triplet"], engine.state.metrics["triplet"]))
@@ -280,6 +269,35 @@ def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(data_root, tmp_p
         assert len(lines) == 1 and lines[0].startswith("train_reid.py: error:"), result.stderr
     assert "SOLVER.OPTIMIZER_NAME" in bad_solver.stderr and "SOLVER.BASE_LR" in bad_lr.stderr
     assert not out.exists()
+
+
+TINY_OPTS = ["MODEL.NAME", TINY, "MODEL.WEIGHT_REGULARIZED_TRIPLET", "on", "INPUT.IMG_SIZE", "[32, 16]",
+             "INPUT.PADDING", "2", "SOLVER.IMS_PER_BATCH", "16", "SOLVER.WARMUP_ITERS", "0", "SOLVER.STEPS", "[100]",
+             "SOLVER.CHECKPOINT_PERIOD", "1", "SOLVER.EVAL_PERIOD", "1"]
+
+
+def test_a_run_checks_its_settings_once_and_reads_its_resume_point_once(data_root, tmp_path, monkeypatch):
+    checks, reads = [], []
+
+    def counting_check(cfg, flag_of_key=None):
+        checks.append(cfg.SOLVER.MAX_EPOCHS)
+        return original_check(cfg, flag_of_key)
+
+    def counting_read(path, elsewhere="another --output"):
+        reads.append(os.path.basename(path))
+        return original_read(path, elsewhere)
+
+    original_check, original_read = reid_settings.validate_train_config, resume.read_resume_point
+    monkeypatch.setattr(reid_settings, "validate_train_config", counting_check)
+    monkeypatch.setattr(reid_trainer, "validate_train_config", counting_check)
+    monkeypatch.setattr(resume, "read_resume_point", counting_read)
+    argv = ["--root", data_root, "--output", str(tmp_path / "once"), "--device", "cpu", "--num_workers", "0",
+            "--no_progress"]
+    assert train_reid.main([*argv, "--max_epochs", "1", *TINY_OPTS]) == 0
+    assert (checks, reads) == ([1], [])
+    assert train_reid.main([*argv, "--max_epochs", "2", *TINY_OPTS]) == 0  # resumes after epoch 1
+    assert (checks, reads) == ([1, 2], ["training_checkpoint_1.pt"])
+    assert [row["epoch"] for row in reid_trainer.results_json(str(tmp_path / "once"))["epochs"]] == [1, 2]
 
 
 def _fake_venv(tmp_path):

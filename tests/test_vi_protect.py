@@ -145,7 +145,10 @@ def test_each_image_is_protected_once_with_its_own_stem(sysu_run, data):
     dataset = build_dataset("sysu_mm01", data["sysu"], trials=[0, 1])
     store = RunStore(str(sysu_run))
     net = load_net(data["ckpt"])
-    protected_paths = []
+    # The attack's test pairs are the first trial's query and gallery images, each once.
+    first_trial = {os.path.relpath(r.path, dataset.root) for trials in dataset.protocols.values()
+                   for t in trials if t.trial == 0 for r in (*t.query, *t.gallery)}
+    protected_paths, paired_paths = [], []
     # Infrared (the query modality) comes first: test pairs 0..n-1 are its batches, queries then gallery.
     offset = 0
     for split, modal, other in (("test_infrared", 2, 1), ("test_visible", 1, 2)):
@@ -153,28 +156,46 @@ def test_each_image_is_protected_once_with_its_own_stem(sysu_run, data):
         while os.path.exists(store.record_path(split, batch)):
             record = store.load_batch(split, batch)
             protected_paths += record["items"]
-            images = torch.from_numpy(np.load(sysu_run / "img_npy" / f"encry-test-{offset + batch}-images.npy"))
-            with torch.no_grad():
-                own = net.features(images, images, modal)[1]
-                wrong = net.features(images, images, other)[1]
-            assert torch.allclose(record["protected_features"], own, atol=1e-4)
-            assert not torch.allclose(record["protected_features"], wrong, atol=1e-2)
+            kept = [row for row, item in enumerate(record["items"]) if item in first_trial]
+            pair_file = sysu_run / "img_npy" / f"encry-test-{offset + batch}-images.npy"
+            assert pair_file.exists() == bool(kept)
+            if kept:
+                paired_paths += [record["items"][row] for row in kept]
+                images = torch.from_numpy(np.load(pair_file))
+                with torch.no_grad():
+                    own = net.features(images, images, modal)[1]
+                    wrong = net.features(images, images, other)[1]
+                assert torch.allclose(record["protected_features"][kept], own, atol=1e-4)
+                assert not torch.allclose(record["protected_features"][kept], wrong, atol=1e-2)
             batch += 1
         offset += batch
     expected = sorted(os.path.relpath(r.path, dataset.root) for r in dataset.test_images())
     assert sorted(protected_paths) == expected
+    assert sorted(paired_paths) == sorted(first_trial) and len(first_trial) < len(expected)
     assert results(sysu_run)["run"]["num_query"] == len(dataset.query)
 
 
 def test_the_attack_trains_on_the_pairs_of_both_modalities(sysu_run, data, tmp_path):
     dataset = build_dataset("sysu_mm01", data["sysu"], trials=[0, 1])
-    names = [name for name in os.listdir(sysu_run / "img_npy") if name.startswith("train-")]
+    names = [name for name in os.listdir(sysu_run / "img_npy") if name.startswith("train-") and name.endswith("-ids.npy")]
     ids = np.concatenate([np.load(sysu_run / "img_npy" / f"train-{i}-ids.npy") for i in range(len(names))])
     assert sorted(ids.tolist()) == sorted(r.pid for r in dataset.train)
     assert recovery_attack.main(["--npy_path", str(sysu_run), "--output", str(tmp_path / "attack"),
                                  "--total_epochs", "1", "--generator", "resnet_6blocks", "--device", "cpu",
                                  "--no_progress", "ATTACK.NGF", "4", "ATTACK.NUM_GRIDS", "0",
                                  "DATALOADER.NUM_WORKERS", "0"]) == 0
+    # each test pair's saved modality is its camera's (SYSU cam3, cam6 are infrared), and the attack scores both
+    counts = {"visible": 0, "infrared": 0}
+    for name in os.listdir(sysu_run / "img_npy"):
+        if name.startswith("test-") and name.endswith("-camids.npy"):
+            camids = np.load(sysu_run / "img_npy" / name)
+            modalities = np.load(sysu_run / "img_npy" / name.replace("-camids.npy", "-modality.npy"))
+            assert modalities.tolist() == ["infrared" if camid + 1 in (3, 6) else "visible" for camid in camids]
+            for modality in modalities.tolist():
+                counts[modality] += 1
+    record = json.loads((tmp_path / "attack" / "attack_results.json").read_text())["reference"]["evaluations"]["0"]
+    assert {m: part["num_images"] for m, part in record["per_modality"].items()} == counts
+    assert min(counts.values()) > 0 and record["num_images"] == sum(counts.values())
 
 
 def test_regdb_per_trial_checkpoints_score_each_trial_with_its_model(data, tmp_path):
@@ -272,3 +293,18 @@ def test_bad_inputs_stop_before_anything_is_written(data, tmp_path, capsys):
     assert protect("market1501", data["regdb"], data["trial_ckpt"], output) == 2
     one_error_line(capsys, "TEST.WEIGHT", "{trial}")
     assert not output.exists()
+
+
+def test_the_attack_on_regdb_pairs_scores_each_modality_of_the_trials_test_images(data, tmp_path):
+    output = tmp_path / "regdb"
+    assert protect("regdb", data["regdb"], data["ckpt"], output, "--save_image_npy", "--train_order",
+                   "every_image", "DATASETS.TRIALS", "[1]") == 0
+    assert recovery_attack.main(["--npy_path", str(output), "--total_epochs", "1", "--generator", "resnet_6blocks",
+                                 "--device", "cpu", "--no_progress", "ATTACK.NGF", "4", "ATTACK.NUM_GRIDS", "0",
+                                 "DATALOADER.NUM_WORKERS", "0"]) == 0
+    trial = build_dataset("regdb", data["regdb"], trials=[1]).protocols["visible_to_thermal"][0]
+    record = json.loads((output / "attack_results.json").read_text())["reference"]["evaluations"]["0"]
+    assert {m: part["num_images"] for m, part in record["per_modality"].items()} == {
+        "visible": len(trial.query), "infrared": len(trial.gallery)}
+    markdown = (output / "attack_results.md").read_text()
+    assert f"| reference | 0 | {len(trial.gallery)} | recovered (infrared) |" in markdown

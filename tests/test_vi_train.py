@@ -269,3 +269,37 @@ def test_missing_data_unknown_flag_and_another_runs_folder(finished_run, data_ro
     assert train(data_root, finished_run, ["--max_epochs", "2"], ["VI_TRAIN.LR", "0.05"]) == 2
     err = capsys.readouterr().err
     assert "was written by a different training run (VI_TRAIN.LR: 0.1 -> 0.05)" in err and err.count("\n") == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# train_reid.py --dataset sysu_mm01 | regdb: the same run
+# ------------------------------------------------------------------------------------------------
+def test_train_reid_routes_sysu_to_this_trainer_with_the_same_files_and_weights(finished_run, data_root, tmp_path):
+    import train_reid
+
+    output = tmp_path / "routed"
+    argv = ["--dataset", "sysu_mm01", "--root", str(data_root), "--output", str(output), *FLAGS, "--max_epochs", "2"]
+    assert train_reid.main([*argv, *OPTS]) == 0
+    assert set(os.listdir(output)) == set(os.listdir(finished_run))
+    routed, direct = checkpoint_weights(output, 2), checkpoint_weights(finished_run, 2)
+    assert all(torch.equal(routed[k], direct[k]) for k in direct)
+    results = json.loads((output / "results.json").read_text())
+    assert results["run"]["max_epochs"] == 2 and [e["epoch"] for e in results["epochs"]] == [0, 1]
+    assert "MAX_EPOCHS: 2" in (output / "config.yaml").read_text()
+
+
+def test_train_reid_maps_its_flags_to_the_cross_modality_keys(tmp_path, capsys):
+    import train_reid
+
+    cfg = train_reid.build_train_config("", [], {"DATASETS.NAMES": "regdb", "SOLVER.MAX_EPOCHS": 3})
+    assert (cfg.VI_TRAIN.MAX_EPOCHS, cfg.SOLVER.MAX_EPOCHS) == (3, 120)
+    assert cfg.OUTPUT_DIR == os.path.join("log", "regdb_train_vi")
+    argv = ["--dataset", "regdb", "--root", str(tmp_path), "--output", str(tmp_path / "out"), "--no_progress"]
+    assert train_reid.main([*argv, "--max_epochs", "0"]) == 2
+    assert capsys.readouterr().err == (
+        "train_reid.py: error: VI_TRAIN.MAX_EPOCHS (--max_epochs) must be an integer >= 1, got 0\n")
+    assert train_reid.main([*argv, "--nproc_per_node", "2"]) == 2
+    assert capsys.readouterr().err == (
+        "train_reid.py: error: --nproc_per_node must be 1 for DATASETS.NAMES regdb (the cross-modality AGW trains "
+        "in one process), got 2\n")
+    assert not (tmp_path / "out").exists()

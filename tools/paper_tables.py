@@ -8,15 +8,16 @@
 ``--small`` runs on the demo's synthetic set with its small trained model (trained once under
 ``<output>/small_model``). Runs go to ``<output>/runs/<point>``, one protect_image.py folder each,
 so a rerun of the same command resumes; every table's settings are checked before anything runs.
+The work is in experiments/table_runs.py.
 """
 import argparse
+import os
 import sys
 
+from utils.cli import attacker_list, parse_with_trailing_pairs, run_command
+from utils.errors import ConfigError
+
 TABLE_NAMES = ("table_methods", "table_ablation", "table_params", "table_backbones")
-
-
-def attacker_list(text):
-    return () if text == "none" else tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def build_parser():
@@ -37,34 +38,33 @@ def build_parser():
     return parser
 
 
+def setting_of(args, opts):
+    """The runs' data set and model: the paper's, or the demo's synthetic set with --small."""
+    from experiments.table_runs import paper_setting, small_setting
+
+    if len(opts) % 2:
+        raise ConfigError(f"trailing overrides must be KEY VALUE pairs; got {opts}")
+    if args.small:
+        device = "cpu" if args.device == "auto" else args.device
+        return small_setting(os.path.join(args.output, "small_model"), device, attackers=args.attackers,
+                             opts=tuple(opts), show_progress=not args.no_progress)
+    return paper_setting(args.dataset, args.root, args.ckpt_dir, args.device, args.attackers,
+                         tuple(args.backbone), tuple(opts), show_progress=not args.no_progress)
+
+
 def main(argv=None):
-    parser = build_parser()
-    # Trailing KEY VALUE overrides for every run come after the flags (a REMAINDER would swallow the flags).
-    args, opts = parser.parse_known_args(argv)
-    flags = [item for item in opts if item.startswith("--") or (item[:1] == "-" and item[1:2].isalpha())]
-    if flags:
-        parser.error(f"unrecognised arguments: {' '.join(flags)}")
-    import os
-
-    from experiments.paper_tables import paper_setting, run_tables, small_setting
-    from utils.errors import PixelFadeError, report_error
-
+    args, opts = parse_with_trailing_pairs(build_parser(), argv)  # KEY VALUE overrides for every run
     names = list(TABLE_NAMES) if "all" in args.tables else list(dict.fromkeys(args.tables))
-    try:
-        if len(opts) % 2:
-            raise PixelFadeError(f"trailing overrides must be KEY VALUE pairs; got {opts}")
-        if args.small:
-            device = "cpu" if args.device == "auto" else args.device
-            setting = small_setting(os.path.join(args.output, "small_model"), device, attackers=args.attackers,
-                                    opts=tuple(opts), show_progress=not args.no_progress)
-        else:
-            setting = paper_setting(args.dataset, args.root, args.ckpt_dir, args.device, args.attackers,
-                                    tuple(args.backbone), tuple(opts), show_progress=not args.no_progress)
+
+    def work(state):
+        from experiments.table_runs import run_tables
+
+        setting = setting_of(args, opts)
+        state.output = args.output
         run_tables(setting, args.output, names)
-    except PixelFadeError as err:
-        return report_error("paper_tables", err)
-    print(f"paper_tables: {', '.join(names)} written to {args.output} (<table>.md, <table>.json, <table>_*.png)")
-    return 0
+        print(f"paper_tables: {', '.join(names)} written to {args.output} (<table>.md, <table>.json, <table>_*.png)")
+
+    return run_command("paper_tables", work)
 
 
 if __name__ == "__main__":

@@ -3,15 +3,13 @@
     python -m tools.privacy_report --runs log/privacy/pixelfade log/privacy/blur --output log/privacy/report
 
 Each run is a protect_image.py output folder whose attacks are done (recovery_attack.py --attacker all).
-The work is in ``engine.attack.report``; ``collect_privacy`` and ``write_privacy_report`` are
-re-exported here for other commands.
+The work is in ``engine.attack.report``.
 """
 import argparse
 import sys
 
-from engine.attack.report import collect_privacy, write_privacy_report
+from utils.cli import run_command
 
-__all__ = ["collect_privacy", "main", "write_privacy_report"]
 PROG = "privacy_report.py"
 
 
@@ -22,14 +20,14 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu", help="where the generators of the figure run (default cpu)")
     args = parser.parse_args(argv)
 
-    from utils.errors import PixelFadeError, report_error
+    def work(state):
+        from engine.attack.report import write_privacy_report
 
-    try:
+        state.output = args.output
         collected = write_privacy_report(args.runs, args.output, args.device)
-    except PixelFadeError as err:
-        return report_error(PROG, err)
-    print(f"{len(collected)} runs compared: {args.output}")
-    return 0
+        print(f"{len(collected)} runs compared: {args.output}")
+
+    return run_command(PROG, work)
 
 
 if __name__ == "__main__":

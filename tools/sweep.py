@@ -6,22 +6,21 @@
 
 Writes ``<output>/<point>/`` (one protect_image.py folder per point), ``sweep.md``, ``sweep.json``,
 ``sweep_<key>.png`` per swept key and ``sweep_tradeoff.png``. Every point's settings are checked
-before anything is written; rerunning the same command resumes.
+before anything is written; rerunning the same command resumes. The work is in experiments/sweep_grid.py.
 """
-import argparse
 import sys
 
+from configs.cli import default_argument_parser
+from utils.cli import attacker_list, run_command
 
-def attacker_list(text):
-    return () if text == "none" else tuple(name.strip() for name in text.split(",") if name.strip())
+# Flags that set a config key of every point when given.
+KEY_OF_FLAG = {"reid_ckpt_path": "TEST.WEIGHT", "root": "DATASETS.ROOT_DIR", "dataset": "DATASETS.NAMES"}
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def _own_options(parser):
     parser.add_argument("--output", required=True, help="the sweep folder")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                         help="a config key and its values (repeat for a grid over several keys)")
-    parser.add_argument("--config_file", default="", help="YAML merged over configs/defaults.py")
     parser.add_argument("--reid_ckpt_path", default="", help="authorization model (TEST.WEIGHT)")
     parser.add_argument("--random_init", action="store_true", help="no checkpoint: an untrained MODEL.NAME")
     parser.add_argument("--root", default="", help="data set root (DATASETS.ROOT_DIR)")
@@ -31,30 +30,37 @@ def build_parser():
                              "inversion); 'none' for no attack")
     parser.add_argument("--device", default="auto", help="MODEL.DEVICE")
     parser.add_argument("--no_progress", action="store_true")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="trailing KEY VALUE config overrides for every point")
-    return parser
+
+
+def build_parser():
+    return default_argument_parser(__doc__.splitlines()[0], add_options=_own_options,
+                                   config_help="YAML merged over configs/defaults.py",
+                                   opts_help="trailing KEY VALUE config overrides for every point")
+
+
+def point_opts(args):
+    """The ``KEY VALUE`` overrides every point shares: the flags first, the trailing pairs after them."""
+    opts = ["MODEL.DEVICE", args.device, "PIXELFADE.SAVE_IMAGE_NPY", str(bool(args.attackers))]
+    for flag, key in KEY_OF_FLAG.items():
+        if getattr(args, flag):
+            opts += [key, getattr(args, flag)]
+    return tuple(opts + list(args.opts))
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from experiments.points import Base
-    from experiments.sweep import parse_grid, run_sweep
-    from utils.errors import PixelFadeError, report_error
 
-    opts = ["MODEL.DEVICE", args.device, "PIXELFADE.SAVE_IMAGE_NPY", str(bool(args.attackers))]
-    for key, value in (("TEST.WEIGHT", args.reid_ckpt_path), ("DATASETS.ROOT_DIR", args.root),
-                       ("DATASETS.NAMES", args.dataset)):
-        if value:
-            opts += [key, value]
-    try:
+    def work(state):
+        from experiments.points import Base
+        from experiments.sweep_grid import parse_grid, run_sweep
+
         grid = parse_grid(args.grid)
-        base = Base(args.config_file, tuple(opts + list(args.opts)), args.random_init, args.attackers,
-                    not args.no_progress)
-        run_sweep(base, grid, args.output)
-    except PixelFadeError as err:
-        return report_error("sweep", err)
-    print(f"sweep: table and figures in {args.output} (sweep.md, sweep.json, sweep_*.png)")
-    return 0
+        state.output = args.output
+        run_sweep(Base(args.config_file, point_opts(args), args.random_init, args.attackers, not args.no_progress),
+                  grid, args.output)
+        print(f"sweep: table and figures in {args.output} (sweep.md, sweep.json, sweep_*.png)")
+
+    return run_command("sweep", work)
 
 
 if __name__ == "__main__":

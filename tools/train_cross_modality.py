@@ -9,49 +9,48 @@ which ``protect_image.py --reid_ckpt_path`` reads (MODEL.FORMAT auto -> agw_vi, 
 INPUT.IMG_SIZE), ``results.json`` and a checkpoint after every epoch; rerunning the same command on the
 same --output resumes. See ``engine.train.cross_modality`` for the recipe.
 """
-import argparse
 import sys
 
+from configs.cli import Flag, FlagTable, default_argument_parser, default_setup
+
 PROG = "train_cross_modality.py"
-# (flag, config key, type, help): flags left unset keep the config's value.
-FLAGS = (
-    ("dataset", "DATASETS.NAMES", str, "sysu_mm01 | regdb"),
-    ("root", "DATASETS.ROOT_DIR", str, "data set root"),
-    ("output", "OUTPUT_DIR", str, "run folder (rerun on it to resume; empty: log/<dataset>_train_vi)"),
-    ("max_epochs", "VI_TRAIN.MAX_EPOCHS", int, "epochs [81, the reference's 0..80]"),
-    ("device", "MODEL.DEVICE", str, "auto | cpu | cuda | cuda:N"),
-    ("num_workers", "DATALOADER.NUM_WORKERS", int, "image-loading worker processes"),
-)
-FLAG_OF_KEY = {key: f"--{flag}" for flag, key, *_ in FLAGS}
+# Flags left unset keep the config's value.
+FLAGS = FlagTable((
+    Flag("dataset", "DATASETS.NAMES", str, "sysu_mm01 | regdb [{key}]"),
+    Flag("root", "DATASETS.ROOT_DIR", str, "data set root [{key}]"),
+    Flag("output", "OUTPUT_DIR", str, "run folder (rerun on it to resume; empty: log/<dataset>_train_vi) [{key}]"),
+    Flag("max_epochs", "VI_TRAIN.MAX_EPOCHS", int, "epochs [81, the reference's 0..80] [{key}]"),
+    Flag("device", "MODEL.DEVICE", str, "auto | cpu | cuda | cuda:N [{key}]"),
+    Flag("num_workers", "DATALOADER.NUM_WORKERS", int, "image-loading worker processes [{key}]"),
+))
+FLAG_OF_KEY = FLAGS.flag_of_key
+
+
+def _own_options(parser):
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar (one line per epoch only)")
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    parser.add_argument("--config_file", default="", help="yacs YAML file merged over configs/defaults.py")
-    parser.add_argument("--no_progress", action="store_true", help="no progress bar (one line per epoch only)")
-    for flag, key, kind, text in FLAGS:
-        parser.add_argument(f"--{flag}", type=kind, metavar=key.split(".")[-1], help=f"{text} [{key}]")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="trailing config overrides: KEY VALUE ...")
-    return parser
+    return default_argument_parser(__doc__.splitlines()[0], FLAGS, _own_options, prog=PROG, settings_title=None,
+                                   config_help="yacs YAML file merged over configs/defaults.py")
 
 
 def main(argv=None):
-    from utils.errors import PixelFadeError, report_error
+    from utils.errors import report_error
 
     parser = build_parser()
     parser.error = lambda message: sys.exit(report_error(PROG, message))
     args = parser.parse_args(argv)
-    from configs import config_with_flags
     from engine.train.cross_modality import TrainOptions, train_cross_modality, validate_vi_train_config
+    from utils.cli import run_command
 
-    try:
-        values = {key: getattr(args, flag) for flag, key, *_ in FLAGS if getattr(args, flag) is not None}
-        cfg = config_with_flags(args.config_file, list(args.opts), values, "train_vi")
+    def work(state):
+        cfg, _ = default_setup(parser, args, FLAGS, "train_vi")
         validate_vi_train_config(cfg, FLAG_OF_KEY)
+        state.output = cfg.OUTPUT_DIR
         train_cross_modality(cfg, TrainOptions(show_progress=False if args.no_progress else None))
-    except PixelFadeError as err:
-        return report_error(PROG, err)
-    return 0
+
+    return run_command(PROG, work)
 
 
 if __name__ == "__main__":

@@ -39,22 +39,24 @@ def build_parser():
 
 def main(argv=None):
     parser = build_parser()
-    from utils.errors import PixelFadeError, report_error
+    from utils.errors import report_error
 
     parser.error = lambda message: sys.exit(report_error(PROG, message))
     args = parser.parse_args(argv)
     from engine.train.text_image import TextImageSettings, run
+    from utils.cli import run_command
 
     settings = TextImageSettings(
         dataset=args.dataset, root=args.root, output=args.output, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, temperature=args.temperature, arch=args.arch, image_size=tuple(args.image_size), device=args.device, seed=args.seed,
-        init=args.init, num_workers=args.num_workers, eval_period=args.eval_period, irra_export=args.irra_export,
-        show_progress=False if args.no_progress else None)
-    try:
+        lr=args.lr, temperature=args.temperature, arch=args.arch, image_size=tuple(args.image_size), device=args.device,
+        seed=args.seed, init=args.init, num_workers=args.num_workers, eval_period=args.eval_period,
+        irra_export=args.irra_export, show_progress=False if args.no_progress else None)
+
+    def work(state):
+        state.output = settings.output  # named by the Ctrl-C line once the folder exists
         run(settings)
-    except PixelFadeError as err:
-        return report_error(PROG, err)
-    return 0
+
+    return run_command(PROG, work)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,9 @@ import re
 import torch
 from ignite.handlers import Checkpoint
 
+from engine.common.checkpoint import AtomicCheckpointSaver, identity_changes
 from utils.errors import CheckpointError, RunConflictError
 from utils.file_io import atomic_link, atomic_write, latest_numbered_file, os_errors_as_output_errors
-
-from engine.common.checkpoint import AtomicCheckpointSaver, identity_changes
 
 _CHECKPOINT_PATTERN = re.compile(r"^checkpoint_(\d+)\.pt$")
 _WEIGHT_FILE_PATTERN = re.compile(r"^(generator|best)_(\d+)\.pth$")

@@ -10,9 +10,11 @@ import json
 import os
 
 from configs import CONFIG_FILENAME, load_config
+from data.splits import CROSS_MODALITY_DATASETS
+from engine.common.trial_weights import per_trial, trial_checkpoints, trial_checkpoints_identity
 from modeling.authorization import build_authorization_model, build_eval_models
 from utils.errors import CheckpointError, ConfigError
-from utils.file_io import weights_label
+from utils.file_io import file_digest, weights_label
 
 AUTHORIZATION = "authorization"
 PROTECT_RESULTS = "results.json"
@@ -57,19 +59,42 @@ def authorization_model(attack_cfg, run_dir, device, logger=None):
         return model, f"ATTACK.AUTH_MODEL {label}"
     weight = base.TEST.WEIGHT
     recorded = protect_run_results(run_dir).get("run", {}).get("checkpoint")
-    if weight:
+    if weight and per_trial(base):
+        weight, description = _first_trial_checkpoint(base, recorded)
+    elif weight:
         if not os.path.isfile(weight):
             raise CheckpointError(f"the protect run's checkpoint {weight} (TEST.WEIGHT in "
                                   f"{os.path.join(run_dir, CONFIG_FILENAME)}) is not there; expected it, or "
                                   "ATTACK.AUTH_MODEL 'FORMAT:NAME:PATH'")
-        digest = weights_label(weight)
-        if recorded and recorded != digest:
-            raise CheckpointError(f"{weight} is not the checkpoint the protect run used ({recorded}, now {digest}); "
-                                  "expected the same file, or ATTACK.AUTH_MODEL to choose one")
-        description = digest
+        description = _same_weights(weight, recorded, weights_label(weight))
     else:
         description = f"UNTRAINED {base.MODEL.NAME}, random weights from MODEL.INIT_SEED={base.MODEL.INIT_SEED}"
+        base = _untrained_model_config(base)
     return build_authorization_model(base, weight, device, logger), description
+
+
+def _same_weights(weight, recorded, digest):
+    """``digest``, after checking it is what the protect run recorded (when it recorded one)."""
+    if recorded and recorded != digest:
+        raise CheckpointError(f"{weight} is not the checkpoint the protect run used ({recorded}, now {digest}); "
+                              "expected the same file, or ATTACK.AUTH_MODEL to choose one")
+    return digest
+
+
+def _first_trial_checkpoint(base, recorded):
+    """(path, description) of the first selected trial's model when TEST.WEIGHT holds ``{trial}``: that
+    trial's train split gave the attack's training pairs and its test images the test pairs."""
+    trial, path = next(iter(trial_checkpoints(base).items()))
+    _same_weights(base.TEST.WEIGHT, recorded, trial_checkpoints_identity(base, file_digest))
+    return path, f"trial {trial}: {weights_label(path)}"
+
+
+def _untrained_model_config(base):
+    """A visible-infrared run's untrained model is the agw_vi network its protection used (MODEL.FORMAT auto
+    has no checkpoint to tell it from the single-modality AGW)."""
+    if base.DATASETS.NAMES in CROSS_MODALITY_DATASETS and base.MODEL.FORMAT == "auto":
+        return _sub_config(base, **{"MODEL.FORMAT": "agw_vi"})
+    return base
 
 
 def evaluator_models(attack_cfg, run_dir, authorization, device, logger=None):

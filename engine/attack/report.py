@@ -16,9 +16,9 @@ from torchvision.utils import make_grid
 from data.img_npy import NPY_DIRNAME
 from data.npy_pairs import PairDataset
 from engine.attack.models import AUTHORIZATION, protect_run_results
-from engine.attack.results import attacker_entries, privacy_table, read_results
-from engine.attack.run import generator_recovery, scored_generator
+from engine.attack.results import attacker_entries, number_cell, percent_cell, privacy_table, read_results
 from engine.attack.settings import ATTACKERS, LEARNED_ATTACKERS, AttackSettings
+from engine.attack.weights import generator_recovery, scored_generator
 from evaluation.image_quality import to_pixels
 from utils.errors import ConfigError
 from utils.figures import plt, save_figure
@@ -64,14 +64,6 @@ def collect_privacy(run_dirs):
     return collected
 
 
-def _percent(value):
-    return "n/a" if value is None else f"{100 * value:.1f}"
-
-
-def _number(value, digits):
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
 def comparison_markdown(collected):
     """A method table (authorised retrieval, chance, cost) and a row table (pixels, LPIPS, leakage)."""
     evaluators = []
@@ -83,9 +75,10 @@ def comparison_markdown(collected):
     for item in collected:
         table, cost = item["privacy"], item["cost"] or {}
         passes = "n/a" if cost.get("forward") is None else f"{cost['forward']}/{cost['backward']}"
-        lines.append(f"| {item['method']} | {_percent(item['authorised_rank1'])} | {_percent(item['authorised_mAP'])} "
-                     f"| {_percent(table['clean'][AUTHORIZATION]['mAP'])} | {_percent(table['chance']['mAP'])} "
-                     f"| {_number(cost.get('ms_per_image'), 1)} | {passes} |")
+        cells = [item["method"], percent_cell(item["authorised_rank1"]), percent_cell(item["authorised_mAP"]),
+                 percent_cell(table["clean"][AUTHORIZATION]["mAP"]), percent_cell(table["chance"]["mAP"]),
+                 number_cell(cost.get("ms_per_image"), 1), passes]
+        lines.append("| " + " | ".join(cells) + " |")
     header = ["method", "row", "PSNR px (dB)", "SSIM px", "LPIPS"]
     header += [f"{metric} {label}" for label in evaluators for metric in ("Rank-1", "mAP")]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -93,9 +86,9 @@ def comparison_markdown(collected):
         rows = item["privacy"]["rows"]
         for name in [name for name in ("protected", *ATTACKERS) if name in rows]:
             row = rows[name]
-            cells = [item["method"], name, _number(row["psnr_pixel"], 2), _number(row["ssim_pixel"], 4),
-                     _number(row["lpips"], 4)]
-            cells += [_percent(row["leakage"].get(label, {}).get(metric)) for label in evaluators
+            cells = [item["method"], name, number_cell(row["psnr_pixel"], 2), number_cell(row["ssim_pixel"], 4),
+                     number_cell(row["lpips"], 4)]
+            cells += [percent_cell(row["leakage"].get(label, {}).get(metric)) for label in evaluators
                       for metric in ("rank1", "mAP")]
             lines.append("| " + " | ".join(cells) + " |")
     lines += ["", COMPARISON_NOTE, ""]

@@ -13,6 +13,8 @@ RESULTS_JSON = "attack_results.json"
 RESULTS_MARKDOWN = "attack_results.md"
 # The key of attack_results.json holding the privacy table; every other key is an attacker.
 PRIVACY_KEY = "privacy"
+# An evaluation's scores per modality (visible-infrared pairs only): {modality: {'num_images', protocol: ...}}.
+PER_MODALITY = "per_modality"
 
 
 def results_entry(settings, history):
@@ -27,13 +29,25 @@ def results_entry(settings, history):
     return entry
 
 
+def scored_parts(record):
+    """(label suffix, record) of an evaluation: the whole test split, then each modality's images when known."""
+    parts = [("", record)]
+    parts += [(f" ({modality})", part) for modality, part in sorted(record.get(PER_MODALITY, {}).items())]
+    return parts
+
+
+def scored_rows(record, protocol):
+    """(row name, scored part, metric values) of each image kind: overall, then per modality."""
+    for suffix, part in scored_parts(record):
+        for kind in IMAGE_KINDS:
+            yield f"{kind}{suffix}", part, part[protocol][kind]
+
+
 def log_record(logger, attacker, epoch_index, record):
     for protocol in PROTOCOLS:
-        for kind in IMAGE_KINDS:
-            values = record[protocol][kind]
-            logger.info(f"[{attacker}] epoch {epoch_index} {protocol} {kind} vs original: "
-                        f"psnr:{values['psnr']:.2f}  mse:{values['mse']:.4f}  "
-                        f"ssim:{values['ssim']:.2f}")
+        for name, _, values in scored_rows(record, protocol):
+            logger.info(f"[{attacker}] epoch {epoch_index} {protocol} {name} vs original: "
+                        f"psnr:{values['psnr']:.2f}  mse:{values['mse']:.4f}  ssim:{values['ssim']:.2f}")
 
 
 def read_results(log_dir):
@@ -127,11 +141,27 @@ PRIVACY_NOTE = (
     "lowest validation L1 on held-out train identities; last = the last epoch. Cost: per query image.")
 
 
-def _percent(value):
+MODALITY_NOTE = (
+    "Visible-infrared pairs: a row whose image kind names a modality, e.g. `recovered (infrared)`, scores only "
+    "that modality's test images (`images` = their count); the rows without one score all test images. Infrared "
+    "images are darker and simpler than visible ones, so their PSNR/SSIM differ.")
+
+
+def _records(attackers):
+    """Every scored record of the attackers' entries: each evaluated epoch's and the best epoch's."""
+    for entry in attackers.values():
+        yield from entry.get("evaluations", {}).values()
+        if entry.get("best") is not None:
+            yield entry["best"]
+
+
+def percent_cell(value):
+    """A share as a table cell in percent, one decimal; 'n/a' for None."""
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
-def _number(value, digits):
+def number_cell(value, digits):
+    """A number as a table cell with ``digits`` decimals; 'n/a' for None."""
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
@@ -154,13 +184,14 @@ def privacy_markdown(table):
     blank = ["", "", "", "", "", "", ""]
     for name, scores in (("original", table["clean"]), ("chance", {label: table["chance"] for label in evaluators})):
         cells = [name, *blank]
-        cells += [_percent(scores[label][metric]) for label in evaluators for metric in ("rank1", "mAP")]
+        cells += [percent_cell(scores[label][metric]) for label in evaluators for metric in ("rank1", "mAP")]
         lines.append("| " + " | ".join(cells + ["", ""]) + " |")
     for name, row in sorted(table["rows"].items(), key=lambda item: _row_order(item[0])):
         selection = row["selection"] if row["epoch"] is None else f"{row['selection']} (epoch {row['epoch']})"
-        cells = [name, selection, str(row["num_images"]), _number(row["psnr_pixel"], 2), _number(row["ssim_pixel"], 4),
-                 _number(row["psnr_reference"], 2), _number(row["ssim_reference"], 4), _number(row["lpips"], 4)]
-        cells += [_percent(row["leakage"][label][metric]) for label in evaluators for metric in ("rank1", "mAP")]
+        cells = [name, selection, str(row["num_images"]), number_cell(row["psnr_pixel"], 2),
+                 number_cell(row["ssim_pixel"], 4), number_cell(row["psnr_reference"], 2),
+                 number_cell(row["ssim_reference"], 4), number_cell(row["lpips"], 4)]
+        cells += [percent_cell(row["leakage"][label][metric]) for label in evaluators for metric in ("rank1", "mAP")]
         cost = row.get("cost")
         cells += ["", ""] if not cost else [f"{cost['ms_per_image']:.1f}", f"{cost['forward']}/{cost['backward']}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -182,12 +213,11 @@ def results_markdown(results):
             if best is not None:
                 scored.append((best["epoch"], f"{best['epoch']} (best)", best))
             for _, label, record in scored:
-                for kind in IMAGE_KINDS:
-                    values = record[protocol][kind]
-                    lines.append(f"| {attacker} | {label} | {record['num_images']} | {kind} | "
-                                 f"{values['psnr']:.2f} | {values['ssim']:.4f} | "
-                                 f"{values['mse']:.4f} |")
-        lines += ["", f"{ROWS_NOTE} {PROTOCOL_NOTES[protocol]}", ""]
+                lines += [f"| {attacker} | {label} | {part['num_images']} | {name} | {values['psnr']:.2f} | "
+                          f"{values['ssim']:.4f} | {values['mse']:.4f} |"
+                          for name, part, values in scored_rows(record, protocol)]
+        modality_note = f" {MODALITY_NOTE}" if any(PER_MODALITY in record for record in _records(attackers)) else ""
+        lines += ["", f"{ROWS_NOTE} {PROTOCOL_NOTES[protocol]}{modality_note}", ""]
     if PRIVACY_KEY in results:
         lines += privacy_markdown(results[PRIVACY_KEY])
     return "\n".join(lines)

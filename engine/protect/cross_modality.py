@@ -10,21 +10,22 @@ constrained ones and stored in the batch record). Each protocol is scored per tr
 modes, then averaged over the trials.
 """
 import os
+from typing import NamedTuple
 
 import torch
 import yaml
 
-from data.datasets import regdb, sysu_mm01
-from data.datasets.visible_infrared import MODALITIES, select_trials
+from data.datasets.visible_infrared import MODALITIES
+from data.img_npy import write_modalities
 from data.splits import CROSS_MODALITY_DATASETS, TRIAL_FIELD
 from data.transforms import AGW_VI_IMG_SIZE, build_eval_transform, build_vi_eval_transform
+from engine.common.trial_weights import per_trial, trial_checkpoints, trial_numbers
 from engine.protect.results import RECORD_STATS, summarize_statistics
 from evaluation.cross_modality import METRIC_KEYS, score_protocol
 from evaluation.reid import PROTECTION_MODES
 from modeling.agw_vi import VisibleInfraredAuthorization
 from utils.errors import CheckpointError
 
-TRIALS = {"sysu_mm01": sysu_mm01.TRIALS, "regdb": regdb.TRIALS}
 # Where the features scored as the reference scores them are: the constrained ones when they are the BNNeck
 # output (bn, bn_l2: the L2 normalisation of scoring makes them equal), else those of a BNNeck model per batch.
 EVAL_FEATURE_KEYS = ("eval0_original_features", "eval0_protected_features")
@@ -33,10 +34,6 @@ OWN_FEATURE_KEYS = ("original_features", "protected_features")
 
 def is_cross_modality(cfg):
     return cfg.DATASETS.NAMES in CROSS_MODALITY_DATASETS
-
-
-def per_trial(cfg):
-    return TRIAL_FIELD in cfg.TEST.WEIGHT
 
 
 def user_keys(config_file, opts, flag_values):
@@ -72,30 +69,6 @@ def validate(cfg, check):
     if cfg.TEST.EVAL_MODELS:
         check.fail("TEST.EVAL_MODELS", "empty with a visible-infrared data set (one stem per modality)")
     check.choice("TEST.RE_RANKING", ("off",))
-
-
-def trial_numbers(cfg):
-    return select_trials(cfg.DATASETS.NAMES, list(cfg.DATASETS.TRIALS), TRIALS[cfg.DATASETS.NAMES])
-
-
-def trial_checkpoints(cfg):
-    """``{trial: checkpoint path}`` of ``{trial}`` in TEST.WEIGHT; a missing file names the trial and the path."""
-    paths = {}
-    for trial in trial_numbers(cfg):
-        path = cfg.TEST.WEIGHT.replace(TRIAL_FIELD, str(trial))
-        if not os.path.isfile(path):
-            raise CheckpointError(
-                f"Re-ID checkpoint of trial {trial} not found: {path} (--reid_ckpt_path / TEST.WEIGHT with "
-                f"{TRIAL_FIELD}; DATASETS.TRIALS selects fewer trials)"
-            )
-        paths[trial] = path
-    return paths
-
-
-def trial_checkpoints_identity(cfg, digest):
-    """What identifies the per-trial weights: each file's name and ``digest`` (sha256 hex)."""
-    return "; ".join(f"trial {trial}: {os.path.basename(path)} sha256={digest(path)[:16]}"
-                     for trial, path in trial_checkpoints(cfg).items())
 
 
 def _model_config(cfg):
@@ -224,21 +197,73 @@ def protection_by_modality(cfg, plan, gathered):
     }
 
 
+class PairSelection(NamedTuple):
+    """Which test images of a visible-infrared run get ``img_npy`` pairs: those of ``trial`` only.
+
+    The attack trains on the train split of one trial (RegDB: the first selected trial's, since each
+    trial is another train/test split of the identities; SYSU-MM01 has one train split) and must be
+    tested on images it never trained on, each once: the same trial's query and gallery images. With
+    one checkpoint per trial, the other trials' test splits write no pairs (they would repeat images).
+    """
+
+    trial: int
+    test_paths: frozenset
+    batch_size: int
+    num_query: int
+
+
+def pair_selection(cfg, plan):
+    """The :class:`PairSelection` of a visible-infrared run: the first selected trial's test images.
+
+    ``num_query``: the test pairs that come first as queries (the first protocol's query modality).
+    """
+    trial = trial_numbers(cfg)[0]
+    trials = [t for protocol in plan.protocols.values() for t in protocol if t.trial == trial]
+    paths = frozenset(r.path for t in trials for group in (t.query, t.gallery) for r in group)
+    test = [sp for split, sp in plan.splits.items() if split.startswith("test") and sp.trial in (None, trial)]
+    num_query = sum(r.path in paths for sp in test if sp.modality == test[0].modality for r in sp.records)
+    return PairSelection(trial, paths, cfg.PIXELFADE.BATCH_SIZE, num_query)
+
+
+def _kept_rows(split_plan, selection):
+    """Per record of a split, whether its pair is written (None: every record's, as for train splits)."""
+    if selection is None or split_plan.pairs_as[0] != "test":
+        return None
+    if split_plan.trial not in (None, selection.trial):
+        return [False] * len(split_plan.records)
+    return [record.path in selection.test_paths for record in split_plan.records]
+
+
 class PairSplitStore:
     """A run store whose ``img_npy`` pairs of one visible-infrared split go to the reference's split name
-    (``train``/``test``) from a batch offset, so the attack reads both modalities' pairs unchanged."""
+    (``train``/``test``) from a batch offset, so the attack reads both modalities' pairs unchanged; beside
+    each batch, its images' modality (``data.img_npy.write_modalities``). With a :class:`PairSelection`,
+    only the selected test images are written (a batch left empty writes nothing)."""
 
-    def __init__(self, store, pairs_as):
+    def __init__(self, store, split_plan, selection=None):
         self._store = store
-        self._split, self._offset = pairs_as
+        self._split, self._offset = split_plan.pairs_as
+        self._modality = split_plan.modality
+        self._kept = _kept_rows(split_plan, selection)
+        self._batch_size = selection.batch_size if selection is not None else None
 
-    def save_pairs(self, split, batch_index, *arrays):
-        self._store.save_pairs(self._split, self._offset + batch_index, *arrays)
+    def save_pairs(self, split, batch_index, original, protected, pids, camids):
+        arrays = (original, protected, pids, camids)
+        if self._kept is not None:
+            start = batch_index * self._batch_size
+            rows = [row for row in range(len(pids)) if self._kept[start + row]]
+            if not rows:
+                return
+            if len(rows) < len(pids):
+                arrays = tuple(None if array is None else array[rows] for array in arrays)
+        index = self._offset + batch_index
+        write_modalities(self._store.npy_dir, self._split, index, [self._modality] * len(arrays[2]))
+        self._store.save_pairs(self._split, index, *arrays)
 
     def __getattr__(self, name):
         return getattr(self._store, name)
 
 
-def split_store(store, split_plan):
-    return PairSplitStore(store, split_plan.pairs_as) if split_plan.pairs_as else store
-
+def split_store(store, split_plan, selection=None):
+    """The store a split's handlers write through: pairs of visible-infrared splits renamed (and selected)."""
+    return PairSplitStore(store, split_plan, selection) if split_plan.pairs_as else store

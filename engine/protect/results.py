@@ -10,6 +10,8 @@ import torch
 
 from data.splits import UNREADABLE
 from engine.protect.sharding import gather_rows_by_index
+from engine.protect.text_image import PRIMARY_PROTOCOL as TEXT_PROTOCOL
+from engine.protect.text_image import text_image_markdown
 from evaluation.protection_stats import STAT_NAMES
 from evaluation.reid import PROTECTION_MODES, evaluate_protection_modes, format_results_table
 from utils.file_io import atomic_torch_save
@@ -142,7 +144,9 @@ def results_markdown(cfg, results):
     note = skipped_note(results.get("skipped"))
     if note:
         lines += [note, ""]
-    if "reid_protocols" in results:
+    if results.get("reid_primary_protocol") == TEXT_PROTOCOL:
+        lines += text_image_markdown(results)
+    elif "reid_protocols" in results:
         lines += cross_modality_markdown(results)
     elif "reid" in results:
         lines += [
@@ -151,7 +155,7 @@ def results_markdown(cfg, results):
             format_results_table(results["reid"]),
             "",
         ]
-    if "reid_stored_png" in results:
+    if "reid_stored_png" in results and results.get("reid_primary_protocol") != TEXT_PROTOCOL:
         lines += [
             "Re-ID, protected images stored as 8-bit PNG and read back:",
             "",

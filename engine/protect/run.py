@@ -18,22 +18,24 @@ import ignite.distributed as idist
 import torch
 from ignite.utils import setup_logger
 
-from configs.keys import get_key
 from configs import config_with_flags, save_config
+from configs.keys import get_key
 from data.datasets.image_folder import describe_skipped, protected_relative_name
 from data.loaders import ImageDataset
 from data.splits import plan_splits
+from engine.common import launcher
+from engine.common.trial_weights import per_trial, trial_checkpoints_identity
+from engine.protect import text_image
 from engine.protect.cross_modality import (
     apply_input_defaults,
     is_cross_modality,
-    per_trial,
+    pair_selection,
     score_cross_modality,
     scoring_keys,
     scoring_models,
     split_models,
     split_store,
     split_transform,
-    trial_checkpoints_identity,
     user_keys,
 )
 from engine.protect.engine import BatchSchedule, attach_outputs, create_protect_engine
@@ -118,7 +120,9 @@ def build_protect_config(config_file, opts, flag_values, flag_of_key=None):
     """Defaults < --config_file < trailing KEY VALUE overrides < flags; validated and frozen."""
     cfg = config_with_flags(config_file, opts, flag_values, "protect")
     cfg.defrost()
-    apply_input_defaults(cfg, user_keys(config_file, opts, flag_values))
+    keys = user_keys(config_file, opts, flag_values)
+    apply_input_defaults(cfg, keys)
+    text_image.apply_input_defaults(cfg, keys)
     cfg.freeze()
     validate_protect_config(cfg, flag_of_key)
     return cfg
@@ -145,6 +149,7 @@ def run_fingerprint(cfg, checkpoint_digest):
     if is_cross_modality(cfg):
         fingerprint.update({key: config_value(cfg, key) for key in ("MODEL.VI_FEATURE", "DATASETS.TRIALS")})
         fingerprint["input_transform"] = "agw_vi test transform (Lanczos resize, then bilinear)"
+    fingerprint.update(text_image.fingerprint_entries(cfg))
     return fingerprint
 
 
@@ -197,17 +202,11 @@ def run(cfg, options, nproc_per_node=None, backend=None):
         plan = plan_splits(cfg)
     finally:
         close_log_handlers()
-    under_launcher = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if backend is None and (under_launcher or (nproc_per_node or 1) > 1):
-        backend = "nccl" if torch.cuda.is_available() and cfg.MODEL.DEVICE != "cpu" else "gloo"
-    spawn = nproc_per_node if nproc_per_node and nproc_per_node > 1 and not under_launcher else None
-    if spawn is None and not under_launcher:
-        return run_protection(0, cfg, options, plan, checkpoint_digest)
-    # A spawned process's error reaches this one as a traceback: check the weights fit here first.
-    split_models(cfg, plan, "cpu", load_authorization_model)
-    with idist.Parallel(backend=backend, nproc_per_node=spawn) as parallel:
-        parallel.run(run_protection, cfg, options, plan, checkpoint_digest)
-    return None
+    if launcher.world_size(nproc_per_node) > 1:
+        # A spawned process's error reaches this one as a traceback: check the weights fit here first.
+        split_models(cfg, plan, "cpu", load_authorization_model)
+    return launcher.launch(run_protection, cfg, options, plan, checkpoint_digest, nproc_per_node=nproc_per_node,
+                           backend=backend, device=cfg.MODEL.DEVICE)
 
 
 def run_protection(local_rank, cfg, options, plan, checkpoint_digest):
@@ -226,6 +225,7 @@ def run_protection(local_rank, cfg, options, plan, checkpoint_digest):
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
     model, models = split_models(cfg, plan, device, load_authorization_model)
+    text_image.require_text_tower(cfg, model)
     store = RunStore(cfg.OUTPUT_DIR)
     fingerprint = run_fingerprint(cfg, checkpoint_digest)
     lock = FolderLock(cfg.OUTPUT_DIR, "protect_image.py") if rank == 0 else None
@@ -263,7 +263,7 @@ def run_protection(local_rank, cfg, options, plan, checkpoint_digest):
                 "device": str(device),
                 "processes": idist.get_world_size(),
                 "seconds_this_run": round(time.perf_counter() - started, 2),
-                "num_query": plan.splits["test"].num_query if "test" in plan.splits else plan.num_query,
+                "num_query": attack_num_query(plan, attack_pair_selection(cfg, plan)),
                 "features": "extracted from the final protected images (the reference scores the previous step's)",
             }
             results["cost"] = protection_cost(store, {split: spans for split, (spans, _) in shards.items()}, device)
@@ -274,6 +274,18 @@ def run_protection(local_rank, cfg, options, plan, checkpoint_digest):
         if lock is not None:
             lock.release()
         close_log_handlers()
+
+
+def attack_pair_selection(cfg, plan):
+    """Visible-infrared runs that save pairs write one trial's test images, each once (``PairSelection``)."""
+    return pair_selection(cfg, plan) if is_cross_modality(cfg) and cfg.PIXELFADE.SAVE_IMAGE_NPY else None
+
+
+def attack_num_query(plan, selection):
+    """How many test pairs come first as the attack's queries (results.json ``run.num_query``)."""
+    if selection is not None:
+        return selection.num_query
+    return plan.splits["test"].num_query if "test" in plan.splits else plan.num_query
 
 
 def protect_splits(cfg, options, plan, model, store, device, eval_models=(), models=None):
@@ -295,6 +307,7 @@ def protect_splits(cfg, options, plan, model, store, device, eval_models=(), mod
     }
     plain_folder = cfg.DATASETS.NAMES == "image_folder"
     transform = split_transform(cfg)
+    selection = attack_pair_selection(cfg, plan)
     for split, split_plan in plan.splits.items():
         protector = protectors[id(models[split])]
         spans, shard = shards[split]
@@ -315,7 +328,7 @@ def protect_splits(cfg, options, plan, model, store, device, eval_models=(), mod
             split=split,
             method=protector.method,
             model=models[split],
-            store=split_store(store, split_plan),
+            store=split_store(store, split_plan, selection),
             schedule=schedule,
             cfg=cfg,
             item_keys=split_plan.keys,
@@ -379,7 +392,11 @@ def collect_results(cfg, plan, model, store, shards, eval_models, device):
         write_statistics_csv(store, split, split_plan, plan.root, gathered)
         if plain_folder:
             write_folder_features(store, split_plan, plan.root, gathered)
-        if split == "test":
+        if split == "test" and plan.captions:
+            stored = {"reid_stored_png": "stored_features"} if save_png else {}
+            protected_keys = {"reid": "protected_features", **stored}
+            results.update(text_image.score_text_image(cfg, plan, model, gathered, protected_keys))
+        elif split == "test":
             results["reid"] = score(cfg, gathered, split_plan, "protected_features")
             if save_png:
                 results["reid_stored_png"] = score(cfg, gathered, split_plan, "stored_features")

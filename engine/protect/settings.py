@@ -10,6 +10,7 @@ from engine.methods.avih import AvihParams, load_key_model
 from engine.methods.pixelfade import EPSILON_MODES, REPLACEMENTS
 from engine.methods import METHODS
 from engine.protect import cross_modality as cross_modality_protect
+from engine.protect import text_image as text_image_protect
 from modeling.agw_vi import FEATURES as VI_FEATURES
 from modeling.authorization import MODEL_INPUTS, STATE_DICT_FORMATS, parse_eval_model
 from modeling.fastreid.format import POOL_OPTIONS
@@ -39,6 +40,7 @@ def validate_protect_config(cfg, flag_of_key=None):
     check.choice("INPUT.MODEL_INPUT", MODEL_INPUTS)
     check.choice("MODEL.VI_FEATURE", VI_FEATURES)
     cross_modality_protect.validate(cfg, check)
+    text_image_protect.validate(cfg, check)
     check.positive("INPUT.PIXEL_RANGE")
     if cfg.MODEL.FORMAT == "module" and ":" not in str(cfg.MODEL.FACTORY):
         check.fail("MODEL.FACTORY", "'package.module:function' with MODEL.FORMAT module")

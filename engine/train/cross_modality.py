@@ -27,17 +27,14 @@ threads); the last epoch is always evaluated and the first evaluation always wri
 """
 import json
 import logging
-import math
 import os
-import random
 import sys
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from ignite.engine import Engine, Events
-from ignite.handlers import Checkpoint, ProgressBar
+from ignite.engine import Events
+from ignite.handlers import ProgressBar
 from ignite.utils import setup_logger
 from PIL import Image
 from torch import nn
@@ -50,14 +47,16 @@ from data.datasets import build_dataset
 from data.datasets.visible_infrared import INFRARED, VISIBLE, unique_records
 from data.loaders import build_loader, read_image
 from data.transforms import IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD, build_vi_eval_transform
-from engine.common.checkpoint import AtomicCheckpointSaver
+from engine.common.resume import epoch_checkpointer, find_resume_point, restore
+from engine.train.loop import attach_loss_tracking, create_trainer, optimizer_step
+from engine.train.seeding import epoch_seed, seed_everything
 from evaluation.cross_modality import score_trial
 from modeling import resolve_device
 from modeling.agw_vi import ARCHITECTURES, EmbedNet
 from modeling.checkpoint import compare_state_dicts, read_checkpoint
 from modeling.losses import WeightedRegularizedTriplet
-from utils.errors import CheckpointError, DatasetError, NonFiniteError, RunConflictError
-from utils.file_io import FolderLock, atomic_write, atomic_write_json, latest_numbered_file
+from utils.errors import CheckpointError, DatasetError
+from utils.file_io import FolderLock, atomic_write, atomic_write_json
 from utils.logs import close_log_handlers
 
 logger = logging.getLogger("pixelfade.train_vi")
@@ -68,7 +67,8 @@ MOMENTUM = 0.9
 WEIGHT_DECAY = 5e-4
 BACKBONE_LR_FACTOR = 0.1
 MODALS = {VISIBLE: 1, INFRARED: 2}
-CHECKPOINT_PREFIX = "training"
+# Where a refused run may start afresh instead (this trainer's API takes OUTPUT_DIR, not a flag).
+ELSEWHERE = "another output folder"
 LOSS_KEYS = ("loss", "id", "triplet")
 METRIC_KEYS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
 # Settings that change the weights a run produces (with the data set's sizes): they must match to resume.
@@ -189,16 +189,6 @@ class EpochData:
         return generate()
 
 
-def epoch_seed(seed, epoch):
-    return (int(seed) * 1_000_003 + int(epoch)) % (2**63)
-
-
-def seed_everything(seed):
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-
-
 # ------------------------------------------------------------------------------------------------
 # Model, optimiser, schedule
 # ------------------------------------------------------------------------------------------------
@@ -258,16 +248,10 @@ def create_cross_modality_trainer(net, optimizer, device):
         labels = torch.cat((torch.as_tensor(batch["visible_pid"]), torch.as_tensor(batch["thermal_pid"]))).to(device)
         feature, logits = net(visible, thermal, 0)
         identity, metric = cross_entropy(logits, labels), triplet(feature, labels)
-        loss = identity + metric
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return {"loss": float(loss.detach()), "id": float(identity.detach()), "triplet": float(metric.detach()),
+        return {**optimizer_step(optimizer, identity + metric, id=identity, triplet=metric),
                 "images": int(labels.shape[0])}
 
-    trainer = Engine(step)
-    trainer.logger.setLevel(logging.CRITICAL)
-    return trainer
+    return create_trainer(step)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -370,37 +354,23 @@ def attach_epoch_setup(trainer, sampler, optimizer, cfg):
         set_learning_rate(optimizer, lr_at_epoch(cfg, reference_epoch(engine)))
 
 
-def attach_loss_tracking(trainer, progress, cfg):
+def attach_epoch_records(trainer, progress, cfg):
     """Per-epoch mean losses, lr, batches, seconds and images/s into ``progress`` (keyed by 0-based epoch)."""
-    sums = {}
 
-    @trainer.on(Events.EPOCH_STARTED)
-    def _reset(engine):
-        sums.clear()
-        sums.update({key: 0.0 for key in LOSS_KEYS}, batches=0, images=0, started=time.perf_counter())
+    def diverged(engine, loss):
+        return (f"the training loss is {loss} at epoch {reference_epoch(engine)}: "
+                f"training diverged; try a lower VI_TRAIN.LR (now {cfg.VI_TRAIN.LR})")
 
-    @trainer.on(Events.ITERATION_COMPLETED)
-    def _add(engine):
-        output = engine.state.output
-        if not math.isfinite(output["loss"]):
-            raise NonFiniteError(f"the training loss is {output['loss']} at epoch {reference_epoch(engine)}: "
-                                 f"training diverged; try a lower VI_TRAIN.LR (now {cfg.VI_TRAIN.LR})")
-        for key in LOSS_KEYS:
-            sums[key] += output[key]
-        sums["batches"] += 1
-        sums["images"] += output["images"]
-
-    @trainer.on(Events.EPOCH_COMPLETED)
-    def _record(engine):
-        epoch, seconds = reference_epoch(engine), time.perf_counter() - sums["started"]
-        record = {key: sums[key] / max(1, sums["batches"]) for key in LOSS_KEYS}
-        record.update(lr=lr_at_epoch(cfg, epoch), batches=sums["batches"], seconds=round(seconds, 3),
-                      images_per_s=sums["images"] / max(seconds, 1e-9))
+    def record_epoch(engine, record, seconds):
+        epoch = reference_epoch(engine)
         progress.epochs[epoch] = record
         progress.epoch = engine.state.epoch
         logger.info("epoch %d: lr %.3g, loss %.4f (id %.4f, triplet %.4f), %d batches, %.1f s, %.1f images/s",
                     epoch, record["lr"], record["loss"], record["id"], record["triplet"], record["batches"], seconds,
                     record["images_per_s"])
+
+    attach_loss_tracking(trainer, LOSS_KEYS, lambda engine: lr_at_epoch(cfg, reference_epoch(engine)), diverged,
+                         record_epoch)
 
 
 def should_evaluate(epoch, period, max_epochs):
@@ -429,8 +399,7 @@ def attach_evaluation(trainer, evaluate, progress, cfg, save_best):
 
 def attach_checkpointing(trainer, to_save, output_dir, write_results):
     """The resumable checkpoint after every epoch (the latest only, replaced atomically), then results.json."""
-    checkpointer = Checkpoint(to_save, AtomicCheckpointSaver(output_dir), filename_prefix=CHECKPOINT_PREFIX,
-                              n_saved=1, include_self=True, global_step_transform=lambda engine, _: engine.state.epoch)
+    checkpointer = epoch_checkpointer(to_save, output_dir)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, checkpointer)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: write_results())
     return checkpointer
@@ -457,29 +426,6 @@ def run_identity(cfg, visible, thermal, num_classes):
     return identity
 
 
-def latest_checkpoint(output_dir):
-    return latest_numbered_file(output_dir, CHECKPOINT_PREFIX + "_checkpoint_", ".pt")
-
-
-def read_resume_point(output_dir, identity):
-    """(saved checkpoint or None, finished epochs); RunConflictError if the folder holds another run's."""
-    path = latest_checkpoint(output_dir)
-    if path is None:
-        return None, 0
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        saved_identity, finished = saved["progress"]["identity"], int(saved["progress"]["epoch"])
-    except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
-        raise CheckpointError(f"cannot read the training checkpoint {path} ({' '.join(str(err).split())[:200]}); "
-                              "delete it to train afresh, or use another output folder") from None
-    changed = sorted(k for k in set(saved_identity) | set(identity) if saved_identity.get(k) != identity.get(k))
-    if changed:
-        details = ", ".join(f"{k}: {saved_identity.get(k)!r} -> {identity.get(k)!r}" for k in changed[:6])
-        raise RunConflictError(f"{path} was written by a different training run ({details}); pass the same "
-                               "settings to resume it, or another output folder to start afresh")
-    return saved, finished
-
-
 # ------------------------------------------------------------------------------------------------
 # The run
 # ------------------------------------------------------------------------------------------------
@@ -501,20 +447,19 @@ def train_cross_modality(cfg, options=None):
     except ValueError as err:
         raise DatasetError(f"{dataset.root}: training split: {err}") from None
     identity = run_identity(cfg, visible, thermal, dataset.num_train_pids)
-    read_resume_point(cfg.OUTPUT_DIR, identity)
+    resume = find_resume_point(cfg.OUTPUT_DIR, identity, ELSEWHERE)
     lock = FolderLock(cfg.OUTPUT_DIR, "train_cross_modality").acquire()
     try:
         setup_logger("pixelfade", filepath=os.path.join(cfg.OUTPUT_DIR, "log.txt"), reset=True)
         save_config(cfg, cfg.OUTPUT_DIR)
-        return _train(cfg, options, dataset, protocol, (visible, thermal, sampler), identity, device)
+        return _train(cfg, options, dataset, protocol, (visible, thermal, sampler), identity, device, resume)
     finally:
         lock.release()
         close_log_handlers()
 
 
-def _train(cfg, options, dataset, protocol, data, identity, device):
+def _train(cfg, options, dataset, protocol, data, identity, device, resume):
     visible, thermal, sampler = data
-    saved, finished = read_resume_point(cfg.OUTPUT_DIR, identity)
     net = build_vi_model(cfg, dataset.num_train_pids).to(device)
     if not cfg.MODEL.PRETRAIN_PATH:
         logger.warning("MODEL.PRETRAIN_PATH is empty: the ResNets start from random weights, not ImageNet "
@@ -536,15 +481,16 @@ def _train(cfg, options, dataset, protocol, data, identity, device):
                                  os.path.join(cfg.OUTPUT_DIR, "results.json"))
 
     attach_epoch_setup(trainer, sampler, optimizer, cfg)
-    attach_loss_tracking(trainer, progress, cfg)
+    attach_epoch_records(trainer, progress, cfg)
     attach_progress_bar(trainer, options.show_progress)
     attach_evaluation(trainer, lambda: evaluate_trials(net, dataset, protocol, cfg, device), progress, cfg, save_best)
     to_save = {"model": net, "optimizer": optimizer, "progress": progress}
     checkpointer = attach_checkpointing(trainer, to_save, cfg.OUTPUT_DIR, write_results)
     if options.on_trainer is not None:
         options.on_trainer(trainer)
-    if saved is not None:
-        Checkpoint.load_objects({**to_save, "checkpointer": checkpointer}, saved)
+    if resume is not None:
+        restore(resume, to_save, checkpointer)
+        finished = resume.epoch
         logger.info("resuming after epoch %d", finished - 1)
         if finished >= cfg.VI_TRAIN.MAX_EPOCHS:
             logger.info("training already finished (VI_TRAIN.MAX_EPOCHS %d)", cfg.VI_TRAIN.MAX_EPOCHS)

@@ -30,15 +30,12 @@ ID classifier in ``classifier.pth``; with ``irra_export``, also ``irra_model.pth
 import logging
 import math
 import os
-import random
 import sys
-import time
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
-from ignite.engine import Engine, Events
-from ignite.handlers import Checkpoint, ProgressBar
+from ignite.engine import Events
+from ignite.handlers import ProgressBar
 from ignite.utils import setup_logger
 from torchvision import transforms as T
 
@@ -47,18 +44,19 @@ from data.datasets import build_dataset
 from data.datasets.text_person import LAYOUTS
 from data.loaders import build_loader, read_image
 from data.transforms import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD, build_clip_eval_transform
-from engine.common.checkpoint import AtomicCheckpointSaver
+from engine.common.resume import epoch_checkpointer, find_resume_point, restore
+from engine.train.loop import attach_loss_tracking, create_trainer, optimizer_step
+from engine.train.seeding import epoch_seed, seed_everything
 from evaluation.text_to_image import evaluate_text_to_image
 from modeling import read_checkpoint, resolve_device
 from modeling.clip_reid import ARCHITECTURES, IRRA_PREFIX, ClipReIDModel, detect_clip, detect_irra, load_clip, load_irra
 from modeling.text_image_losses import IRRA_TEMPERATURE, id_loss, identity_classifier, sdm_loss
-from utils.errors import CheckpointError, ConfigError, DatasetError, NonFiniteError, RunConflictError
-from utils.file_io import FolderLock, atomic_torch_save, atomic_write_json, latest_numbered_file
+from utils.errors import CheckpointError, ConfigError, DatasetError
+from utils.file_io import FolderLock, atomic_torch_save, atomic_write_json
 from utils.logs import close_log_handlers
 
 logger = logging.getLogger("pixelfade.train_t2i")
 
-CHECKPOINT_PREFIX = "training"
 CLIP_FILE, CLASSIFIER_FILE, IRRA_FILE = "clip_model.pth", "classifier.pth", "irra_model.pth"
 METRIC_KEYS = ("rank1", "rank5", "rank10", "mAP", "mINP")
 LOSS_KEYS = ("loss", "sdm", "id")
@@ -204,16 +202,6 @@ class EpochData:
         return generate()
 
 
-def epoch_seed(seed, epoch):
-    return (int(seed) * 1_000_003 + int(epoch)) % (2**63)
-
-
-def seed_everything(seed):
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-
-
 # ------------------------------------------------------------------------------------------------
 # Model, optimiser, schedule
 # ------------------------------------------------------------------------------------------------
@@ -289,16 +277,9 @@ def create_text_image_trainer(model, classifier, optimizer, device, logit_scale=
         text_features = model.encode_token_ids(ids)
         sdm = sdm_loss(image_features, text_features, pids, logit_scale)
         identity = id_loss(classifier(image_features), classifier(text_features), pids)
-        loss = sdm + identity
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return {"loss": float(loss.detach()), "sdm": float(sdm.detach()), "id": float(identity.detach()),
-                "images": int(images.shape[0])}
+        return {**optimizer_step(optimizer, sdm + identity, sdm=sdm, id=identity), "images": int(images.shape[0])}
 
-    trainer = Engine(step)
-    trainer.logger.setLevel(logging.CRITICAL)
-    return trainer
+    return create_trainer(step)
 
 
 class TrainProgress:
@@ -330,38 +311,21 @@ def attach_epoch_seeding(trainer, data, seed):
         seed_everything(epoch_seed(seed, engine.state.epoch))
 
 
-def attach_loss_tracking(trainer, progress, scheduler, epochs):
+def attach_epoch_records(trainer, progress, scheduler, epochs):
     """Per-epoch mean losses, lr, seconds and images/s into ``progress``; the scheduler steps after each epoch."""
-    sums = {}
 
-    @trainer.on(Events.EPOCH_STARTED)
-    def _reset(engine):
-        sums.clear()
-        sums.update({key: 0.0 for key in LOSS_KEYS}, batches=0, images=0, started=time.perf_counter())
+    def diverged(engine, loss):
+        return f"the training loss is {loss} at epoch {engine.state.epoch}: training diverged; try a lower --lr"
 
-    @trainer.on(Events.ITERATION_COMPLETED)
-    def _add(engine):
-        output = engine.state.output
-        if not math.isfinite(output["loss"]):
-            raise NonFiniteError(f"the training loss is {output['loss']} at epoch {engine.state.epoch}: training "
-                                 "diverged; try a lower --lr")
-        for key in LOSS_KEYS:
-            sums[key] += output[key]
-        sums["batches"] += 1
-        sums["images"] += output["images"]
-
-    @trainer.on(Events.EPOCH_COMPLETED)
-    def _record(engine):
-        seconds = time.perf_counter() - sums["started"]
-        record = {key: sums[key] / max(1, sums["batches"]) for key in LOSS_KEYS}
-        record.update(lr=scheduler.get_last_lr()[0], batches=sums["batches"], seconds=round(seconds, 3),
-                      images_per_s=sums["images"] / max(seconds, 1e-9))
+    def record_epoch(engine, record, seconds):
         scheduler.step()
         progress.epochs[engine.state.epoch] = record
         progress.epoch = engine.state.epoch
         logger.info("epoch %d/%d: lr %.3g, loss %.4f (sdm %.4f, id %.4f), %d batches, %.1f s, %.1f images/s",
                     engine.state.epoch, epochs, record["lr"], record["loss"], record["sdm"], record["id"],
                     record["batches"], seconds, record["images_per_s"])
+
+    attach_loss_tracking(trainer, LOSS_KEYS, lambda engine: scheduler.get_last_lr()[0], diverged, record_epoch)
 
 
 def attach_progress_bar(trainer, show):
@@ -393,9 +357,7 @@ def attach_evaluation(trainer, evaluate, progress, period, epochs):
 
 def attach_checkpointing(trainer, to_save, output_dir, write_results):
     """The resumable checkpoint after every epoch (the latest only, replaced atomically), then results.json."""
-    checkpointer = Checkpoint(to_save, AtomicCheckpointSaver(output_dir), filename_prefix=CHECKPOINT_PREFIX,
-                              n_saved=1, include_self=True,
-                              global_step_transform=lambda engine, _: engine.state.epoch)
+    checkpointer = epoch_checkpointer(to_save, output_dir)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, checkpointer)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: write_results())
     return checkpointer
@@ -424,29 +386,6 @@ def run_identity(settings, dataset):
     identity.update(image_size=list(settings.image_size), lr=settings.learning_rate,
                     init_bytes=os.path.getsize(settings.init) if settings.init else 0, train_images=len(dataset.train), train_captions=len(dataset.train_captions))
     return identity
-
-
-def latest_checkpoint(output_dir):
-    return latest_numbered_file(output_dir, CHECKPOINT_PREFIX + "_checkpoint_", ".pt")
-
-
-def read_resume_point(settings, identity):
-    """(saved checkpoint or None, finished epochs); RunConflictError if the folder holds another run's."""
-    path = latest_checkpoint(settings.output)
-    if path is None:
-        return None, 0
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        saved_identity, epoch = saved["progress"]["identity"], int(saved["progress"]["epoch"])
-    except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
-        raise CheckpointError(f"cannot read the training checkpoint {path} ({' '.join(str(err).split())[:200]}); "
-                              "delete it to train afresh, or pass another --output") from None
-    changed = sorted(k for k in set(saved_identity) | set(identity) if saved_identity.get(k) != identity.get(k))
-    if changed:
-        details = ", ".join(f"{k}: {saved_identity.get(k)!r} -> {identity.get(k)!r}" for k in changed[:6])
-        raise RunConflictError(f"{path} was written by a different training run ({details}); pass the same "
-                               "settings to resume it, or another --output to start afresh")
-    return saved, epoch
 
 
 def clip_state_dict(model):
@@ -493,20 +432,20 @@ def run(settings, on_trainer=None):
     setup_logger("pixelfade", reset=True)
     dataset = load_text_dataset(settings)
     identity = run_identity(settings, dataset)
-    read_resume_point(settings, identity)
+    resume = find_resume_point(settings.output, identity)
     device = resolve_device(settings.device)
     model, classifier = build_text_image_model(settings, len({record.pid for record in dataset.train}), device)
     with FolderLock(settings.output, "train_text_image.py"):
         setup_logger("pixelfade", filepath=os.path.join(settings.output, "log.txt"), reset=True)
         try:
-            return _train(settings, dataset, identity, (model, classifier, device), on_trainer)
+            return _train(settings, dataset, identity, (model, classifier, device, resume), on_trainer)
         finally:
             close_log_handlers()
 
 
 def _train(settings, dataset, identity, built, on_trainer):
-    model, classifier, device = built
-    saved, done = read_resume_point(settings, identity)
+    model, classifier, device, resume = built
+    done = resume.epoch if resume is not None else 0
     optimizer = build_optimizer(model, classifier, settings.learning_rate)
     scheduler = build_scheduler(optimizer, settings.epochs)
     progress = TrainProgress(identity)
@@ -521,7 +460,7 @@ def _train(settings, dataset, identity, built, on_trainer):
 
     trainer = create_text_image_trainer(model, classifier, optimizer, device, 1.0 / settings.temperature)
     attach_epoch_seeding(trainer, data, settings.seed)
-    attach_loss_tracking(trainer, progress, scheduler, settings.epochs)
+    attach_epoch_records(trainer, progress, scheduler, settings.epochs)
     attach_progress_bar(trainer, settings.show_progress)
     attach_evaluation(trainer, lambda: evaluate_test_split(model, dataset, list(settings.image_size), device),
                       progress, settings.eval_period, settings.epochs)
@@ -531,15 +470,15 @@ def _train(settings, dataset, identity, built, on_trainer):
     if on_trainer is not None:
         on_trainer(trainer, to_save)
     logger.info("%s", dataset.summary())
-    if saved is not None:
-        Checkpoint.load_objects({**to_save, "checkpointer": checkpointer}, saved)
+    if resume is not None:
+        restore(resume, to_save, checkpointer)
         logger.info("resuming %s after epoch %d", settings.output, done)
     if done < settings.epochs:
         logger.info("training %s (%d-d embedding, %d identities) for %d epochs on %s: batch %d, lr %g, "
                     "SDM (temperature %g) + ID",
                     model.architecture, model.feature_dim, classifier.out_features, settings.epochs, device,
                     settings.batch_size, settings.learning_rate, settings.temperature)
-        if saved is not None:
+        if resume is not None:
             trainer.load_state_dict({"epoch": done, "epoch_length": len(data), "max_epochs": settings.epochs})
         trainer.run(data, max_epochs=settings.epochs, epoch_length=len(data))
     if progress.epoch < settings.epochs:

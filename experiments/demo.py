@@ -24,11 +24,11 @@ from data.img_npy import npy_dir_of, read_batch
 from data.loaders import build_loader, eval_records
 from data.synthetic import make_market1501
 from data.transforms import build_eval_transform
-from engine.train import reid as reid_trainer
-from engine.attack.run import WEIGHT_FILENAMES, run_recovery_attack
 from engine.attack.results import privacy_table
+from engine.attack.run import WEIGHT_FILENAMES, run_recovery_attack
 from engine.protect.results import to_jsonable
 from engine.protect.run import ProtectOptions, run
+from engine.train import reid as reid_trainer
 from evaluation.image_quality import to_pixels
 from evaluation.reid import format_results_table
 from modeling import build_model, resolve_device

@@ -10,13 +10,16 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
+from configs.keys import get_key
+from engine.attack.report import write_privacy_report
 from engine.attack.run import run_recovery_attack
 from engine.attack.settings import AttackSettings
 from modeling import build_model, resolve_device
 from utils.errors import CheckpointError, ConfigError
 from utils.file_io import atomic_torch_save
 
-from . import plots, sweep, tables
+from . import plots, sweep_grid, tables
+from .demo import BACKBONE, SMALL_SCALE, data_root, ensure_data, trained_demo_checkpoint
 from .points import Base, Point, folder_name, point_config, run_point
 
 TABLES = ("table_methods", "table_ablation", "table_params", "table_backbones")
@@ -108,8 +111,6 @@ def small_setting(workdir, device="cpu", scale=None, attackers=("reference", "st
     table_backbones adds ``second_backbone`` with random weights (labelled untrained): one trained
     model is all the small scale can afford. The attacks (and AVIH's key model) train ``attack_epochs``.
     """
-    from tools.demo import BACKBONE, SMALL_SCALE, data_root, ensure_data, trained_demo_checkpoint
-
     scale = dataclasses.replace(scale or SMALL_SCALE, attack_epochs=attack_epochs)
     ensure_data(workdir, scale)
     checkpoint = trained_demo_checkpoint(workdir, scale, device)
@@ -156,7 +157,7 @@ def param_points(setting, base_cfg):
     """table_params: each key of the grid swept alone; the point at the base's value is the shared paper run."""
     points = []
     for key, values in setting.param_grid.items():
-        default = point_value(base_cfg, key)
+        default = get_key(base_cfg, key)
         for value in values:
             name = "pixelfade" if value == default else "pixelfade_" + folder_name({key: value})
             label = f"{key.split('.')[-1]} {value}" + (" (base)" if value == default else "")
@@ -172,13 +173,6 @@ def backbone_points(setting):
         overrides = (("MODEL.NAME", name), ("TEST.WEIGHT", path), ("TEST.EVAL_MODELS", others))
         points.append(Point(f"backbone_{folder_name({'name': name})}", label, overrides, {"backbone": label}))
     return points
-
-
-def point_value(cfg, key):
-    node = cfg
-    for part in key.split("."):
-        node = node[part]
-    return node
 
 
 def key_model_config(pixelfade_cfg, setting, output):
@@ -264,7 +258,7 @@ class TableRun:
                 "opts": [str(item) for item in self.setting.base.opts], "attackers": list(self.setting.base.attackers)}
         title = f"{TITLES[table]} ({self.setting.description})"
         if table == "table_params":
-            sweep.write_outputs(rows, self.output, table, title, list(self.setting.param_grid), meta)
+            sweep_grid.write_outputs(rows, self.output, table, title, list(self.setting.param_grid), meta)
             return rows
         extra = ""
         if table == "table_backbones":
@@ -273,20 +267,14 @@ class TableRun:
         tables.write_table(rows, self.output, table, title, extra_markdown=extra, meta=meta)
         plots.tradeoff_figure(rows, os.path.join(self.output, f"{table}_tradeoff.png"), TITLES[table])
         if table == "table_methods" and self.setting.base.attackers:
-            privacy_report([self.folder(point) for point in points], os.path.join(self.output, "table_methods_privacy"),
-                           str(resolve_device(self.base_cfg.MODEL.DEVICE)))
+            write_privacy_report([self.folder(point) for point in points],
+                                 os.path.join(self.output, "table_methods_privacy"),
+                                 str(resolve_device(self.base_cfg.MODEL.DEVICE)))
         return rows
 
 
 TITLES = {"table_methods": "Protection methods", "table_ablation": "Ablation of PixelFade's two operations",
           "table_params": "Parameter studies of PixelFade", "table_backbones": "Backbones of the agw family"}
-
-
-def privacy_report(run_dirs, output, device):
-    """tools/privacy_report.py's cross-method report: original / protected / recovered images and its scatter."""
-    from tools.privacy_report import write_privacy_report
-
-    return write_privacy_report(run_dirs, output, device)
 
 
 def run_tables(setting, output, names):
