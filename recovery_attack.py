@@ -26,7 +26,7 @@ from utils.errors import ConfigError
 
 PROG = "recovery_attack.py"
 # engine.attack.settings.ATTACKERS and modeling.generators.GENERATORS, named here so that --help does not
-# import torch (tests/test_attack.py checks that the lists agree).
+# import torch (tests/attack/test_attack.py checks that the lists agree).
 ATTACKERS = ("reference", "strong", "identity", "inversion")
 # Groups of attackers one --attacker value names.
 ATTACKER_GROUPS = {"both": ("reference", "strong"), "all": ATTACKERS}

@@ -42,18 +42,18 @@ CAMERAS, IMAGES_PER_ID_CAM = 6, 6  # Market has 6 cameras; 1 query in 6 test ima
 COMPONENTS = (
     ("image check and planning", "splits.py", ("plan_splits",)),
     ("loading and decoding (DataLoader)", "dataloader.py", ("_next_data",)),
-    ("protection step (method, features, statistics)", "protect_engine.py", ("protect_step",)),
-    ("  of which the method (the model's passes)", "methods.py", ("__call__",)),
+    ("protection step (method, features, statistics)", "protect/engine.py", ("protect_step",)),
+    ("  of which the method (the model's passes)", "methods/pixelfade.py", ("__call__",)),
     ("  of which protection statistics", "protection_stats.py", ("protection_statistics",)),
-    ("handlers: statistics", "protect_handlers.py", ("StatisticsHandler",)),
-    ("handlers: non-finite check", "protect_handlers.py", ("NonFiniteCheck",)),
-    ("handlers: img_npy pairs", "protect_handlers.py", ("PairWriter",)),
-    ("handlers: grids", "protect_handlers.py", ("GridWriter",)),
-    ("handlers: batch record", "protect_handlers.py", ("BatchRecordWriter",)),
-    ("handlers: random stream restore", "protect_handlers.py", ("RandomStreamRestorer",)),
-    ("resume: pending batches", "protect_run.py", ("pending_batches",)),
-    ("results: gather and score", "protect_run.py", ("collect_results",)),
-    ("results: write", "protect_results.py", ("write_results",)),
+    ("handlers: statistics", "protect/handlers.py", ("StatisticsHandler",)),
+    ("handlers: non-finite check", "protect/handlers.py", ("NonFiniteCheck",)),
+    ("handlers: img_npy pairs", "protect/handlers.py", ("PairWriter",)),
+    ("handlers: grids", "protect/handlers.py", ("GridWriter",)),
+    ("handlers: batch record", "protect/handlers.py", ("BatchRecordWriter",)),
+    ("handlers: random stream restore", "protect/handlers.py", ("RandomStreamRestorer",)),
+    ("resume: pending batches", "protect/run.py", ("pending_batches",)),
+    ("results: gather and score", "protect/run.py", ("collect_results",)),
+    ("results: write", "protect/results.py", ("write_results",)),
 )
 
 
@@ -186,7 +186,7 @@ def profile_components(args, size):
         for label, ending, names in COMPONENTS:
             if not path.endswith(ending):
                 continue
-            if path.endswith("protect_handlers.py"):
+            if path.endswith("protect/handlers.py"):
                 if path not in classes:
                     classes[path] = _line_classes(path)
                 # Handlers are named by their class: its __call__ or the handle() that a shared __call__ runs.

@@ -133,18 +133,17 @@ def build_parser():
         "below override single values [default: %(default)s]",
     )
     group = parser.add_argument_group("synthetic data (data.synthetic.make_market1501; default: the preset's)")
-    group.add_argument("--num-ids", type=int, help="identities (half train, half test)")
-    group.add_argument("--num-cams", type=int, help="cameras")
-    group.add_argument("--images-per-id-cam", type=int, help="images per identity and camera")
-    group.add_argument("--height", type=int, help="image height (also INPUT.IMG_SIZE)")
-    group.add_argument("--width", type=int, help="image width (also INPUT.IMG_SIZE)")
+    for flag, help_text in (("--num-ids", "identities (half train, half test)"), ("--num-cams", "cameras"),
+                            ("--images-per-id-cam", "images per identity and camera"),
+                            ("--height", "image height (also INPUT.IMG_SIZE)"),
+                            ("--width", "image width (also INPUT.IMG_SIZE)")):
+        group.add_argument(flag, type=int, help=help_text)
     group.add_argument("--data-seed", type=int, default=0, help="generator seed [default: %(default)s]")
     group = parser.add_argument_group("protection (default: the preset's)")
-    group.add_argument("--batch-size", type=int, help="PIXELFADE.BATCH_SIZE")
-    group.add_argument("--max-iter", type=int, help="PIXELFADE.MAX_ITER")
-    group.add_argument("--beta", type=float, help="PIXELFADE.BETA")
-    group.add_argument("--beta-temp", type=float, help="PIXELFADE.BETA_TEMP")
-    group.add_argument("--epsilon", type=float, help="PIXELFADE.EPSILON")
+    for flag, kind, key in (("--batch-size", int, "BATCH_SIZE"), ("--max-iter", int, "MAX_ITER"),
+                            ("--beta", float, "BETA"), ("--beta-temp", float, "BETA_TEMP"),
+                            ("--epsilon", float, "EPSILON")):
+        group.add_argument(flag, type=kind, help=f"PIXELFADE.{key}")
     group = parser.add_argument_group("variants and machine")
     group.add_argument(
         "--variants",

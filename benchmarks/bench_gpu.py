@@ -12,7 +12,7 @@ each measurement (peak RSS of the process on a CPU). The loop's protected images
 with the strict fp32 variant's at the same batch (max / mean abs difference, normalised units).
 
 Variants (CUDA flags; harmless on a CPU):
-  fp32           TF32 off in cuBLAS and cuDNN, deterministic cuDNN kernels, no autotuning (protect_run's choice)
+  fp32           TF32 off in cuBLAS and cuDNN, deterministic cuDNN kernels, no autotuning (the protection run's choice)
   fp32_autotune  the same with cuDNN autotuning (benchmark on, non-deterministic kernels allowed)
   tf32           TF32 on in cuBLAS and cuDNN, deterministic
   tf32_cl        tf32 + channels_last
@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from configs import get_default_config
+from timing import timed
 from engine.methods.pixelfade import PixelFadeParams, build_fade_masks, frozen_parameters, input_gradient, protect_batch
 from engine.methods.pixelfade_reference import reference_protect
 from modeling import build_model, resolve_device
@@ -131,19 +132,6 @@ def apply_math(settings):
     torch.backends.cudnn.allow_tf32 = settings["tf32"]
     torch.backends.cudnn.deterministic = settings["deterministic"]
     torch.backends.cudnn.benchmark = not settings["deterministic"]
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(function, device):
-    sync(device)
-    started = time.perf_counter()
-    result = function()
-    sync(device)
-    return time.perf_counter() - started, result
 
 
 def reset_peak(device):
@@ -378,12 +366,12 @@ def parse_args(argv=None):
     args.compile_backend = args.compile_backend or ("aot_eager" if args.tiny else "inductor")
     if args.steps < 2 or any(b < 1 for b in args.batch_sizes) or (args.compile_batch or 1) < 1:
         parser.error("--steps must be >= 2 and batch sizes positive")
-    if args.compile_only and not args.compile_batch:
-        parser.error("--compile-only needs --compile-batch")
     try:
         args.device = str(resolve_device(args.device))
     except ConfigError as err:
         parser.error(f"--device {args.device}: {err}")
+    if args.compile_only and not args.compile_batch:
+        parser.error("--compile-only needs --compile-batch")
     return args
 
 

@@ -19,11 +19,11 @@ import concurrent.futures
 import multiprocessing
 import resource
 import sys
-import time
 
 import torch
 
 from configs import get_default_config
+from timing import timed
 from engine.methods.pixelfade import (
     PixelFadeParams,
     build_fade_masks,
@@ -48,22 +48,9 @@ def _autocast(device, dtype):
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(function, device):
-    _sync(device)
-    start = time.perf_counter()
-    function()
-    _sync(device)
-    return time.perf_counter() - start
-
-
 def _best_of(repeats, function, device):
     """Fastest of ``repeats`` runs: the least disturbed by other work on a shared machine."""
-    return min(_timed(function, device) for _ in range(repeats))
+    return min(timed(function, device)[0] for _ in range(repeats))
 
 
 def measure(job):

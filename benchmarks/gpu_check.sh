@@ -5,7 +5,7 @@
 #   bash benchmarks/gpu_check.sh --device cpu --tiny --out /tmp/gpu_check_dry    # dry run of every stage on a CPU
 #
 # Stages (each independent, timed, with its own time limit; one failing does not stop the rest; the exit status is
-# 0 only when every stage passed): env (versions, GPU, importable packages), tests (tests/test_cuda.py, -m cuda),
+# 0 only when every stage passed): env (versions, GPU, importable packages), tests (tests/commands/test_cuda.py, -m cuda),
 # protect (protect_image.py on a synthetic Market-1501), attack (one recovery_attack.py epoch on its pairs), train (one
 # train_reid.py epoch with SOLVER.AMP bf16), bench (benchmarks/bench_gpu.py, AGW resnet50_nl, batches 20/64/128),
 # fidelity (benchmarks/bench_fidelity.py --device, what each speed option changes), models (bench_gpu.py for the
@@ -142,7 +142,7 @@ install_wheels || { SUMMARY+=("wheels: install failed"); FAILED=1; }
 export -f env_report
 export PY OUT_DIR
 stage env 60 bash -c env_report
-stage tests 180 "$PY" -m pytest -q -rs -p no:cacheprovider -m cuda tests/test_cuda.py \
+stage tests 180 "$PY" -m pytest -q -rs -p no:cacheprovider -m cuda tests/commands/test_cuda.py \
     --junitxml="$OUT_DIR/test_cuda.xml"
 if wanted protect || wanted attack || wanted train; then
     make_data || { SUMMARY+=("data: generation failed"); FAILED=1; }

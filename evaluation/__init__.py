@@ -1,22 +1,4 @@
-"""Evaluation: Re-ID retrieval metrics, k-reciprocal re-ranking and the protection scoring modes."""
-from .reid import (
-    DISTANCE_METRICS,
-    PROTECTION_MODES,
-    evaluate_protection_modes,
-    evaluate_rank,
-    evaluate_reid,
-    format_results_table,
-    pairwise_distance,
-)
-from .rerank import re_ranking
+"""Evaluation: Re-ID retrieval metrics and re-ranking, the scenario metrics, image quality, privacy and protection scoring.
 
-__all__ = [
-    "DISTANCE_METRICS",
-    "PROTECTION_MODES",
-    "evaluate_protection_modes",
-    "evaluate_rank",
-    "evaluate_reid",
-    "format_results_table",
-    "pairwise_distance",
-    "re_ranking",
-]
+Import from the module that holds a metric (``evaluation.reid``, ``evaluation.rerank``, ...).
+"""

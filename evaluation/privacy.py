@@ -11,7 +11,7 @@ import os
 import numpy as np
 import torch
 
-from engine.common.features import extract_features
+from evaluation.features import extract_features
 from evaluation.image_quality import ImageQuality, image_groups, to_pixels
 from evaluation.leakage import chance_level, identity_leakage
 from evaluation.lpips_metric import NOT_COMPUTED_NOTE, build_lpips, lpips_distance

@@ -7,8 +7,8 @@ protected gallery) -> the reference recovery attack through ``recovery_attack.py
 whose numbers are read back from the runs' own results files, and a figure: one caption, its top-5
 original images and its top-5 protected images per method.
 
-Each step writes its own folder under ``--output`` (``data``, ``model``, ``pixelfade``, ``blur``) and
-resumes there, so rerunning the same command finishes an interrupted demo.
+Every step resumes in its own folder under ``--output`` (``data``, ``model``, ``pixelfade``, ``blur``): the
+same command finishes an interrupted demo.
 """
 import os
 import shutil
@@ -28,15 +28,7 @@ from engine.train.text_image import TextImageSettings
 from engine.train.text_image import run as train_text_image
 from evaluation.image_quality import to_pixels
 from evaluation.text_to_image import similarity_matrix
-from experiments.demo_steps import (
-    DATA_DIR,
-    attack_step,
-    common_flags,
-    demo_main,
-    last_evaluation,
-    protect_step,
-    read_json,
-)
+from experiments import demo_steps as steps
 from modeling import build_authorization_model
 from utils.file_io import atomic_write_json, atomic_write_text
 
@@ -88,7 +80,7 @@ SMALL_SCALE = TextDemoScale(num_ids=24, images_per_id_cam=2, height=32, width=16
 # ------------------------------------------------------------------------------------------------
 def ensure_data(output, scale):
     """The synthetic RSTPReid under ``<output>/data``, generated once (beside its place, then moved in)."""
-    root = os.path.join(output, DATA_DIR)
+    root = os.path.join(output, steps.DATA_DIR)
     if not os.path.isdir(root):
         partial = root + ".partial"
         shutil.rmtree(partial, ignore_errors=True)
@@ -100,7 +92,7 @@ def ensure_data(output, scale):
 
 def train_model(output, scale, device, show_progress):
     """Train (or resume, or reuse) the small CLIP; returns the path of its plain CLIP state dict."""
-    settings = TextImageSettings(dataset=DATASET, root=os.path.join(output, DATA_DIR),
+    settings = TextImageSettings(dataset=DATASET, root=os.path.join(output, steps.DATA_DIR),
                                  output=os.path.join(output, MODEL_DIR), epochs=scale.train_epochs,
                                  batch_size=scale.train_batch, temperature=scale.temperature, arch="clip_tiny",
                                  image_size=(scale.height, scale.width), device=device,
@@ -111,18 +103,18 @@ def train_model(output, scale, device, show_progress):
 
 def protect(output, scale, method, checkpoint, flags):
     """protect_image.py with the text-to-image defaults (CLIP mean/std, EPSILON relative 0.06) at the demo's size."""
-    return protect_step(output, DATASET, scale, method, checkpoint, flags, ())
+    return steps.protect_step(output, DATASET, scale, method, checkpoint, flags, ())
 
 
 def collect_numbers(output):
     """What the report shows, read from the training run's and each method's results files."""
-    numbers = {"training": read_json(os.path.join(output, MODEL_DIR, "results.json")), "methods": {}}
+    numbers = {"training": steps.read_json(os.path.join(output, MODEL_DIR, "results.json")), "methods": {}}
     for method in METHODS:
         run_dir = os.path.join(output, method)
-        protection = read_json(os.path.join(run_dir, "results.json"))
-        attack_results = read_json(os.path.join(run_dir, "attack_results.json"))
+        protection = steps.read_json(os.path.join(run_dir, "results.json"))
+        attack_results = steps.read_json(os.path.join(run_dir, "attack_results.json"))
         numbers["methods"][method] = {"reid": protection["reid"], "protection": protection["protection"]["test"],
-                                      "attack": last_evaluation(attack_results),
+                                      "attack": steps.last_evaluation(attack_results),
                                       "privacy": attack_results.get("privacy")}
     return numbers
 
@@ -140,8 +132,8 @@ def model_lines(scale, training):
             f"{run['train_images']} images of {run['train_ids']} identities ({scale.height}x{scale.width}). Its own "
             f"text-to-image evaluation on {run['test_captions']} captions vs {run['test_images']} test images: "
             f"Rank-1 {percent_cell(before['rank1'])} % -> {percent_cell(after['rank1'])} %, "
-            f"mAP {percent_cell(before['mAP'])} % -> {percent_cell(after['mAP'])} % (before -> after training; a random ranking's Rank-1 is "
-            f"{chance:.2f} %)."), "",
+            f"mAP {percent_cell(before['mAP'])} % -> {percent_cell(after['mAP'])} % "
+            f"(before -> after training; a random ranking's Rank-1 is {chance:.2f} %)."), "",
             (f"Protection: PixelFade with the text-to-image defaults (EPSILON 0.06 relative, CLIP mean/std; "
             f"MAX_ITER {scale.max_iter}, paper 100) and Gaussian blur (sigma {scale.blur_sigma:g}); the test images "
             "(the gallery) and the train images (the attack's pairs) are protected, the captions never.")]
@@ -281,10 +273,10 @@ def run_demo(output, scale=DEFAULT_SCALE, device="auto", threads=0, show_progres
     os.makedirs(output, exist_ok=True)
     root = ensure_data(output, scale)
     checkpoint = train_model(output, scale, device, show_progress)
-    flags = common_flags(device, threads, show_progress)
+    flags = steps.common_flags(device, threads, show_progress)
     run_dirs = {method: protect(output, scale, method, checkpoint, flags) for method in METHODS}
     for method, run_dir in run_dirs.items():
-        attack_step(run_dir, scale, method, flags)
+        steps.attack_step(run_dir, scale, method, flags)
     numbers = collect_numbers(output)
     caption, rows = figure_rows(load_clip(checkpoint, scale), run_dirs, build_dataset(DATASET, root).query_captions)
     figure = {"path": write_figure(caption, rows, os.path.join(output, FIGURE_NAME)), "caption": caption.text,
@@ -297,7 +289,7 @@ def run_demo(output, scale=DEFAULT_SCALE, device="auto", threads=0, show_progres
 
 
 def main(argv=None):
-    return demo_main(PROG, __doc__.splitlines()[0], run_demo, (DEFAULT_SCALE, SMALL_SCALE), "log/demo_t2i", argv)
+    return steps.demo_main(PROG, __doc__.splitlines()[0], run_demo, (DEFAULT_SCALE, SMALL_SCALE), "log/demo_t2i", argv)
 
 
 if __name__ == "__main__":

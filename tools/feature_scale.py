@@ -32,7 +32,7 @@ def print_report(args):
     """Validate, sample the images, measure and print (JSON with --json)."""
     from data.datasets.image_folder import scan_folder
     from engine.protect.run import build_protect_config
-    from evaluation.feature_scale import feature_scale_report, format_report, sample_batch
+    from experiments.feature_scale import feature_scale_report, format_report, sample_batch
     from modeling import build_authorization_model
     from utils.errors import ConfigError
 

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from data.transforms import denormalize, normalize
+from engine.methods.base import METHODS, ProtectedBatch, ProtectionMethod
 from engine.methods.pixelfade import frozen_parameters, normalized_gradient
 from modeling.checkpoint import load_reid_weights
 from modeling.generators import build_generator
-from engine.methods.base import METHODS, ProtectedBatch, ProtectionMethod
 from utils.errors import CheckpointError, ConfigError
 
 KEY_GENERATOR = "resnet_9blocks"

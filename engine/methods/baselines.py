@@ -16,8 +16,8 @@ from PIL import Image, ImageFilter
 from torchvision.transforms.functional import gaussian_blur as _torchvision_blur
 
 from configs.checks import is_number
-from engine.methods.codec import dequantize, quantize_to_uint8
 from engine.methods.base import METHODS, ProtectedBatch, ProtectionMethod
+from engine.methods.codec import dequantize, quantize_to_uint8
 from utils.errors import ConfigError
 
 

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
-from engine.common.features import extract_features
 from engine.methods.codec import PixelCodec
+from evaluation.features import extract_features
 from utils.errors import NonFiniteError
 from utils.grids import labelled_grid, save_labelled_grid
 

@@ -22,10 +22,10 @@ from torch import nn
 
 from configs import load_config, set_values
 from data.transforms import build_eval_transform
-from engine.common.features import extract_features
-from engine.methods.codec import PixelCodec
 from engine.methods import build_method
+from engine.methods.codec import PixelCodec
 from engine.protect.settings import validate_protect_config
+from evaluation.features import extract_features
 from evaluation.protection_stats import protection_statistics
 from modeling import build_authorization_model, resolve_device
 from utils.errors import ConfigError

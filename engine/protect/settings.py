@@ -6,9 +6,9 @@ key and, where one exists, the command-line flag that sets it.
 """
 
 from configs.checks import ConfigChecker, is_int, is_number
+from engine.methods import METHODS
 from engine.methods.avih import AvihParams, load_key_model
 from engine.methods.pixelfade import EPSILON_MODES, REPLACEMENTS
-from engine.methods import METHODS
 from engine.protect import cross_modality as cross_modality_protect
 from engine.protect import text_image as text_image_protect
 from modeling.agw_vi import FEATURES as VI_FEATURES

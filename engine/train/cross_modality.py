@@ -48,6 +48,7 @@ from data.datasets.visible_infrared import INFRARED, VISIBLE, unique_records
 from data.loaders import build_loader, read_image
 from data.transforms import IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD, build_vi_eval_transform
 from engine.common.resume import epoch_checkpointer, find_resume_point, restore
+from engine.train import loop
 from engine.train.loop import attach_loss_tracking, create_trainer, optimizer_step
 from engine.train.seeding import epoch_seed, seed_everything
 from evaluation.cross_modality import score_trial
@@ -317,26 +318,19 @@ def reference_state(net, scores, epoch):
 # ------------------------------------------------------------------------------------------------
 # Progress and handlers
 # ------------------------------------------------------------------------------------------------
-class TrainProgress:
+class TrainProgress(loop.TrainProgress):
     """Identity, finished epochs, losses, evaluations and the best Rank-1 (saved in each checkpoint)."""
 
     def __init__(self, identity):
-        self.identity = identity
-        self.epoch = 0
-        self.epochs = {}
-        self.evaluations = {}
+        super().__init__(identity)
         self.best = {"epoch": -1, "rank1": -1.0}
 
     def state_dict(self):
-        return {"identity": self.identity, "epoch": self.epoch, "best": dict(self.best),
-                "epochs": {str(k): v for k, v in self.epochs.items()},
-                "evaluations": {str(k): v for k, v in self.evaluations.items()}}
+        return {**super().state_dict(), "best": dict(self.best)}
 
     def load_state_dict(self, state):
-        self.epoch = int(state["epoch"])
+        super().load_state_dict(state)
         self.best = dict(state["best"])
-        self.epochs = {int(k): v for k, v in state["epochs"].items()}
-        self.evaluations = {int(k): v for k, v in state["evaluations"].items()}
 
 
 def reference_epoch(engine):

@@ -8,6 +8,27 @@ from ignite.engine import Engine, Events
 from utils.errors import NonFiniteError
 
 
+class TrainProgress:
+    """The run's identity, finished epochs, per-epoch losses and evaluations: saved with each checkpoint
+    (a recipe's subclass adds what else it must resume)."""
+
+    def __init__(self, identity):
+        self.identity = identity
+        self.epoch = 0
+        self.epochs = {}
+        self.evaluations = {}
+
+    def state_dict(self):
+        return {"identity": self.identity, "epoch": self.epoch,
+                "epochs": {str(k): v for k, v in self.epochs.items()},
+                "evaluations": {str(k): v for k, v in self.evaluations.items()}}
+
+    def load_state_dict(self, state):
+        self.epoch = int(state["epoch"])
+        self.epochs = {int(k): v for k, v in state["epochs"].items()}
+        self.evaluations = {int(k): v for k, v in state["evaluations"].items()}
+
+
 def create_trainer(step):
     """An Engine running ``step``; its own error log is silenced (the caller reports a failing step)."""
     trainer = Engine(step)

@@ -10,6 +10,7 @@ import ignite.distributed as idist
 import numpy as np
 import torch
 
+from engine.train import loop
 from evaluation.reid import evaluate_reid
 
 METRIC_KEYS = ("rank1", "rank5", "rank10", "mAP", "mINP")
@@ -150,31 +151,19 @@ def evaluate(model, loader, records, num_query, cfg, device):
     return {key: float(scores[key]) for key in METRIC_KEYS}
 
 
-class TrainProgress:
-    """Finished epochs, per-epoch losses and evaluations, the RNG states: saved with each checkpoint."""
+class TrainProgress(loop.TrainProgress):
+    """Finished epochs, per-epoch losses and evaluations, steps and the RNG states: saved with each checkpoint."""
 
     def __init__(self, identity):
-        self.identity = identity
-        self.epoch = 0
+        super().__init__(identity)
         self.steps = 0
-        self.epochs = {}
-        self.evaluations = {}
 
     def state_dict(self):
-        return {
-            "identity": self.identity,
-            "epoch": self.epoch,
-            "steps": self.steps,
-            "epochs": {str(k): v for k, v in self.epochs.items()},
-            "evaluations": {str(k): v for k, v in self.evaluations.items()},
-            "rng": rng_states(),
-        }
+        return {**super().state_dict(), "steps": self.steps, "rng": rng_states()}
 
     def load_state_dict(self, state):
-        self.epoch = int(state["epoch"])
+        super().load_state_dict(state)
         self.steps = int(state["steps"])
-        self.epochs = {int(k): v for k, v in state["epochs"].items()}
-        self.evaluations = {int(k): v for k, v in state["evaluations"].items()}
         set_rng_states(state["rng"])
 
 

@@ -29,7 +29,7 @@ FREE_KEYS = (
     "TEST",
     "SYSTEM",
     # Keys added to configs/defaults.py after training runs were written: a protection-only setting here
-    # would change every identity and refuse to resume old folders (tests/test_resume_compat.py).
+    # would change every identity and refuse to resume old folders (tests/train/test_resume_compat.py).
     "TEXT.IMAGE_TO_TEXT",
 )
 

@@ -45,7 +45,7 @@ from data.datasets.text_person import LAYOUTS
 from data.loaders import build_loader, read_image
 from data.transforms import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD, build_clip_eval_transform
 from engine.common.resume import epoch_checkpointer, find_resume_point, restore
-from engine.train.loop import attach_loss_tracking, create_trainer, optimizer_step
+from engine.train.loop import TrainProgress, attach_loss_tracking, create_trainer, optimizer_step
 from engine.train.seeding import epoch_seed, seed_everything
 from evaluation.text_to_image import evaluate_text_to_image
 from modeling import read_checkpoint, resolve_device
@@ -280,26 +280,6 @@ def create_text_image_trainer(model, classifier, optimizer, device, logit_scale=
         return {**optimizer_step(optimizer, sdm + identity, sdm=sdm, id=identity), "images": int(images.shape[0])}
 
     return create_trainer(step)
-
-
-class TrainProgress:
-    """The run's identity, finished epochs, per-epoch losses and evaluations (saved in each checkpoint)."""
-
-    def __init__(self, identity):
-        self.identity = identity
-        self.epoch = 0
-        self.epochs = {}
-        self.evaluations = {}
-
-    def state_dict(self):
-        return {"identity": self.identity, "epoch": self.epoch,
-                "epochs": {str(k): v for k, v in self.epochs.items()},
-                "evaluations": {str(k): v for k, v in self.evaluations.items()}}
-
-    def load_state_dict(self, state):
-        self.epoch = int(state["epoch"])
-        self.epochs = {int(k): v for k, v in state["epochs"].items()}
-        self.evaluations = {int(k): v for k, v in state["evaluations"].items()}
 
 
 def attach_epoch_seeding(trainer, data, seed):
