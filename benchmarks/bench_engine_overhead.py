@@ -62,10 +62,9 @@ class TinyModel(nn.Module):
 
     def __init__(self):
         super().__init__()
-        generator_state = torch.random.get_rng_state()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        torch.random.set_rng_state(generator_state)
+        with torch.random.fork_rng(devices=[]):  # the same weights every time, the caller's stream untouched
+            torch.manual_seed(0)
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
 
     def forward(self, images):
         return self.conv(images).mean(dim=(2, 3))

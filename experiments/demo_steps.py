@@ -66,11 +66,13 @@ def last_evaluation(attack_results):
     return evaluations[max(evaluations, key=int)]
 
 
-def demo_main(prog, description, run_demo, scales, default_output, argv=None):
+def demo_main(prog, description, run_demo, scales, default_output, argv=None, threads=0):
     """A demo's command: ``run_demo`` at ``scales`` = (default, small); prints the report, or which step
-    stopped and that a rerun resumes."""
+    stopped and that a rerun resumes. ``threads``: the default of --threads."""
+    threads_help = (f"torch CPU threads (default {threads}); 0: OMP_NUM_THREADS when set, else the usable CPUs"
+                    if threads else "torch CPU threads; 0: OMP_NUM_THREADS when set, else the usable CPUs")
     args = demo_argument_parser(description, default_output, output_help="output folder (rerun on it to resume)",
-                                prog=prog).parse_args(argv)
+                                prog=prog, threads_help=threads_help, threads=threads).parse_args(argv)
     default_scale, small_scale = scales
 
     def work(state):

@@ -289,7 +289,10 @@ def run_demo(output, scale=DEFAULT_SCALE, device="auto", threads=0, show_progres
 
 
 def main(argv=None):
-    return steps.demo_main(PROG, __doc__.splitlines()[0], run_demo, (DEFAULT_SCALE, SMALL_SCALE), "log/demo_t2i", argv)
+    # One thread: the small CLIP gains nothing from a second one, and on a busy machine two threads that
+    # wait for each other made the training epochs ten times slower (docs/text_to_image.md, "The demo").
+    return steps.demo_main(PROG, __doc__.splitlines()[0], run_demo, (DEFAULT_SCALE, SMALL_SCALE), "log/demo_t2i", argv,
+                           threads=1)
 
 
 if __name__ == "__main__":

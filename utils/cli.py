@@ -34,14 +34,15 @@ def parse_with_trailing_pairs(parser, argv=None):
 
 
 def demo_argument_parser(description, output, output_help="output directory", prog=None,
-                         threads_help="torch CPU threads; 0: OMP_NUM_THREADS when set, else the usable CPUs"):
+                         threads_help="torch CPU threads; 0: OMP_NUM_THREADS when set, else the usable CPUs",
+                         threads=0):
     """The demos' options (demo.py, experiments/demo_vi.py): where, on what device, at which scale, threads."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--output", default=output, help=output_help)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--small", action="store_true", help="the test suite's smaller, faster scale")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
-    parser.add_argument("--threads", type=int, default=0, help=threads_help)
+    parser.add_argument("--threads", type=int, default=threads, help=threads_help)
     return parser
 
 

@@ -271,3 +271,19 @@ def test_the_demo_runs_end_to_end_and_reports_the_runs_numbers(tmp_path):
     assert summary["figure"]["caption"] in report
     with Image.open(output / demo_t2i.FIGURE_NAME) as figure:
         assert figure.width > 300 and figure.height > 300
+
+
+@pytest.mark.parametrize("argv, threads", [([], 1), (["--threads", "0"], 0), (["--threads", "2"], 2)])
+def test_the_text_demo_runs_on_one_thread_unless_told_otherwise(monkeypatch, tmp_path, argv, threads):
+    from experiments import demo_t2i
+
+    seen = []
+
+    def fake_run_demo(output, scale, device, threads, show_progress=True):
+        seen.append(threads)
+        return {"report": "ok"}
+
+    monkeypatch.setattr(demo_t2i, "run_demo", fake_run_demo)
+    monkeypatch.setattr("experiments.demo_steps.configure_threads", lambda *args, **kwargs: None)
+    assert demo_t2i.main(["--output", str(tmp_path), *argv]) == 0
+    assert seen == [threads]
