@@ -172,10 +172,11 @@ class SavedBatches(Dataset):
     def __getitem__(self, item):
         position = self.positions[item]
         protected, original = self.pairs.load_batch(position)
+        modalities = self.pairs.load_modalities(position)
         if self.rows is None:
-            return protected, original
+            return protected, original, modalities
         keep = torch.as_tensor(self.rows[position], dtype=torch.long)
-        return protected[keep], original[keep]
+        return protected[keep], original[keep], None if modalities is None else modalities[keep.numpy()]
 
 
 def identity_rows(pairs, held_out):

@@ -34,18 +34,30 @@ def lpips_for(settings_path, image_shape, device):
                                                 "note": f"LPIPS AlexNet v0.1, trunk {settings_path}"}
 
 
-def modality_features(model, images, modalities=None):
-    """Features of ``images``, each through its own sensor's stem when the model has one per modality (an
-    agw_vi network's ``for_modality``) and the pairs name the sensors; else all through ``model``."""
+def routed_forward(model, images, modalities=None):
+    """``model(images)`` with each image through its own sensor's stem when the model has one per modality
+    (an agw_vi network's ``for_modality``) and ``modalities`` names the sensors; else ``model(images)``.
+    Differentiable: the identity attacker's loss and the white-box inversion take gradients through it."""
     if modalities is None or not hasattr(model, "for_modality"):
-        return extract_features(model, images, FEATURE_CHUNK)
+        return model(images)
     features = None
     for modality, rows in image_groups(modalities).items():
-        part = extract_features(model.for_modality(modality), images[rows.to(images.device)], FEATURE_CHUNK)
+        rows = rows.to(images.device)
+        part = model.for_modality(modality)(images[rows])
         if features is None:
-            features = part.new_empty((images.shape[0], *part.shape[1:]))
-        features[rows.to(part.device)] = part
+            features = part.new_zeros((images.shape[0], *part.shape[1:]))
+        features = features.index_copy(0, rows, part)
     return features
+
+
+def modality_features(model, images, modalities=None):
+    """Eval-mode fp32 features of ``images`` for scoring, each through its own sensor's stem (``routed_forward``)."""
+    if modalities is None or not hasattr(model, "for_modality"):
+        return extract_features(model, images, FEATURE_CHUNK)
+    with torch.no_grad():
+        return torch.cat([routed_forward(model, images[start:start + FEATURE_CHUNK],
+                                         modalities[start:start + FEATURE_CHUNK]).float()
+                          for start in range(0, images.shape[0], FEATURE_CHUNK)])
 
 
 class PrivacyScorer:
@@ -105,13 +117,14 @@ class PrivacyScorer:
                 "lpips": self.lpips_status}
 
     def score(self, recover, grid_dir=None, num_grids=0):
-        """A row for ``recover(protected) -> recovered`` (normalised images), over the query images."""
+        """A row for ``recover(protected, modalities) -> recovered`` (normalised images; ``modalities``: the
+        batch's sensor names or None), over the query images."""
         quality = ImageQuality(("recovered",), self.settings.pixel_mean, self.settings.pixel_std)
         quality.reset()
         features = {label: [] for label in self.evaluators}
         lpips_values = []
         for number, (protected, original, _, modalities) in enumerate(self.batches()):
-            recovered = recover(protected)
+            recovered = recover(protected, modalities)
             quality.update(({"recovered": recovered}, original))
             self._add_features(features, recovered, modalities)
             if self.lpips is not None:

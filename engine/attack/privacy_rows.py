@@ -21,7 +21,7 @@ from engine.attack.models import (
 )
 from engine.attack.weights import generator_recovery, scored_generator
 from evaluation.image_quality import to_pixels
-from evaluation.privacy import PrivacyScorer
+from evaluation.privacy import PrivacyScorer, routed_forward
 
 
 def prepare_privacy(cfg, npy_dir, test_pairs, attackers, settings, device, logger=None):
@@ -50,7 +50,7 @@ def prepare_privacy(cfg, npy_dir, test_pairs, attackers, settings, device, logge
 
 def protected_row(scorer):
     """The protected queries themselves, unrecovered."""
-    return {**scorer.score(lambda protected: protected), "epoch": None, "selection": "none", "cost": None}
+    return {**scorer.score(lambda protected, modalities=None: protected), "epoch": None, "selection": "none", "cost": None}
 
 
 def generator_row(scorer, settings, log_dir, image_shape, device):
@@ -76,8 +76,10 @@ def run_inversion(settings, scorer, model, train_pairs, log_dir, device, logger)
     start = dataset_mean_image(train_pairs, settings) if settings.inversion_init == "mean" else None
     totals = {"seconds": 0.0, "images": 0, "forward": 0, "backward": 0, "error_start": 0.0, "error_end": 0.0}
 
-    def recover(protected):
-        recovered, stats = invert_protected(model, protected, start, settings, device)
+    def recover(protected, modalities=None):
+        # Each image is inverted through its own sensor's stem (a visible-infrared model), as it was protected.
+        recovered, stats = invert_protected(lambda images: routed_forward(model, images, modalities), protected,
+                                            start, settings, device)
         totals["seconds"] += stats["seconds"]
         totals["images"] += protected.shape[0]
         totals["forward"], totals["backward"] = stats["forward"], stats["backward"]

@@ -24,6 +24,7 @@ from engine.attack.inversion import relative_feature_error
 from engine.attack.results import IMAGE_KINDS, log_record, results_entry, write_results
 from engine.attack.settings import LOGGER_NAME
 from evaluation.image_quality import ImageQuality, to_pixels
+from evaluation.privacy import routed_forward
 from utils.errors import NonFiniteError
 from utils.grids import grid_image, save_labelled_grid
 
@@ -81,17 +82,19 @@ class ImagesPerSecond(Frequency):
         engine.state.metrics[name] = float(self.compute())
 
 
-def identity_loss(feature_model, outputs, originals, settings):
+def identity_loss(feature_model, outputs, originals, settings, modalities=None):
     """||g(G(x_p)) - g(x)||^2 / ||g(x)||^2, averaged over the batch; g takes normalised images.
 
     Relative to the original's feature norm, so one ATTACK.IDENTITY_WEIGHT means the same for Re-ID
     models whose feature scales differ by orders of magnitude (an untrained AGW's squared error is
     in the tens where the L1 is below 1). The generator's pixel output is normalised unclamped, so
-    the gradient reaches every pixel.
+    the gradient reaches every pixel. ``modalities``: each image's sensor, for a model with a stem per
+    modality (visible-infrared pairs).
     """
     with torch.no_grad():
-        target = feature_model(originals).float()
-    features = feature_model(normalize(outputs, settings.pixel_mean, settings.pixel_std)).float()
+        target = routed_forward(feature_model, originals, modalities).float()
+    features = routed_forward(feature_model, normalize(outputs, settings.pixel_mean, settings.pixel_std),
+                              modalities).float()
     return relative_feature_error(features, target).mean()
 
 
@@ -107,12 +110,15 @@ def create_attack_trainer(generator, optimizer, settings, device, feature_model=
     l1_loss = torch.nn.L1Loss()
 
     def train_step(engine, batch):
-        protected, originals = (tensor.to(device, non_blocking=True) for tensor in batch)
+        protected, originals, *sensors = batch  # (protected, originals[, the images' sensors]), SavedBatches' item
+        modalities = sensors[0] if sensors else None
+        protected, originals = protected.to(device, non_blocking=True), originals.to(device, non_blocking=True)
         generator.train()
         outputs = generator(protected)
         loss = l1_loss(outputs, attack_targets(originals, settings))
         if feature_model is not None:
-            loss = loss + settings.identity_weight * identity_loss(feature_model, outputs, originals, settings)
+            loss = loss + settings.identity_weight * identity_loss(feature_model, outputs, originals, settings,
+                                                                   modalities)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -217,7 +223,7 @@ def validation_l1(generator, batches, settings, device):
     total, images = 0.0, 0
     with torch.no_grad():
         for item in range(len(batches)):
-            protected, originals = (tensor.to(device) for tensor in batches[item])
+            protected, originals = (tensor.to(device) for tensor in batches[item][:2])
             error = (generator(protected) - attack_targets(originals, settings)).abs()
             total += float(error.flatten(1).mean(dim=1).double().sum())
             images += protected.shape[0]

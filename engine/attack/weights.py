@@ -56,4 +56,4 @@ def scored_generator(settings, log_dir, image_shape, device):
 
 def generator_recovery(generator, settings):
     """protected -> recovered (normalised) through a trained generator, as the privacy scorer calls it."""
-    return lambda protected: recovered_normalized(generator(protected), settings)
+    return lambda protected, modalities=None: recovered_normalized(generator(protected), settings)

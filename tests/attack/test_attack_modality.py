@@ -1,6 +1,7 @@
 """The recovery attack per modality (visible-infrared pairs), its pairs' trial, and its one-time checks."""
 import json
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,18 +11,21 @@ import recovery_attack
 from configs import get_default_config, save_config
 from data.datasets import build_dataset
 from data.img_npy import batch_files, npy_dir_of, read_modalities, write_batch, write_modalities
-from data.npy_pairs import PairDataset
+from data.npy_pairs import PairDataset, SavedBatches
 from data.splits import plan_splits
 from data.synthetic_vi import make_regdb
+from data.transforms import normalize
 from engine.attack import checkpoint as checkpoint_module
 from engine.attack import run as attack_run
+from engine.attack.inversion import relative_feature_error
 from engine.attack.models import authorization_model
 from engine.attack.results import MODALITY_NOTE, results_markdown
 from engine.attack.settings import AttackSettings
+from engine.attack.trainer import identity_loss
 from engine.protect.cross_modality import pair_selection, split_store
 from engine.protect.engine import batch_spans
-from evaluation.image_quality import ImageQuality
-from evaluation.privacy import modality_features
+from evaluation.image_quality import ImageQuality, to_pixels
+from evaluation.privacy import PrivacyScorer, modality_features, routed_forward
 from modeling.agw_vi import VisibleInfraredAuthorization
 from utils.errors import DatasetError
 
@@ -265,6 +269,65 @@ def test_privacy_features_take_each_images_own_sensor_stem():
     expected = torch.stack([STEM_SCALE[m] * image.flatten()[:4] for m, image in zip(labels, batch)])
     assert torch.equal(features, expected)
     assert torch.equal(modality_features(TwoStems(), batch), 2.0 * batch.flatten(1)[:, :4])  # no sensors: as given
+
+
+def test_gradients_reach_each_image_through_its_own_stem():
+    batch = images(4, 6).requires_grad_(True)
+    labels = np.array(["infrared", "visible", "visible", "infrared"])
+    routed_forward(TwoStems(), batch, labels).sum().backward()
+    grad = batch.grad.flatten(1)[:, :4]
+    assert torch.equal(grad, torch.tensor([[STEM_SCALE[m]] * 4 for m in labels]))
+    assert not batch.grad.flatten(1)[:, 4:].any()
+
+
+class TwoViews(torch.nn.Module):
+    """A model whose 'visible' stem reads the first four values of an image, the 'infrared' one the next four."""
+
+    def __init__(self, modality="visible"):
+        super().__init__()
+        self.modality = modality
+
+    def for_modality(self, modality):
+        return TwoViews(modality)
+
+    def forward(self, x):
+        start = 0 if self.modality == "visible" else 4
+        return x.flatten(1)[:, start:start + 4]
+
+
+def test_the_identity_attackers_loss_compares_each_image_through_its_own_stem():
+    originals = images(4, 7)
+    labels = np.array(["infrared", "visible", "infrared", "visible"])
+    settings = SimpleNamespace(pixel_mean=MEAN, pixel_std=STD)
+    outputs = to_pixels(originals, MEAN, STD)
+    outputs.flatten(1)[:, 4:8] += 0.1  # the generator errs only where the infrared stem looks
+    routed = identity_loss(TwoViews(), outputs, originals, settings, labels).item()
+    infrared = relative_feature_error(TwoViews("infrared")(normalize(outputs, MEAN, STD)[[0, 2]]),
+                                      TwoViews("infrared")(originals[[0, 2]]))
+    assert routed == pytest.approx(float(infrared.sum()) / 4, rel=1e-5) and routed > 0
+    # Through the visible stem for every image the error would go unseen.
+    assert identity_loss(TwoViews(), outputs, originals, settings).item() == pytest.approx(0.0, abs=1e-10)
+
+
+def test_the_privacy_scorer_hands_each_query_batchs_sensors_to_the_recovery(tmp_path):
+    npy_dir = npy_dir_of(str(tmp_path))
+    for index, (modality, camera) in enumerate((("infrared", 0), ("infrared", 1), ("visible", 1))):
+        original = images(2, seed=index)
+        write_batch(npy_dir, "test", index, original, original + 0.1, np.array([0, 1]), np.full(2, camera))
+        write_modalities(npy_dir, "test", index, [modality] * 2)
+    settings = SimpleNamespace(pixel_mean=MEAN, pixel_std=STD)
+    scorer = PrivacyScorer(PairDataset(npy_dir, "test"), 3, {"flat": lambda x: x.flatten(1)}, settings, "cpu")
+    seen = []
+    scorer.score(lambda protected, modalities: seen.append(list(modalities)) or protected)
+    assert seen == [["infrared"] * 2, ["infrared"]]  # the 3 queries: batch 0 whole, then batch 1's first row
+
+
+def test_saved_batches_carry_each_images_sensor(tmp_path):
+    npy_dir = write_vi_pairs(tmp_path)
+    train = SavedBatches(PairDataset(npy_dir, "train"))
+    assert [list(train[k][2]) for k in range(2)] == [["visible"] * 2, ["infrared"] * 2]
+    assert list(SavedBatches(PairDataset(npy_dir, "train"), {1: [1]})[0][2]) == ["infrared"]
+    assert SavedBatches(PairDataset(write_vi_pairs(tmp_path / "plain", modality_files=False), "train"))[0][2] is None
 
 
 def test_the_untrained_model_of_a_visible_infrared_run_is_its_agw_vi_network(tmp_path):

@@ -184,9 +184,9 @@ def test_dataset_indexes_images_and_batches(run_dir):
     protected, clean = dataset[21]
     assert clean.dtype == torch.float32 and clean.shape == (3, 8, 4)
     assert clean[0, 0, 0].item() == 10 * 1000 + 1 and protected[0, 0, 0].item() == -10001
-    batch_protected, batch_clean = SavedBatches(dataset)[3]
+    batch_protected, batch_clean, batch_modalities = SavedBatches(dataset)[3]
     assert batch_clean.shape == (2, 3, 8, 4) and batch_clean[:, 0, 0, 0].tolist() == [3000, 3001]
-    assert torch.equal(batch_protected, -batch_clean)
+    assert torch.equal(batch_protected, -batch_clean) and batch_modalities is None
     with pytest.raises(IndexError, match="image 24 out of range for 24 'train' images"):
         dataset[24]
     assert dataset.batch_files(3) == batch_files(str(run_dir / "img_npy"), "train", 3)[:2]

@@ -34,5 +34,5 @@ def test_gallery_features_are_the_originals_after_the_queries(tmp_path):
                                       pids[6:].numpy(), camids[:6].numpy(), camids[6:].numpy())
     assert scorer.clean["flat"] == expected_clean
     queries = []
-    row = scorer.score(lambda images: queries.append(images) or images)
+    row = scorer.score(lambda images, modalities: queries.append(images) or images)
     assert row["num_images"] == 6 and torch.equal(torch.cat(queries), protected[:6])
