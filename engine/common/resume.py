@@ -46,15 +46,20 @@ def read_resume_point(path, elsewhere="another --output"):
     return ResumePoint(path, saved, epoch), identity
 
 
-def find_resume_point(output_dir, identity, elsewhere="another --output"):
+def find_resume_point(output_dir, identity, elsewhere="another --output", defaults=None):
     """The ResumePoint of ``output_dir``, or None; RunConflictError if it holds another run's checkpoint.
 
     ``elsewhere`` names where a user may start afresh instead (the flag or the folder setting).
+    ``defaults`` ({key: default value}): a checkpoint written before a setting existed ran as its default
+    does, so a key of ``identity`` that the saved identity lacks compares as its default; adding a setting
+    then refuses no older folder, unless the run resuming it sets that key otherwise.
     """
     path = latest_checkpoint(output_dir)
     if path is None:
         return None
     point, saved_identity = read_resume_point(path, elsewhere)
+    if defaults:
+        saved_identity = {**{key: defaults[key] for key in identity if key in defaults}, **saved_identity}
     changes = identity_changes(saved_identity, identity, CHANGES_SHOWN)
     if changes:
         raise RunConflictError(f"{path} was written by a different training run ({changes}); pass the same "

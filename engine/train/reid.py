@@ -51,6 +51,7 @@ from engine.train.reid_recipe import TrainProgress, evaluate, model_filename
 from engine.train.reid_results import results_json, run_info, write_results
 from engine.train.reid_settings import (
     ReidTrainSettings,
+    identity_defaults,
     ids_per_rank,
     load_train_dataset,
     run_identity,
@@ -95,7 +96,7 @@ def run(cfg, options=None, nproc_per_node=None, backend=None):
     if not launcher.under_launcher():
         resolve_device(cfg.MODEL.DEVICE)
     dataset = load_train_dataset(cfg)
-    resume = find_resume_point(cfg.OUTPUT_DIR, run_identity(cfg, dataset, world_size))
+    resume = find_resume_point(cfg.OUTPUT_DIR, run_identity(cfg, dataset, world_size), defaults=identity_defaults())
     return launcher.launch(train_process, settings, options, dataset, resume, nproc_per_node=nproc_per_node,
                            backend=backend, device=cfg.MODEL.DEVICE)
 

@@ -7,6 +7,7 @@ corrected rerun; so ``validate_train_config`` checks every setting first, in the
 import os
 from dataclasses import dataclass
 
+from configs import get_default_config
 from configs.checks import ConfigChecker, is_int
 from configs.keys import flat_items
 from data.datasets import build_dataset
@@ -28,9 +29,6 @@ FREE_KEYS = (
     "MODEL.DEVICE",
     "TEST",
     "SYSTEM",
-    # Keys added to configs/defaults.py after training runs were written: a protection-only setting here
-    # would change every identity and refuse to resume old folders (tests/train/test_resume_compat.py).
-    "TEXT.IMAGE_TO_TEXT",
 )
 
 
@@ -150,8 +148,14 @@ def load_train_dataset(cfg):
     return dataset
 
 
+def identity_defaults():
+    """{key: default} of every config key: how a run written before a key existed compares on it."""
+    return dict(flat_items(get_default_config()))
+
+
 def run_identity(cfg, dataset, world_size):
-    """What must not change between an interrupted run and its resumption."""
+    """What must not change between an interrupted run and its resumption (every setting but FREE_KEYS;
+    compared with ``identity_defaults`` filling what an older run's identity lacks)."""
     flat = {name: value for name, value in flat_items(cfg)
             if not any(name == free or name.startswith(free + ".") for free in FREE_KEYS)}
     flat["train_images"] = len(dataset.train)
