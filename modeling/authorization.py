@@ -18,9 +18,11 @@ import os
 import zipfile
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from data.transforms import denormalize
+from configs import get_default_config
+from data.transforms import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD, denormalize, normalize
 from utils.errors import CheckpointError, ConfigError
 
 from .build import build_model, resolve_device
@@ -47,6 +49,25 @@ class PixelInput(nn.Module):
 
     def forward(self, images):
         return self.model(denormalize(images, self.mean, self.std) * self.pixel_range)
+
+
+class OwnInputContract(nn.Module):
+    """An image Re-ID evaluator scoring a run whose input contract is another family's (CLIP's mean/std and
+    384 x 128 on a text-to-image run): each batch is taken back to pixels, normalised with the evaluator's own
+    statistics and resized (bilinear) to its own input size, as the images it was trained on."""
+
+    def __init__(self, model, run_mean, run_std, own_mean, own_std, own_size):
+        super().__init__()
+        self.model = model
+        self.run_mean, self.run_std = tuple(run_mean), tuple(run_std)
+        self.own_mean, self.own_std = tuple(own_mean), tuple(own_std)
+        self.own_size = tuple(int(side) for side in own_size)
+
+    def forward(self, images):
+        own = normalize(denormalize(images, self.run_mean, self.run_std), self.own_mean, self.own_std)
+        if tuple(own.shape[-2:]) != self.own_size:
+            own = F.interpolate(own, size=self.own_size, mode="bilinear", align_corners=False)
+        return self.model(own)
 
 
 def is_torchscript_archive(path):
@@ -200,8 +221,9 @@ def parse_eval_model(entry):
 def build_eval_models(cfg, device, logger=None):
     """The extra scoring models of TEST.EVAL_MODELS, as ``{label: model}`` in the config's order.
 
-    Each takes the same input as the authorization model (INPUT.*); only format, name and
-    weights differ.
+    Each takes the same input as the authorization model (INPUT.*); only format, name and weights
+    differ. Where the run's input is CLIP's (a text-to-image run) and the evaluator is an image Re-ID
+    format, it sees its own contract instead (``OwnInputContract``: the defaults' mean/std and size).
     """
     models = {}
     for entry in cfg.TEST.EVAL_MODELS:
@@ -212,5 +234,15 @@ def build_eval_models(cfg, device, logger=None):
         if name:
             sub.MODEL.NAME = name
         sub.freeze()
-        models[f"{fmt}:{name or os.path.basename(path)}"] = build_authorization_model(sub, path, device, logger)
+        model = build_authorization_model(sub, path, device, logger)
+        if runs_on_clip_input(cfg) and fmt not in SIZED_BY_FILE:
+            own = get_default_config().INPUT
+            model = OwnInputContract(model, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD, own.PIXEL_MEAN, own.PIXEL_STD,
+                                     own.IMG_SIZE).eval()
+        models[f"{fmt}:{name or os.path.basename(path)}"] = model
     return models
+
+
+def runs_on_clip_input(cfg):
+    """Whether the run's images are normalised with CLIP's statistics (a text-to-image run's default)."""
+    return tuple(cfg.INPUT.PIXEL_MEAN) == CLIP_PIXEL_MEAN and tuple(cfg.INPUT.PIXEL_STD) == CLIP_PIXEL_STD

@@ -265,3 +265,39 @@ def test_other_ecosystems_files_protect_through_the_cli_with_their_own_features(
     assert f"MODEL.FORMAT auto -> {fmt}" in (output / "log.txt").read_text()
     features = torch.load(output / "features" / "features.pt", weights_only=True)
     assert (features["original"] - own_features(source, folder)).abs().max() < 1e-5
+
+
+class Recorder(torch.nn.Module):
+    """Keeps the batch it was given; its feature is the batch's first values."""
+
+    def forward(self, images):
+        self.seen = images
+        return images.flatten(1)[:, :4]
+
+
+def test_an_image_evaluator_on_clip_input_sees_its_own_statistics_and_size():
+    from data.transforms import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD, IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD, normalize
+    from modeling.authorization import OwnInputContract
+
+    pixels = torch.rand(2, 3, 384, 128, generator=torch.Generator().manual_seed(0))
+    recorder = Recorder()
+    OwnInputContract(recorder, CLIP_PIXEL_MEAN, CLIP_PIXEL_STD, IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD,
+                     (256, 128))(normalize(pixels, CLIP_PIXEL_MEAN, CLIP_PIXEL_STD))
+    expected = torch.nn.functional.interpolate(normalize(pixels, IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD),
+                                               size=(256, 128), mode="bilinear", align_corners=False)
+    assert recorder.seen.shape == (2, 3, 256, 128)
+    assert torch.allclose(recorder.seen, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("clip_input", [True, False])
+def test_eval_models_are_adapted_only_on_a_clip_input_run(scripted, clip_input):
+    from modeling.authorization import OwnInputContract, build_eval_models
+
+    opts = ["TEST.EVAL_MODELS", f"['torchscript::{scripted}']"]
+    if clip_input:
+        opts += ["INPUT.PIXEL_MEAN", "[0.48145466, 0.4578275, 0.40821073]",
+                 "INPUT.PIXEL_STD", "[0.26862954, 0.26130258, 0.27577711]", "INPUT.IMG_SIZE", "[384, 128]"]
+    (model,) = build_eval_models(load_config("", opts), "cpu").values()
+    assert isinstance(model, OwnInputContract) == clip_input
+    if clip_input:
+        assert model.own_size == (256, 128) and model.own_mean == (0.485, 0.456, 0.406) and not model.training
