@@ -3,7 +3,7 @@
 Two protocols:
 - the reference's: each *batch tensor* is min-max scaled to [0, 1] on its own (candidate and
   original separately), then piq's batch means; the caller weights them by batch size;
-- pixel space: undo the ImageNet normalisation, clamp to [0, 1], score each image.
+- pixel space: undo the run's normalisation (INPUT.PIXEL_MEAN/STD), clamp to [0, 1], score each image.
 
 PSNR of identical images is finite: piq adds 1e-8 to the MSE, so it is capped at
 ``PSNR_CAP_DB`` = 80 dB.

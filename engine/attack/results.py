@@ -105,7 +105,7 @@ def attacker_entries(results):
 
 PROTOCOL_TITLES = {
     "reference_normalisation": "Reference protocol: each batch min-max scaled to [0, 1]",
-    "pixel_space": "Pixel space: ImageNet normalisation undone, pixels clamped to [0, 1]",
+    "pixel_space": "Pixel space: the run's normalisation undone, pixels clamped to [0, 1]",
 }
 PROTOCOL_NOTES = {
     "reference_normalisation": (
@@ -114,8 +114,9 @@ PROTOCOL_NOTES = {
         "SSIM (data_range 1) and the MSE are taken per batch and averaged over batches weighted "
         "by their image counts."),
     "pixel_space": (
-        "What a viewer of the stored images sees: the ImageNet normalisation (INPUT.PIXEL_MEAN, "
-        "INPUT.PIXEL_STD) is undone and pixels are clamped to [0, 1]; piq PSNR (capped at "
+        "What a viewer of the stored images sees: the run's normalisation (INPUT.PIXEL_MEAN, "
+        "INPUT.PIXEL_STD: ImageNet's, CLIP's on a text-to-image run) is undone and pixels are clamped to [0, 1]; "
+        "piq PSNR (capped at "
         f"{PSNR_CAP_DB:.0f} dB for identical images), SSIM (data_range 1) and MSE per image, "
         "averaged over the images."),
 }

@@ -591,9 +591,9 @@ def test_results_markdown_says_what_rows_and_columns_mean():
     headers = [i for i, line in enumerate(lines) if line.startswith("## ")]
     assert [lines[i] for i in headers] == [
         "## Reference protocol: each batch min-max scaled to [0, 1]",
-        "## Pixel space: ImageNet normalisation undone, pixels clamped to [0, 1]"]
+        "## Pixel space: the run's normalisation undone, pixels clamped to [0, 1]"]
     for start, protocol_note in zip(headers, ("min-max scaled to [0, 1] as a whole",
-                                              "the ImageNet normalisation (INPUT.PIXEL_MEAN")):
+                                              "the run's normalisation (INPUT.PIXEL_MEAN")):
         body = lines[start + 2:start + 2 + 2 + 6]
         assert body[0] == ("| attacker | epoch | images | image vs original | PSNR (dB) | SSIM "
                            "| MSE |")
