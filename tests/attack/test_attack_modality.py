@@ -280,12 +280,8 @@ def test_gradients_reach_each_image_through_its_own_stem():
     assert not batch.grad.flatten(1)[:, 4:].any()
 
 
-class TwoViews(torch.nn.Module):
+class TwoViews(TwoStems):
     """A model whose 'visible' stem reads the first four values of an image, the 'infrared' one the next four."""
-
-    def __init__(self, modality="visible"):
-        super().__init__()
-        self.modality = modality
 
     def for_modality(self, modality):
         return TwoViews(modality)
