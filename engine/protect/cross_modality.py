@@ -9,11 +9,9 @@ same network and stem (with MODEL.VI_FEATURE pool/pool_l2 they are extracted per
 constrained ones and stored in the batch record). Each protocol is scored per trial in the four
 modes, then averaged over the trials.
 """
-import os
 from typing import NamedTuple
 
 import torch
-import yaml
 
 from data.datasets.visible_infrared import MODALITIES
 from data.img_npy import write_modalities
@@ -34,21 +32,6 @@ OWN_FEATURE_KEYS = ("original_features", "protected_features")
 
 def is_cross_modality(cfg):
     return cfg.DATASETS.NAMES in CROSS_MODALITY_DATASETS
-
-
-def user_keys(config_file, opts, flag_values):
-    """The config keys a user set: in ``config_file`` (YAML), in trailing ``KEY VALUE`` pairs, or by a flag."""
-    keys = set(flag_values) | {str(key) for key in list(opts)[0::2]}
-    if config_file and os.path.isfile(config_file):
-        with open(config_file, encoding="utf-8") as handle:
-            tree = yaml.safe_load(handle) or {}
-        stack = [("", tree)]
-        while stack:
-            prefix, node = stack.pop()
-            for name, value in node.items() if isinstance(node, dict) else ():
-                keys.add(f"{prefix}{name}")
-                stack.append((f"{prefix}{name}.", value))
-    return keys
 
 
 def apply_input_defaults(cfg, user_keys):

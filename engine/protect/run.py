@@ -19,7 +19,7 @@ import torch
 from ignite.utils import setup_logger
 
 from configs import config_with_flags, save_config
-from configs.keys import get_key
+from configs.keys import get_key, keys_set_by_user
 from data.datasets.image_folder import describe_skipped, protected_relative_name
 from data.loaders import ImageDataset
 from data.splits import plan_splits
@@ -36,7 +36,6 @@ from engine.protect.cross_modality import (
     split_models,
     split_store,
     split_transform,
-    user_keys,
 )
 from engine.protect.engine import BatchSchedule, attach_outputs, create_protect_engine
 from engine.protect.protector import Protector
@@ -120,7 +119,7 @@ def build_protect_config(config_file, opts, flag_values, flag_of_key=None):
     """Defaults < --config_file < trailing KEY VALUE overrides < flags; validated and frozen."""
     cfg = config_with_flags(config_file, opts, flag_values, "protect")
     cfg.defrost()
-    keys = user_keys(config_file, opts, flag_values)
+    keys = keys_set_by_user(config_file, opts, flag_values)
     apply_input_defaults(cfg, keys)
     text_image.apply_input_defaults(cfg, keys)
     cfg.freeze()

@@ -261,6 +261,12 @@ def test_the_agw_vi_input_contract_is_the_default_for_visible_infrared_sets():
     assert size("DATASETS.NAMES", "market1501") == [256, 128]
 
 
+def test_a_size_set_in_the_config_file_beats_the_agw_vi_default(tmp_path):
+    config_file = tmp_path / "vi.yml"
+    config_file.write_text("DATASETS:\n  NAMES: sysu_mm01\nINPUT:\n  IMG_SIZE: [64, 32]\n")
+    assert list(build_protect_config(str(config_file), [], {"OUTPUT_DIR": "x"}).INPUT.IMG_SIZE) == [64, 32]
+
+
 def one_error_line(capsys, *words):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("protect_image.py: error: "), err
