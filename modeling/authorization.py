@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from configs import get_default_config
+from data.splits import CROSS_MODALITY_DATASETS
 from data.transforms import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD, denormalize, normalize
 from utils.errors import CheckpointError, ConfigError
 
@@ -150,12 +151,13 @@ def _from_state_dict(cfg, fmt, checkpoint_path, logger):
 
 
 def resolve_format(cfg, checkpoint_path):
-    """The format a run uses: MODEL.FORMAT, with ``auto`` settled for TorchScript archives."""
+    """The format a run uses: MODEL.FORMAT, with ``auto`` settled for TorchScript archives and for an
+    untrained model (no checkpoint to tell: the AGW, or its two-stem network on a visible-infrared data set)."""
     fmt = cfg.MODEL.FORMAT
     if fmt == "auto" and checkpoint_path and is_torchscript_archive(checkpoint_path):
         return "torchscript"
     if fmt == "auto" and not checkpoint_path:
-        return "agw"
+        return "agw_vi" if cfg.DATASETS.NAMES in CROSS_MODALITY_DATASETS else "agw"
     return fmt
 
 

@@ -10,7 +10,6 @@ import json
 import os
 
 from configs import CONFIG_FILENAME, load_config
-from data.splits import CROSS_MODALITY_DATASETS
 from engine.common.trial_weights import per_trial, trial_checkpoints, trial_checkpoints_identity
 from modeling.authorization import build_authorization_model, build_eval_models
 from utils.errors import CheckpointError, ConfigError
@@ -69,7 +68,6 @@ def authorization_model(attack_cfg, run_dir, device, logger=None):
         description = _same_weights(weight, recorded, weights_label(weight))
     else:
         description = f"UNTRAINED {base.MODEL.NAME}, random weights from MODEL.INIT_SEED={base.MODEL.INIT_SEED}"
-        base = _untrained_model_config(base)
     return build_authorization_model(base, weight, device, logger), description
 
 
@@ -87,14 +85,6 @@ def _first_trial_checkpoint(base, recorded):
     trial, path = next(iter(trial_checkpoints(base).items()))
     _same_weights(base.TEST.WEIGHT, recorded, trial_checkpoints_identity(base, file_digest))
     return path, f"trial {trial}: {weights_label(path)}"
-
-
-def _untrained_model_config(base):
-    """A visible-infrared run's untrained model is the agw_vi network its protection used (MODEL.FORMAT auto
-    has no checkpoint to tell it from the single-modality AGW)."""
-    if base.DATASETS.NAMES in CROSS_MODALITY_DATASETS and base.MODEL.FORMAT == "auto":
-        return _sub_config(base, **{"MODEL.FORMAT": "agw_vi"})
-    return base
 
 
 def evaluator_models(attack_cfg, run_dir, authorization, device, logger=None):

@@ -54,17 +54,6 @@ def validate(cfg, check):
     check.choice("TEST.RE_RANKING", ("off",))
 
 
-def _model_config(cfg):
-    """``cfg`` with MODEL.FORMAT agw_vi where auto would build the single-modality AGW (no checkpoint)."""
-    if cfg.MODEL.FORMAT != "auto" or cfg.TEST.WEIGHT:
-        return cfg
-    resolved = cfg.clone()
-    resolved.defrost()
-    resolved.MODEL.FORMAT = "agw_vi"
-    resolved.freeze()
-    return resolved
-
-
 def _require_two_stems(model, source):
     if not isinstance(model, VisibleInfraredAuthorization):
         raise CheckpointError(
@@ -84,14 +73,13 @@ def split_models(cfg, plan, device, load):
     if not is_cross_modality(cfg):
         model = load(cfg, device)
         return model, {split: model for split in plan.splits}
-    model_cfg = _model_config(cfg)
     paths = trial_checkpoints(cfg) if per_trial(cfg) else {None: None}
     networks = {}
     models = {}
     for split, split_plan in plan.splits.items():
         if split_plan.trial not in networks:
             path = paths[split_plan.trial]
-            networks[split_plan.trial] = _require_two_stems(load(model_cfg, device, path), path or cfg.TEST.WEIGHT)
+            networks[split_plan.trial] = _require_two_stems(load(cfg, device, path), path or cfg.TEST.WEIGHT)
         models[split] = networks[split_plan.trial].for_modality(split_plan.modality)
     return next(iter(models.values())), models
 
