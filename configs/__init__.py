@@ -9,9 +9,9 @@ from utils.errors import ConfigError
 from utils.file_io import atomic_write_text
 
 from .defaults import get_default_config
-from .keys import get_key, set_key
+from .keys import flat_items, get_key, set_key
 
-__all__ = ["CfgNode", "ConfigError", "get_default_config", "load_config", "save_config"]
+__all__ = ["CfgNode", "ConfigError", "get_default_config", "keys_set_by_user", "load_config", "save_config"]
 
 CONFIG_FILENAME = "config.yaml"
 # What a value of each default's type must look like, for one-line type errors.
@@ -28,8 +28,8 @@ def load_config(config_file="", opts=()):
     cfg = get_default_config()
     if config_file:
         source = f"config file {config_file}"
-        for key, value in _flatten(_read_yaml(config_file), source):
-            _merge(cfg, key, value, source)
+        for key, value in flat_items(_read_yaml(config_file)):
+            _merge(cfg, key, _decode(value), source)
     opts = list(opts or ())
     if len(opts) % 2:
         raise ConfigError(
@@ -60,16 +60,6 @@ def _read_yaml(path):
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping of config keys, got {type(data).__name__}")
     return data
-
-
-def _flatten(mapping, source, prefix=""):
-    """``(dotted key, decoded value)`` for every leaf of a nested YAML mapping."""
-    for name, value in mapping.items():
-        key = f"{prefix}{name}"
-        if isinstance(value, dict):
-            yield from _flatten(value, source, key + ".")
-        else:
-            yield key, _decode(value)
 
 
 def _decode(value):
@@ -141,3 +131,14 @@ def config_with_flags(config_file, opts, flag_values, run_kind):
 def save_config(cfg, output_dir, filename=CONFIG_FILENAME):
     """Write the merged config into ``output_dir`` so the run can be described and repeated."""
     return atomic_write_text(cfg.dump(), os.path.join(output_dir, filename))
+
+
+def keys_set_by_user(config_file, opts, flag_values):
+    """The dotted keys a user set: in ``config_file`` (YAML), in trailing ``KEY VALUE`` pairs, or by a flag.
+
+    A data set's or format's defaults (the input contract of agw_vi, irra, clip) fill only the others.
+    """
+    keys = set(flag_values) | {str(key) for key in list(opts)[0::2]}
+    if config_file:
+        keys.update(name for name, _ in flat_items(_read_yaml(config_file)))
+    return keys

@@ -1,7 +1,4 @@
 """Dotted config keys (``"PIXELFADE.EPSILON"``): the one way every command reads, writes and lists them."""
-import os
-
-import yaml
 
 
 def get_key(cfg, key):
@@ -30,14 +27,3 @@ def flat_items(cfg, prefix=""):
         else:
             yield name, list(value) if isinstance(value, (list, tuple)) else value
 
-
-def keys_set_by_user(config_file, opts, flag_values):
-    """The dotted keys a user set: in ``config_file`` (YAML), in trailing ``KEY VALUE`` pairs, or by a flag.
-
-    A data set's or format's defaults (the input contract of agw_vi, irra, clip) fill only the others.
-    """
-    keys = set(flag_values) | {str(key) for key in list(opts)[0::2]}
-    if config_file and os.path.isfile(config_file):
-        with open(config_file, encoding="utf-8") as handle:
-            keys.update(name for name, _ in flat_items(yaml.safe_load(handle) or {}))
-    return keys

@@ -48,6 +48,11 @@ TEXT_IMAGE_DATASETS = tuple(TEXT_LAYOUTS)
 LEAKAGE_QUERY_CAMERA, LEAKAGE_GALLERY_CAMERA = 0, 1
 
 
+def per_trial(cfg):
+    """Whether TEST.WEIGHT names one checkpoint per trial (``{trial}`` in the path)."""
+    return TRIAL_FIELD in cfg.TEST.WEIGHT
+
+
 @dataclass
 class SplitPlan:
     """One split: its records in protection order, how many are queries, flips and item keys."""
@@ -211,13 +216,13 @@ def plan_cross_modality(cfg, dataset):
     single-modality sets, and its img_npy pairs continue one ``train`` numbering across modalities. The
     first protocol's query modality comes first, so the ``test`` pairs are queries, then gallery images.
     """
-    per_trial = TRIAL_FIELD in cfg.TEST.WEIGHT
+    trial_models = per_trial(cfg)
     query_modality = next(iter(dataset.protocols.values()))[0].query[0].modality
     order = (query_modality,) + tuple(m for m in MODALITIES if m != query_modality)
     groups = {}
     if cfg.PIXELFADE.SAVE_IMAGE_NPY:
-        groups.update(_by_modality("train", list(dataset.train), order, dataset.trials[0] if per_trial else None))
-    if per_trial:
+        groups.update(_by_modality("train", list(dataset.train), order, dataset.trials[0] if trial_models else None))
+    if trial_models:
         for modality in order:
             for number in dataset.trials:
                 groups.update(_by_modality(f"test_t{number}", _trial_images(dataset, number), (modality,), number))

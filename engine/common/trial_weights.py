@@ -7,14 +7,11 @@ import os
 
 from data.datasets import regdb, sysu_mm01
 from data.datasets.visible_infrared import select_trials
-from data.splits import TRIAL_FIELD
+from data.splits import TRIAL_FIELD, per_trial
 from utils.errors import CheckpointError
 
 TRIALS = {"sysu_mm01": sysu_mm01.TRIALS, "regdb": regdb.TRIALS}
-
-
-def per_trial(cfg):
-    return TRIAL_FIELD in cfg.TEST.WEIGHT
+__all__ = ["per_trial", "trial_checkpoints", "trial_checkpoints_identity", "trial_numbers"]
 
 
 def trial_numbers(cfg):

@@ -18,8 +18,8 @@ import ignite.distributed as idist
 import torch
 from ignite.utils import setup_logger
 
-from configs import config_with_flags, save_config
-from configs.keys import get_key, keys_set_by_user
+from configs import config_with_flags, keys_set_by_user, save_config
+from configs.keys import get_key
 from data.datasets.image_folder import describe_skipped, protected_relative_name
 from data.loaders import ImageDataset
 from data.splits import plan_splits

@@ -185,7 +185,7 @@ def test_a_config_file_that_is_not_a_mapping_is_refused(tmp_path):
 
 
 def test_keys_set_by_user_come_from_the_file_the_overrides_and_the_flags(tmp_path):
-    from configs.keys import keys_set_by_user
+    from configs import keys_set_by_user
 
     config_file = tmp_path / "run.yml"
     config_file.write_text("INPUT:\n  IMG_SIZE: [64, 32]\nPIXELFADE:\n  EPSILON: 0.05\n")
