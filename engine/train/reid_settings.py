@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 
 from configs import get_default_config
-from configs.checks import ConfigChecker, is_int
+from configs.checks import ConfigChecker, is_int, is_number
 from configs.keys import flat_items
 from data.datasets import build_dataset
 from modeling.backbones import BACKBONES
@@ -63,7 +63,7 @@ def validate_train_config(cfg, flag_of_key=None):
     check.non_negative("SOLVER.WEIGHT_DECAY")
     check.non_negative("SOLVER.MARGIN")
     momentum = check.value("SOLVER.MOMENTUM")
-    if not isinstance(momentum, (int, float)) or isinstance(momentum, bool) or not 0 <= momentum < 1:
+    if not is_number(momentum) or not 0 <= momentum < 1:
         check.fail("SOLVER.MOMENTUM", "a number in [0, 1)")
     for key, minimum in (
         ("SOLVER.MAX_EPOCHS", 1),
@@ -109,7 +109,7 @@ def validate_train_config(cfg, flag_of_key=None):
         check.fail("INPUT.IMG_SIZE", "[height, width] of two positive integers")
     for key in ("INPUT.PROB", "INPUT.RE_PROB"):
         value = check.value(key)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
+        if not is_number(value) or not 0.0 <= value <= 1.0:
             check.fail(key, "a probability in [0, 1]")
     if len(cfg.INPUT.PIXEL_STD) != 3 or not all(v > 0 for v in cfg.INPUT.PIXEL_STD) or len(cfg.INPUT.PIXEL_MEAN) != 3:
         check.fail("INPUT.PIXEL_STD", "three positive numbers (and INPUT.PIXEL_MEAN three numbers)")

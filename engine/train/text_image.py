@@ -39,7 +39,7 @@ from ignite.handlers import ProgressBar
 from ignite.utils import setup_logger
 from torchvision import transforms as T
 
-from configs.checks import is_int
+from configs.checks import is_int, is_number
 from data.datasets import build_dataset
 from data.datasets.text_person import LAYOUTS
 from data.loaders import build_loader, read_image
@@ -120,7 +120,7 @@ def validate_settings(settings):
         if not is_int(value) or value < minimum:
             fail(name, f"a whole number >= {minimum}", value)
     for flag, value in (("lr", settings.learning_rate), ("temperature", settings.temperature)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        if not is_number(value) or value <= 0:
             fail(flag, "a positive number", value)
     if settings.arch not in ARCHITECTURES:
         fail("arch", "one of " + ", ".join(ARCHITECTURES), settings.arch)
